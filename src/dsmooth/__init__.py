@@ -1,0 +1,11 @@
+"""dsmooth: denoised smoothing (Salman et al. 2020) on Gaussian randomized smoothing
+(Cohen et al. 2019): certify any pretrained image classifier against l2 attacks."""
+
+from dsmooth.base import compose
+from dsmooth.errors import UserError
+from dsmooth.smoothing import ABSTAIN, Smooth
+from dsmooth.sources import load_model
+
+__version__ = "0.1.0"
+
+__all__ = ["ABSTAIN", "Smooth", "UserError", "compose", "load_model", "__version__"]

@@ -1,0 +1,60 @@
+"""The `dsmooth` command: one subcommand per module in `dsmooth.commands`.
+
+Each command module defines `register(subparsers)`, which adds its parser and sets
+`func`. A `UserError` anywhere becomes one sentence on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dsmooth.errors import UserError
+
+#: Subcommand modules under dsmooth.commands, in --help order.
+COMMANDS = [
+    "certify",
+    "predict",
+    "demo",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 too; keep it to one line
+        self.exit(2, f"dsmooth: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dsmooth import __version__
+
+    parser = _Parser(
+        prog="dsmooth",
+        description="Denoised smoothing: certify any image classifier against l2 attacks.",
+    )
+    parser.add_argument("--version", action="version", version=f"dsmooth {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(f"dsmooth.commands.{name.replace('-', '_')}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except UserError as e:
+        print(f"dsmooth: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dsmooth: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

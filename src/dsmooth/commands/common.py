@@ -1,0 +1,123 @@
+"""Options and set-up shared by the commands that run a smoothed classifier."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from dsmooth.base import compose, to_labels
+from dsmooth.data import ImageSet, load_images
+from dsmooth.errors import UserError
+from dsmooth.smoothing import Smooth, check_count
+from dsmooth.sources import load_model
+from dsmooth.stats import check_alpha
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument(
+        "--classifier",
+        required=True,
+        help="base classifier: a TorchScript file (more formats: docs/sources.md)",
+    )
+    g.add_argument(
+        "--denoiser",
+        default=None,
+        help="optional denoiser D, certified as classifier(D(x + noise))",
+    )
+    g.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="number of classes (default: from the classifier's output)",
+    )
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        required=True,
+        help=".npz with uint8 'images' (N,H,W,C) and 'labels', or an image folder",
+    )
+    g.add_argument("--skip", type=int, default=1, help="use every SKIP-th image (default 1)")
+    g.add_argument(
+        "--max", type=int, default=-1, help="stop before this image index (default: all)"
+    )
+
+
+def add_sampling_options(p: argparse.ArgumentParser, certify: bool) -> None:
+    g = p.add_argument_group("smoothing")
+    g.add_argument("--sigma", type=float, required=True, help="noise level, in [0,1] pixel units")
+    if certify:
+        g.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
+    g.add_argument("--n", type=int, default=100_000, help="estimation samples (default 100000)")
+    g.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
+    g.add_argument("--batch", type=int, default=64, help="noise samples per forward pass")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (per image: seed, index)")
+    g.add_argument("--out", required=True, help="result log (TSV); an existing log is resumed")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def check_sampling(args) -> None:
+    if not (args.sigma > 0):
+        raise UserError(f"sigma must be a positive number, got {args.sigma}.")
+    check_alpha(args.alpha)
+    if getattr(args, "n0", 1) < 1:
+        check_count("n0", args.n0)
+    check_count("n", args.n)
+    check_count("batch", args.batch)
+    if args.skip < 1:
+        raise UserError(f"skip must be at least 1, got {args.skip}.")
+
+
+def build_smooth(args, data: ImageSet) -> Smooth:
+    """Load models, infer and check num_classes, and wrap them in a Smooth."""
+    device = torch.device(args.device)
+    classifier = load_model(args.classifier, role="classifier", device=device)
+    denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
+    base = compose(classifier, denoiser)
+    num_classes = args.num_classes or infer_num_classes(base, data, device)
+    if args.num_classes is not None:
+        probe_output_size(base, data, device, num_classes)
+    if len(data.labels) and int(data.labels.max()) >= num_classes:
+        raise UserError(
+            f"the data has label {int(data.labels.max())} but the classifier has "
+            f"{num_classes} classes."
+        )
+    return Smooth(base, num_classes, args.sigma, seed=args.seed)
+
+
+def _probe(base, data: ImageSet, device):
+    x = data.image(0)[None].to(device)
+    with torch.inference_mode():
+        try:
+            return base(x)
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(
+                f"the model failed on an image of shape {tuple(x.shape)} ({e})."
+            ) from None
+
+
+def infer_num_classes(base, data: ImageSet, device) -> int:
+    """The classifier's score width, or the dataset's class count for label outputs."""
+    out = _probe(base, data, device)
+    shape = tuple(getattr(out, "shape", ()))
+    if len(shape) == 2:
+        return int(shape[1])
+    return max(data.num_classes, 2)
+
+
+def probe_output_size(base, data: ImageSet, device, num_classes: int) -> None:
+    to_labels(_probe(base, data, device), num_classes)
+
+
+def load_data(args) -> ImageSet:
+    data = load_images(args.data)
+    if len(data) == 0:
+        raise UserError(f"{args.data} contains no images.")
+    return data

@@ -1,0 +1,126 @@
+"""Image sets in pixel space: uint8 HWC files in, float [0, 1] CHW tensors out.
+
+Sources: a `.npz` with `images` (N, H, W, C; uint8, or float already in [0, 1]) and
+`labels`, or an image folder with one subfolder per class (sorted names are the labels).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsmooth.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+@dataclass
+class ImageSet:
+    """Images (N, H, W, C) as uint8 or float32 in [0, 1], with int64 labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else int(self.labels.max()) + 1
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image i as a float32 (C, H, W) tensor in [0, 1]."""
+        return to_chw_float(self.images[i])
+
+    def batch(self, indices) -> torch.Tensor:
+        return torch.stack([self.image(int(i)) for i in indices])
+
+
+def to_chw_float(image: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(image))
+    t = t.float().div_(255.0) if image.dtype == np.uint8 else t.float()
+    return t.permute(2, 0, 1).contiguous()
+
+
+def check_images(images: np.ndarray, source: str) -> np.ndarray:
+    """Shape (N, H, W, C), uint8 or float in [0, 1] without NaN; otherwise a UserError."""
+    if images.ndim == 3:  # grayscale N, H, W
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise UserError(
+            f"{source}: images must have shape (N, H, W, C) with C in 1, 3, 4; got {images.shape}."
+        )
+    if images.dtype == np.uint8:
+        return images
+    if not np.issubdtype(images.dtype, np.floating):
+        raise UserError(f"{source}: images must be uint8 or float, got {images.dtype}.")
+    if np.isnan(images).any():
+        raise UserError(f"{source}: images contain NaN values.")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 1.0:
+        raise UserError(
+            f"{source}: float images must lie in [0, 1], got [{lo:g}, {hi:g}] "
+            "(0-255 data must be stored as uint8 or divided by 255)."
+        )
+    return images.astype(np.float32, copy=False)
+
+
+def load_npz(path: Path) -> ImageSet:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as e:  # corrupt or not an npz
+        raise UserError(f"cannot read {path} as a .npz archive ({e}).") from None
+    with archive:
+        if "images" not in archive or "labels" not in archive:
+            raise UserError(f"{path} must contain arrays 'images' and 'labels'.")
+        images = check_images(archive["images"], str(path))
+        labels = np.asarray(archive["labels"]).astype(np.int64).reshape(-1)
+    if len(labels) != len(images):
+        raise UserError(f"{path}: {len(images)} images but {len(labels)} labels.")
+    if len(labels) and labels.min() < 0:
+        raise UserError(f"{path}: labels must be non-negative.")
+    return ImageSet(images, labels)
+
+
+def load_folder(path: Path) -> ImageSet:
+    from PIL import Image
+
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir())
+    if not classes:
+        raise UserError(f"{path} has no class subfolders (expected one folder per class).")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((path / name).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as im:
+                    images.append(np.asarray(im.convert("RGB")))
+            except Exception as e:
+                raise UserError(f"cannot read image {file} ({e}).") from None
+            labels.append(label)
+    if not images:
+        raise UserError(f"{path} contains no images.")
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise UserError(
+            f"{path}: images have different sizes {sorted(shapes)[:3]}...; resize them first."
+        )
+    return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+
+
+def load_images(path: str | os.PathLike) -> ImageSet:
+    """Load a dataset for certification from a `.npz` file or an image folder."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"data not found: {p}.")
+    if p.is_dir():
+        return load_folder(p)
+    if p.suffix == ".npz":
+        return load_npz(p)
+    raise UserError(f"{p}: expected a .npz file or an image folder.")

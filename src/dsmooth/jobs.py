@@ -1,0 +1,112 @@
+"""Dataset-level certification and prediction: the loop behind `dsmooth certify`.
+
+One image at a time, one durable log row per image, skipping rows already in the log;
+this is what makes a killed run resume without loss or duplicates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from tqdm.auto import tqdm
+
+from dsmooth.data import ImageSet
+from dsmooth.results import CERTIFY_COLUMNS, PREDICT_COLUMNS, ResultLog, format_time
+from dsmooth.smoothing import Smooth
+
+
+def select_indices(total: int, skip: int = 1, max_index: int = -1) -> list[int]:
+    """Every `skip`-th image index, below `max_index` when it is >= 0 (reference semantics)."""
+    stop = total if max_index < 0 else min(total, max_index)
+    return list(range(0, stop, max(1, skip)))
+
+
+def certify_row(
+    smooth: Smooth, data: ImageSet, i: int, n0: int, n: int, alpha: float, batch_size: int
+) -> dict:
+    start = time.perf_counter()
+    label = int(data.labels[i])
+    prediction, radius = smooth.certify(data.image(i), n0, n, alpha, batch_size, index=i)
+    return {
+        "idx": i,
+        "label": label,
+        "predict": prediction,
+        "radius": float(radius),
+        "correct": int(prediction == label),
+        "time": format_time(time.perf_counter() - start),
+    }
+
+
+def predict_row(
+    smooth: Smooth, data: ImageSet, i: int, n: int, alpha: float, batch_size: int
+) -> dict:
+    start = time.perf_counter()
+    label = int(data.labels[i])
+    prediction = smooth.predict(data.image(i), n, alpha, batch_size, index=i)
+    return {
+        "idx": i,
+        "label": label,
+        "predict": prediction,
+        "correct": int(prediction == label),
+        "time": format_time(time.perf_counter() - start),
+    }
+
+
+def run(rows, log: ResultLog, indices: Iterable[int], desc: str, progress: bool = True) -> int:
+    """Append `rows(i)` for every index not yet in the log; returns rows written."""
+    todo = [i for i in indices if i not in log.done]
+    written = 0
+    with tqdm(
+        total=len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        for i in todo:
+            log.append(rows(i))
+            written += 1
+            bar.update(1)
+    return written
+
+
+def certify_dataset(
+    smooth: Smooth,
+    data: ImageSet,
+    out,
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int = 64,
+    skip: int = 1,
+    max_index: int = -1,
+    progress: bool = True,
+) -> int:
+    """Certify every selected image into the TSV log `out`, resuming if it exists."""
+    with ResultLog(out, CERTIFY_COLUMNS) as log:
+        return run(
+            lambda i: certify_row(smooth, data, i, n0, n, alpha, batch_size),
+            log,
+            select_indices(len(data), skip, max_index),
+            "certify",
+            progress,
+        )
+
+
+def predict_dataset(
+    smooth: Smooth,
+    data: ImageSet,
+    out,
+    n: int,
+    alpha: float,
+    batch_size: int = 64,
+    skip: int = 1,
+    max_index: int = -1,
+    progress: bool = True,
+) -> int:
+    """Predict every selected image into the TSV log `out`, resuming if it exists."""
+    with ResultLog(out, PREDICT_COLUMNS) as log:
+        return run(
+            lambda i: predict_row(smooth, data, i, n, alpha, batch_size),
+            log,
+            select_indices(len(data), skip, max_index),
+            "predict",
+            progress,
+        )

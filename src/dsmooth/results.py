@@ -1,0 +1,101 @@
+"""The result log: a TSV with one row per image, appended atomically, resumable.
+
+Columns start with the reference layout (`idx label predict radius correct time` for
+certify, `idx label predict correct time` for predict) so logs from Cohen et al. and
+Salman et al. read the same; extra columns go after these. Each row is written with a
+single `write` on an O_APPEND descriptor and fsynced, so a killed run leaves at most one
+partial trailing line, which `open_log` removes before resuming.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from dsmooth.errors import UserError
+
+CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
+
+
+def format_time(seconds: float) -> str:
+    """Elapsed time as the reference code writes it (str of a timedelta)."""
+    return str(datetime.timedelta(seconds=float(seconds)))
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+class ResultLog:
+    """Append-only TSV log; `done` holds the indices already written."""
+
+    def __init__(self, path: str | os.PathLike, columns: Sequence[str]):
+        self.path = Path(path)
+        self.columns = tuple(columns)
+        self.done: set[int] = set()
+        self._fd: int | None = None
+
+    def open(self) -> ResultLog:
+        """Create the log with its header, or resume an existing one."""
+        header = "\t".join(self.columns) + "\n"
+        if self.path.parent and not self.path.parent.exists():
+            raise UserError(f"the output folder {self.path.parent} does not exist.")
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._resume(header)
+        else:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w") as f:
+                f.write(header)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        return self
+
+    def _resume(self, header: str) -> None:
+        data = self.path.read_bytes()
+        text = data.decode("utf-8", errors="replace")
+        first_end = text.find("\n")
+        if first_end < 0 or text[: first_end + 1] != header:
+            found = text[:first_end].split("\t") if first_end >= 0 else text.split("\t")
+            raise UserError(
+                f"{self.path} exists with columns {found}, not {list(self.columns)}; "
+                "choose another --out."
+            )
+        complete = text.rfind("\n") + 1
+        if complete < len(text):  # a partial row from a killed run: drop it
+            with open(self.path, "r+b") as f:
+                f.truncate(len(text[:complete].encode("utf-8")))
+                f.flush()
+                os.fsync(f.fileno())
+        for line in text[first_end + 1 : complete].splitlines():
+            if line.strip():
+                self.done.add(int(line.split("\t", 1)[0]))
+
+    def append(self, row: dict) -> None:
+        """Write one complete row (all columns) and make it durable."""
+        if self._fd is None:
+            raise RuntimeError("ResultLog.open() was not called")
+        missing = [c for c in self.columns if c not in row]
+        if missing:
+            raise ValueError(f"row lacks columns {missing}")
+        line = "\t".join(format_value(row[c]) for c in self.columns) + "\n"
+        os.write(self._fd, line.encode("utf-8"))
+        os.fsync(self._fd)
+        self.done.add(int(row["idx"]))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ResultLog:
+        return self.open() if self._fd is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

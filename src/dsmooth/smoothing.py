@@ -1,0 +1,111 @@
+"""The smoothed classifier g(x) = argmax_c P[f(x + d) = c], d ~ N(0, sigma^2 I).
+
+PREDICT and CERTIFY follow Cohen, Rosenfeld and Kolter (ICML 2019), Algorithms 1-2.
+This module knows nothing of files or model formats: it takes a base classifier that
+maps a float [0, 1] NCHW batch to labels or scores, and returns numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from dsmooth import stats
+from dsmooth.base import label_function, module_device
+from dsmooth.errors import UserError
+from dsmooth.noise import STAGE_ESTIMATE, STAGE_PREDICT, STAGE_SELECT, NoiseStream
+
+ABSTAIN = -1
+
+
+def check_image(x) -> torch.Tensor:
+    """A float32 CHW tensor in [0, 1], or a UserError saying what is wrong."""
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if x.ndim != 3:
+        raise UserError(f"an image must have shape (C, H, W), got {tuple(x.shape)}.")
+    x = x.to(torch.float32)
+    if torch.isnan(x).any():
+        raise UserError("the image contains NaN values.")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise UserError(
+            f"pixel values must lie in [0, 1] (noise is added in pixel space), got "
+            f"[{lo:g}, {hi:g}]; divide 0-255 data by 255."
+        )
+    return x
+
+
+def check_count(name: str, value: int) -> None:
+    if int(value) < 1:
+        raise UserError(f"{name} must be at least 1, got {value}.")
+
+
+class Smooth:
+    """A smoothed classifier around `base_classifier` with noise level `sigma`.
+
+    Randomness is derived from (seed, index, stage), so `certify(x, ..., index=i)`
+    gives the same answer whatever the batch size or the worker that runs it.
+    """
+
+    ABSTAIN = ABSTAIN
+
+    def __init__(self, base_classifier: Callable, num_classes: int, sigma: float, seed: int = 0):
+        if not (sigma > 0) or math.isinf(sigma):
+            raise UserError(f"sigma must be a positive number, got {sigma}.")
+        if int(num_classes) < 2:
+            raise UserError(f"num_classes must be at least 2, got {num_classes}.")
+        self.base_classifier = base_classifier
+        self.num_classes = int(num_classes)
+        self.sigma = float(sigma)
+        self.seed = int(seed)
+        self.device = module_device(base_classifier)
+        self._labels = label_function(base_classifier, self.num_classes)
+
+    def predict(self, x, n: int, alpha: float, batch_size: int = 64, index: int = 0) -> int:
+        """Top class, or ABSTAIN if the top two counts do not differ at level alpha."""
+        check_count("n", n)
+        stats.check_alpha(alpha)
+        counts = self.sample_counts(x, n, batch_size, index, STAGE_PREDICT)
+        top2 = np.argsort(-counts, kind="stable")[:2]
+        count1, count2 = int(counts[top2[0]]), int(counts[top2[1]])
+        if stats.binomial_pvalue(count1, count1 + count2) > alpha:
+            return ABSTAIN
+        return int(top2[0])
+
+    def certify(
+        self, x, n0: int, n: int, alpha: float, batch_size: int = 64, index: int = 0
+    ) -> tuple[int, float]:
+        """(class, l2 radius) certified with probability >= 1 - alpha, or (ABSTAIN, 0.0).
+
+        The class is selected with n0 samples; its probability is bounded with n fresh
+        samples (never reusing the selection samples).
+        """
+        check_count("n0", n0)
+        check_count("n", n)
+        stats.check_alpha(alpha)
+        counts_selection = self.sample_counts(x, n0, batch_size, index, STAGE_SELECT)
+        c_hat = int(counts_selection.argmax())
+        counts_estimation = self.sample_counts(x, n, batch_size, index, STAGE_ESTIMATE)
+        p_lower = stats.lower_confidence_bound(int(counts_estimation[c_hat]), n, alpha)
+        if p_lower < 0.5:
+            return ABSTAIN, 0.0
+        return c_hat, stats.radius(self.sigma, p_lower)
+
+    def sample_counts(
+        self, x, num: int, batch_size: int, index: int = 0, stage: int = STAGE_ESTIMATE
+    ) -> np.ndarray:
+        """Class counts of f(x + d) over `num` noise draws (int64 array of num_classes)."""
+        check_count("batch_size", batch_size)
+        x = check_image(x).to(self.device)
+        stream = NoiseStream(x.shape, self.sigma, self.seed, index, stage, self.device)
+        counts = torch.zeros(self.num_classes, dtype=torch.int64)
+        remaining = int(num)
+        while remaining > 0:
+            m = min(batch_size, remaining)
+            batch = stream.take(m).add_(x)
+            counts += torch.bincount(self._labels(batch), minlength=self.num_classes)
+            remaining -= m
+        return counts.numpy()

@@ -1,0 +1,28 @@
+"""TorchScript files (`torch.jit.save`): a white-box module, no unpickling."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import torch
+
+from dsmooth.errors import UserError
+
+
+def is_torchscript(path: Path) -> bool:
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def resolve(spec: str, options: dict):
+    path = Path(spec)
+    if not is_torchscript(path):
+        return None
+    try:
+        model = torch.jit.load(str(path), map_location=options.get("device", "cpu"))
+    except Exception as e:
+        raise UserError(f"cannot load TorchScript model {path} ({e}).") from None
+    return model.eval()
