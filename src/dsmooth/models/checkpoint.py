@@ -1,0 +1,106 @@
+"""dsmooth checkpoints: safetensors weights + a JSON config, never pickle.
+
+A checkpoint is a folder with `model.safetensors` and `config.json`, or a single
+`.safetensors` file whose metadata holds the same JSON under `dsmooth_config`. The config
+names the registry architecture and its constructor kwargs, so `load_checkpoint` can
+rebuild the module, plus what a user needs to trust it (data, recipe, sigma, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from dsmooth.errors import UserError
+from dsmooth.models import create
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+METADATA_KEY = "dsmooth_config"
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    config: dict,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write `model`'s weights and `config` (must name `architecture`) atomically.
+
+    `dtype=torch.float16` halves the size of shipped weights; loading restores float32.
+    """
+    from dsmooth import __version__
+
+    if "architecture" not in config:
+        raise ValueError("config must name the registry 'architecture'")
+    config = {**config, "dsmooth_version": __version__}
+    state = {
+        k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
+        .contiguous()
+        .cpu()
+        for k, v in model.state_dict().items()
+    }
+    path = Path(path)
+    text = json.dumps(config, indent=2, sort_keys=True)
+    if path.suffix == ".safetensors":
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(state, str(tmp), metadata={METADATA_KEY: text})
+        os.replace(tmp, path)
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    tmp_w, tmp_c = path / (WEIGHTS + ".tmp"), path / (CONFIG + ".tmp")
+    save_file(state, str(tmp_w))
+    tmp_c.write_text(text + "\n")
+    os.replace(tmp_w, path / WEIGHTS)
+    os.replace(tmp_c, path / CONFIG)
+    return path
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    if p.is_dir():
+        return (p / WEIGHTS).is_file() and (p / CONFIG).is_file()
+    return p.is_file() and p.suffix == ".safetensors"
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """The JSON config of a checkpoint folder or single file."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            return json.loads((p / CONFIG).read_text())
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+        if METADATA_KEY not in meta:
+            raise UserError(f"{p} has no dsmooth config in its metadata.")
+        return json.loads(meta[METADATA_KEY])
+    except (OSError, json.JSONDecodeError, SafetensorError) as e:
+        raise UserError(f"cannot read the checkpoint config of {p} ({e}).") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict]:
+    """Rebuild the module from its config and load the weights (as float32), in eval mode."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"checkpoint not found: {p}.")
+    config = read_config(p)
+    model = create(config["architecture"], **config.get("kwargs", {}))
+    try:
+        state = load_file(str(p / WEIGHTS if p.is_dir() else p))
+    except (OSError, SafetensorError) as e:
+        raise UserError(f"cannot read the weights of {p} ({e}).") from None
+    reference = model.state_dict()
+    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{p}: weights do not match {config['architecture']} ({e}).") from None
+    return model.to(device).eval(), config
