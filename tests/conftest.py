@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny models and datasets that make CLI tests fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+class LinearClassifier(nn.Module):
+    """Logits of a linear model on flattened [0, 1] images; deterministic weights."""
+
+    def __init__(self, in_features: int, num_classes: int, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(in_features, num_classes)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(num_classes, in_features, generator=g) * 0.5)
+            self.fc.bias.copy_(torch.randn(num_classes, generator=g) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+@pytest.fixture
+def tiny_classifier_file(tmp_path) -> Path:
+    """A TorchScript 3-class classifier for 3x8x8 images."""
+    path = tmp_path / "classifier.pt"
+    torch.jit.save(torch.jit.script(LinearClassifier(3 * 8 * 8, 3).eval()), str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_data_file(tmp_path) -> Path:
+    """Twelve uint8 8x8 RGB images with labels in 0..2."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "data.npz"
+    np.savez(path, images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8),
+             labels=rng.integers(0, 3, 12))
+    return path
