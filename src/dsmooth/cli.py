@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except UserError as e:
-        print(f"dsmooth: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # always one line
+        print(f"dsmooth: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dsmooth: interrupted; rerun the same command to resume.", file=sys.stderr)

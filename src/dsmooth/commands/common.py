@@ -8,7 +8,7 @@ import torch
 
 from dsmooth.base import compose, to_labels
 from dsmooth.data import ImageSet, load_images
-from dsmooth.errors import UserError
+from dsmooth.errors import UserError, brief
 from dsmooth.smoothing import Smooth, check_count
 from dsmooth.sources import load_model
 from dsmooth.stats import check_alpha
@@ -99,7 +99,7 @@ def _probe(base, data: ImageSet, device):
             raise
         except Exception as e:
             raise UserError(
-                f"the model failed on an image of shape {tuple(x.shape)} ({e})."
+                f"the model failed on an image of shape {tuple(x.shape)} ({brief(e)})."
             ) from None
 
 

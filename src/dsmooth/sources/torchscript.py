@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
-from dsmooth.errors import UserError
+from dsmooth.errors import UserError, brief
 
 
 def is_torchscript(path: Path) -> bool:
@@ -22,7 +23,9 @@ def resolve(spec: str, options: dict):
     if not is_torchscript(path):
         return None
     try:
-        model = torch.jit.load(str(path), map_location=options.get("device", "cpu"))
+        with warnings.catch_warnings():  # torch.jit.load is deprecated upstream, still works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.jit.load(str(path), map_location=options.get("device", "cpu"))
     except Exception as e:
-        raise UserError(f"cannot load TorchScript model {path} ({e}).") from None
+        raise UserError(f"cannot load TorchScript model {path} ({brief(e)}).") from None
     return model.eval()

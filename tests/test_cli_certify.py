@@ -1,0 +1,182 @@
+"""`dsmooth certify` / `predict` end to end: logs, resume after kill -9, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dsmooth.cli import main
+
+
+def certify_args(data, classifier, out, *extra):
+    return ["certify", "--data", str(data), "--classifier", str(classifier), "--sigma", "0.25",
+            "--n0", "50", "--n", "500", "--batch", "100", "--out", str(out),
+            "--no-progress", *extra]
+
+
+def read_rows(path):
+    lines = path.read_text().splitlines()
+    return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
+
+
+def without_time(rows, header):
+    t = header.index("time")
+    return [r[:t] + r[t + 1 :] for r in rows]
+
+
+def test_certify_writes_reference_columns(tiny_data_file, tiny_classifier_file, tmp_path):
+    out = tmp_path / "log.tsv"
+    assert main(certify_args(tiny_data_file, tiny_classifier_file, out, "--skip", "2")) == 0
+    header, rows = read_rows(out)
+    assert header[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert [int(r[0]) for r in rows] == [0, 2, 4, 6, 8, 10]
+    labels = np.load(tiny_data_file)["labels"]
+    for r in rows:
+        idx, label, predict, radius, correct = int(r[0]), int(r[1]), int(r[2]), float(r[3]), int(r[4])
+        assert label == labels[idx]
+        assert correct == int(predict == label)
+        assert radius >= 0 and (predict != -1 or radius == 0)
+
+
+def test_rerun_appends_nothing_and_max_limits(tiny_data_file, tiny_classifier_file, tmp_path):
+    out = tmp_path / "log.tsv"
+    main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "5"))
+    first = out.read_text()
+    assert len(first.splitlines()) == 6
+    main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "5"))
+    assert out.read_text() == first
+    main(certify_args(tiny_data_file, tiny_classifier_file, out))
+    header, rows = read_rows(out)
+    assert [int(r[0]) for r in rows] == list(range(12))
+    assert out.read_text().startswith(first)
+
+
+def test_partial_trailing_row_is_dropped_on_resume(tiny_data_file, tiny_classifier_file,
+                                                    tmp_path):
+    full, cut = tmp_path / "full.tsv", tmp_path / "cut.tsv"
+    main(certify_args(tiny_data_file, tiny_classifier_file, full))
+    text = full.read_text()
+    lines = text.splitlines(keepends=True)
+    cut.write_text("".join(lines[:5]) + lines[5][:7])  # a killed write mid-row
+    main(certify_args(tiny_data_file, tiny_classifier_file, cut))
+    header, rows_full = read_rows(full)
+    _, rows_cut = read_rows(cut)
+    assert without_time(rows_cut, header) == without_time(rows_full, header)
+
+
+def test_predict_log(tiny_data_file, tiny_classifier_file, tmp_path):
+    out = tmp_path / "pred.tsv"
+    args = ["predict", "--data", str(tiny_data_file), "--classifier", str(tiny_classifier_file),
+            "--sigma", "0.25", "--n", "200", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    header, rows = read_rows(out)
+    assert header == ["idx", "label", "predict", "correct", "time"]
+    assert len(rows) == 12
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tiny_data_file, tiny_classifier_file,
+                                                   tmp_path):
+    """kill -9 a real process mid-run, rerun: same rows as one uninterrupted run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    slow = ["--n", "60000", "--batch", "1000"]
+    cmd = [sys.executable, "-m", "dsmooth.cli"]
+    killed = tmp_path / "killed.tsv"
+    proc = subprocess.Popen(cmd + certify_args(tiny_data_file, tiny_classifier_file, killed) + slow,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if killed.exists() and len(killed.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(killed.read_text().splitlines()) - 1
+    assert 2 <= n_before < 12, "the process should be killed mid-run"
+    subprocess.run(cmd + certify_args(tiny_data_file, tiny_classifier_file, killed) + slow,
+                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clean = tmp_path / "clean.tsv"
+    subprocess.run(cmd + certify_args(tiny_data_file, tiny_classifier_file, clean) + slow,
+                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    header, rows_killed = read_rows(killed)
+    _, rows_clean = read_rows(clean)
+    assert without_time(rows_killed, header) == without_time(rows_clean, header)
+
+
+# --- bad input: one sentence, exit code 2, nothing written ---------------------------------
+
+
+def _bad_npz(tmp_path, images, labels=None):
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=images, labels=np.zeros(len(images), int) if labels is None else labels)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"--sigma": "0"}, "sigma must be a positive number"),
+        ({"--sigma": "-0.5"}, "sigma must be a positive number"),
+        ({"--alpha": "0"}, "alpha must be in (0, 1)"),
+        ({"--alpha": "1.5"}, "alpha must be in (0, 1)"),
+        ({"--n0": "0"}, "n0 must be at least 1"),
+        ({"--n": "0"}, "n must be at least 1"),
+        ({"--num-classes": "5"}, "returns 3 scores per image but num_classes is 5"),
+        ({"--data": "missing.npz"}, "data not found"),
+        ({"--classifier": "missing.pt"}, "cannot load a model from"),
+        ({"--data": "floats255"}, "must lie in [0, 1]"),
+        ({"--data": "nan"}, "contain NaN"),
+        ({"--data": "shape"}, "must have shape (N, H, W, C)"),
+        ({"--data": "size"}, "the model failed on an image of shape"),
+    ],
+)
+def test_bad_input_one_sentence_exit_2(change, message, tiny_data_file, tiny_classifier_file,
+                                       tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    special = {
+        "floats255": lambda: _bad_npz(tmp_path, rng.uniform(0, 255, (3, 8, 8, 3))),
+        "nan": lambda: _bad_npz(tmp_path, np.full((3, 8, 8, 3), np.nan)),
+        "shape": lambda: _bad_npz(tmp_path, np.zeros((3, 8, 8, 3, 2), np.uint8)),
+        "size": lambda: _bad_npz(tmp_path, np.zeros((3, 16, 16, 3), np.uint8)),
+        "missing.npz": lambda: tmp_path / "missing.npz",
+        "missing.pt": lambda: tmp_path / "missing.pt",
+    }
+    out = tmp_path / "out.tsv"
+    args = certify_args(tiny_data_file, tiny_classifier_file, out)
+    for flag, value in change.items():
+        value = str(special[value]()) if value in special else value
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_bad_input_exit_code_from_a_real_process(tiny_data_file, tiny_classifier_file,
+                                                  tmp_path):
+    out = tmp_path / "out.tsv"
+    args = certify_args(tiny_data_file, tiny_classifier_file, out)
+    args[args.index("--sigma") + 1] = "-1"
+    proc = subprocess.run([sys.executable, "-m", "dsmooth.cli", *args], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "dsmooth: error: sigma must be a positive number, got -1.0."
+    assert not out.exists()
+
+
+def test_existing_log_with_other_columns_is_refused(tiny_data_file, tiny_classifier_file,
+                                                    tmp_path, capsys):
+    out = tmp_path / "out.tsv"
+    out.write_text("a\tb\n1\t2\n")
+    assert main(certify_args(tiny_data_file, tiny_classifier_file, out)) == 2
+    assert "choose another --out" in capsys.readouterr().err
+    assert out.read_text() == "a\tb\n1\t2\n"
