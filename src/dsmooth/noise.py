@@ -18,6 +18,18 @@ STAGE_SELECT = 0
 STAGE_ESTIMATE = 1
 STAGE_PREDICT = 2
 
+#: Stages SEQUENTIAL_FIRST_STAGE + r (r < SEQUENTIAL_MAX_ROUNDS) are reserved for round r of
+#: sequential certification (dsmooth.sequential), so no round reuses another's noise.
+SEQUENTIAL_FIRST_STAGE = 1000
+SEQUENTIAL_MAX_ROUNDS = 1000
+
+
+def sequential_stage(round_no: int) -> int:
+    """The noise stage of sequential round `round_no` (fresh samples in every round)."""
+    if not 0 <= round_no < SEQUENTIAL_MAX_ROUNDS:
+        raise ValueError(f"sequential round {round_no} outside [0, {SEQUENTIAL_MAX_ROUNDS})")
+    return SEQUENTIAL_FIRST_STAGE + round_no
+
 
 def block_seed(seed: int, index: int, stage: int, block: int) -> int:
     """A 63-bit generator seed mixed from the four coordinates (SeedSequence hashing)."""
