@@ -3,9 +3,21 @@
 
 from dsmooth.base import compose
 from dsmooth.errors import UserError
+from dsmooth.models.loading import load
+from dsmooth.models.pretrained import list_pretrained, pretrained
 from dsmooth.smoothing import ABSTAIN, Smooth
 from dsmooth.sources import load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["ABSTAIN", "Smooth", "UserError", "compose", "load_model", "__version__"]
+__all__ = [
+    "ABSTAIN",
+    "Smooth",
+    "UserError",
+    "compose",
+    "list_pretrained",
+    "load",
+    "load_model",
+    "pretrained",
+    "__version__",
+]

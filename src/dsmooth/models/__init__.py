@@ -56,6 +56,7 @@ def _import_all() -> None:
 #: Modules whose import registers architectures.
 ARCHITECTURE_MODULES = [
     "dsmooth.models.cifar_resnet",
+    "dsmooth.models.cohen_resnet",
     "dsmooth.models.wide_resnet",
     "dsmooth.models.dncnn",
     "dsmooth.models.memnet",

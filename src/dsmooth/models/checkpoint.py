@@ -39,7 +39,7 @@ def save_checkpoint(
 
     if "architecture" not in config:
         raise ValueError("config must name the registry 'architecture'")
-    config = {**config, "dsmooth_version": __version__}
+    config = {**describe(model, config["architecture"]), **config, "dsmooth_version": __version__}
     state = {
         k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
         .contiguous()
@@ -60,6 +60,24 @@ def save_checkpoint(
     os.replace(tmp_w, path / WEIGHTS)
     os.replace(tmp_c, path / CONFIG)
     return path
+
+
+def describe(model: nn.Module, architecture: str) -> dict:
+    """Standard config fields read off the module: kind, input range, normalisation, classes."""
+    from dsmooth.models import model_kind
+    from dsmooth.models.normalize import Normalize
+
+    fields: dict = {"kind": model_kind(architecture), "input_range": [0.0, 1.0]}
+    norm = next((m for m in model.modules() if isinstance(m, Normalize)), None)
+    if norm is not None:
+        fields["normalization"] = {
+            "mean": [round(float(v), 6) for v in norm.mean.flatten()],
+            "std": [round(float(v), 6) for v in norm.std.flatten()],
+        }
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if fields["kind"] == "classifier" and heads:
+        fields["num_classes"] = int(heads[-1].out_features)
+    return fields
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -92,7 +110,14 @@ def load_checkpoint(
     if not p.exists():
         raise UserError(f"checkpoint not found: {p}.")
     config = read_config(p)
-    model = create(config["architecture"], **config.get("kwargs", {}))
+    if not isinstance(config, dict) or "architecture" not in config:
+        raise UserError(f"{p}: its config names no 'architecture'.")
+    try:
+        model = create(config["architecture"], **config.get("kwargs", {}))
+    except TypeError as e:
+        raise UserError(
+            f"{p}: its config kwargs do not fit {config['architecture']} ({e})."
+        ) from None
     try:
         state = load_file(str(p / WEIGHTS if p.is_dir() else p))
     except (OSError, SafetensorError) as e:
