@@ -32,7 +32,28 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="number of classes (default: from the classifier's output)",
     )
+    g.add_argument(
+        "--arch",
+        default=None,
+        help="architecture of a foreign PyTorch state dict given as --classifier (.pt/.pth/.th; "
+        "or write the spec ARCH:PATH); see docs/models.md",
+    )
+    g.add_argument(
+        "--mean",
+        default=None,
+        help="with --arch: the input mean built into the imported classifier "
+        "(imagenet, cifar10, or R,G,B; default: the architecture's)",
+    )
+    g.add_argument(
+        "--std", default=None, help="with --arch: its input std (imagenet, cifar10, or R,G,B)"
+    )
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
+def weights_options(args) -> dict:
+    """Options for a foreign-weights classifier (--arch/--mean/--std), only those given."""
+    names = ("arch", "mean", "std")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -76,7 +97,9 @@ def check_sampling(args) -> None:
 def build_smooth(args, data: ImageSet) -> Smooth:
     """Load models, infer and check num_classes, and wrap them in a Smooth."""
     device = torch.device(args.device)
-    classifier = load_model(args.classifier, role="classifier", device=device)
+    classifier = load_model(
+        args.classifier, role="classifier", device=device, **weights_options(args)
+    )
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
     base = compose(classifier, denoiser)
     num_classes = args.num_classes or infer_num_classes(base, data, device)
