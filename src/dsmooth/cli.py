@@ -17,6 +17,7 @@ COMMANDS = [
     "certify",
     "predict",
     "demo",
+    "analyze",
 ]
 
 
