@@ -12,7 +12,14 @@ from collections.abc import Iterable
 from tqdm.auto import tqdm
 
 from dsmooth.data import ImageSet
-from dsmooth.results import CERTIFY_COLUMNS, PREDICT_COLUMNS, ResultLog, format_time
+from dsmooth.results import (
+    CERTIFY_COLUMNS,
+    PREDICT_COLUMNS,
+    SEQUENTIAL_CERTIFY_COLUMNS,
+    ResultLog,
+    format_time,
+)
+from dsmooth.sequential import certify_sequential
 from dsmooth.smoothing import Smooth
 
 
@@ -23,11 +30,26 @@ def select_indices(total: int, skip: int = 1, max_index: int = -1) -> list[int]:
 
 
 def certify_row(
-    smooth: Smooth, data: ImageSet, i: int, n0: int, n: int, alpha: float, batch_size: int
+    smooth: Smooth,
+    data: ImageSet,
+    i: int,
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    sequential: dict | None = None,
 ) -> dict:
+    """One log row; `sequential` (radius, n_max, tol) selects sequential CERTIFY + n_used."""
     start = time.perf_counter()
     label = int(data.labels[i])
-    prediction, radius = smooth.certify(data.image(i), n0, n, alpha, batch_size, index=i)
+    extra = {}
+    if sequential is None:
+        prediction, radius = smooth.certify(data.image(i), n0, n, alpha, batch_size, index=i)
+    else:
+        result = certify_sequential(
+            smooth, data.image(i), n0, alpha, batch_size=batch_size, index=i, **sequential
+        )
+        prediction, radius, extra = result.prediction, result.radius, {"n_used": result.n_used}
     return {
         "idx": i,
         "label": label,
@@ -35,6 +57,7 @@ def certify_row(
         "radius": float(radius),
         "correct": int(prediction == label),
         "time": format_time(time.perf_counter() - start),
+        **extra,
     }
 
 
@@ -78,11 +101,17 @@ def certify_dataset(
     skip: int = 1,
     max_index: int = -1,
     progress: bool = True,
+    sequential: dict | None = None,
 ) -> int:
-    """Certify every selected image into the TSV log `out`, resuming if it exists."""
-    with ResultLog(out, CERTIFY_COLUMNS) as log:
+    """Certify every selected image into the TSV log `out`, resuming if it exists.
+
+    `sequential` = dict(n_max=..., radius=..., tol=...) runs sequential CERTIFY
+    (dsmooth.sequential) and logs `n_used` after the standard columns.
+    """
+    columns = CERTIFY_COLUMNS if sequential is None else SEQUENTIAL_CERTIFY_COLUMNS
+    with ResultLog(out, columns) as log:
         return run(
-            lambda i: certify_row(smooth, data, i, n0, n, alpha, batch_size),
+            lambda i: certify_row(smooth, data, i, n0, n, alpha, batch_size, sequential),
             log,
             select_indices(len(data), skip, max_index),
             "certify",

@@ -18,6 +18,8 @@ from dsmooth.errors import UserError
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
+#: Sequential certification adds the samples used per image (n0 + estimation).
+SEQUENTIAL_CERTIFY_COLUMNS = (*CERTIFY_COLUMNS, "n_used")
 
 
 def format_time(seconds: float) -> str:

@@ -8,7 +8,7 @@ maps a float [0, 1] NCHW batch to labels or scores, and returns numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,13 +76,35 @@ class Smooth:
         return int(top2[0])
 
     def certify(
-        self, x, n0: int, n: int, alpha: float, batch_size: int = 64, index: int = 0
+        self,
+        x,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int = 64,
+        index: int = 0,
+        method: str = "cp",
+        radius: float | Sequence[float] | None = None,
+        n_max: int | None = None,
+        tol: float | None = None,
     ) -> tuple[int, float]:
         """(class, l2 radius) certified with probability >= 1 - alpha, or (ABSTAIN, 0.0).
 
         The class is selected with n0 samples; its probability is bounded with n fresh
-        samples (never reusing the selection samples).
+        samples (never reusing the selection samples). `method="sequential"` instead
+        samples in rounds and stops early (dsmooth.sequential, docs/sequential.md): it
+        decides the target `radius` (one or more radii), or with `radius=None` finds the
+        radius to within `tol`, using at most `n_max` (default: n) estimation samples.
         """
+        if method == "sequential":
+            from dsmooth.sequential import certify_sequential
+
+            check_count("n", n)
+            budget = n if n_max is None else n_max
+            result = certify_sequential(self, x, n0, alpha, budget, radius, batch_size, index, tol)
+            return result.prediction, result.radius
+        if method != "cp":
+            raise UserError(f"method must be 'cp' or 'sequential', got {method!r}.")
         check_count("n0", n0)
         check_count("n", n)
         stats.check_alpha(alpha)

@@ -11,11 +11,13 @@ def register(sub) -> None:
         help="certify images: (class, l2 radius) or abstain, one log row per image",
         description="Certify each image with Cohen et al.'s CERTIFY: select with n0 samples, "
         "bound pA with n fresh samples, radius = sigma * PhiInv(pA_lower). Rerun with the "
-        "same --out to resume.",
+        "same --out to resume. --method sequential stops sampling early with the same "
+        "guarantee (docs/sequential.md).",
     )
     common.add_model_options(p)
     common.add_data_options(p)
     common.add_sampling_options(p, certify=True)
+    common.add_sequential_options(p)
     p.set_defaults(func=run)
 
 
@@ -23,6 +25,7 @@ def run(args) -> int:
     from dsmooth.jobs import certify_dataset
 
     common.check_sampling(args)
+    sequential = common.sequential_settings(args)
     data = common.load_data(args)
     smooth = common.build_smooth(args, data)
     certify_dataset(
@@ -36,5 +39,6 @@ def run(args) -> int:
         args.skip,
         args.max,
         progress=not args.no_progress,
+        sequential=sequential,
     )
     return 0

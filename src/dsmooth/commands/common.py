@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
@@ -80,6 +81,56 @@ def add_sampling_options(p: argparse.ArgumentParser, certify: bool) -> None:
     g.add_argument("--seed", type=int, default=0, help="noise seed (per image: seed, index)")
     g.add_argument("--out", required=True, help="result log (TSV); an existing log is resumed")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_sequential_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sequential certification (docs/sequential.md)")
+    g.add_argument(
+        "--method",
+        choices=("cp", "sequential"),
+        default="cp",
+        help="cp: Cohen et al., fixed n (default); sequential: stop early, same guarantee, "
+        "log column n_used",
+    )
+    g.add_argument(
+        "--radius",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="R",
+        help="sequential decision mode: stop once each target radius R is certified or out "
+        "of reach (default: maximal-radius mode)",
+    )
+    g.add_argument(
+        "--n-max",
+        type=int,
+        default=None,
+        help="sequential: estimation sample budget (default: --n)",
+    )
+    g.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="sequential maximal-radius mode: stop when the radius cannot grow by more than "
+        "this (default 0.1 * sigma)",
+    )
+
+
+def sequential_settings(args) -> dict | None:
+    """Keyword arguments for sequential CERTIFY, or None for --method cp."""
+    if args.method != "sequential":
+        given = [f for f in ("radius", "n_max", "tol") if getattr(args, f) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UserError(f"{flag} needs --method sequential.")
+        return None
+    n_max = args.n if args.n_max is None else args.n_max
+    check_count("n-max", n_max)
+    if args.radius is not None and any(not (r >= 0) or math.isinf(r) for r in args.radius):
+        raise UserError(f"--radius values must be finite and >= 0, got {args.radius}.")
+    if args.tol is not None and not (args.tol > 0):
+        raise UserError(f"--tol must be positive, got {args.tol}.")
+    return {"n_max": n_max, "radius": args.radius, "tol": args.tol}
 
 
 def check_sampling(args) -> None:
