@@ -8,6 +8,7 @@ import math
 import torch
 
 from dsmooth.base import compose, to_labels
+from dsmooth.commands import source_options
 from dsmooth.data import ImageSet, load_images
 from dsmooth.errors import UserError, brief
 from dsmooth.smoothing import Smooth, check_count
@@ -20,7 +21,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--classifier",
         required=True,
-        help="base classifier: a TorchScript file (more formats: docs/sources.md)",
+        help="base classifier: dsmooth checkpoint, TorchScript, module:function, .onnx, "
+        ".keras/.h5, SavedModel folder, or a model server URL (docs/sources.md)",
     )
     g.add_argument(
         "--denoiser",
@@ -49,6 +51,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--std", default=None, help="with --arch: its input std (imagenet, cifar10, or R,G,B)"
     )
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    source_options.add(p)
 
 
 def weights_options(args) -> dict:
@@ -149,7 +152,11 @@ def build_smooth(args, data: ImageSet) -> Smooth:
     """Load models, infer and check num_classes, and wrap them in a Smooth."""
     device = torch.device(args.device)
     classifier = load_model(
-        args.classifier, role="classifier", device=device, **weights_options(args)
+        args.classifier,
+        role="classifier",
+        device=device,
+        **weights_options(args),
+        **source_options.collect(args),
     )
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
     base = compose(classifier, denoiser)

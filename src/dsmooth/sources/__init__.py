@@ -17,6 +17,11 @@ from dsmooth.errors import UserError
 RESOLVERS = [
     "dsmooth.sources.checkpoint",
     "dsmooth.sources.torchscript",
+    "dsmooth.sources.onnx",
+    "dsmooth.sources.keras",
+    "dsmooth.sources.savedmodel",
+    "dsmooth.sources.remote",
+    "dsmooth.sources.entrypoint",
 ]
 
 
@@ -25,5 +30,9 @@ def load_model(spec: str, **options) -> Callable:
     for name in RESOLVERS:
         model = importlib.import_module(name).resolve(str(spec), options)
         if model is not None:
+            if options.get("role", "classifier") == "classifier":
+                from dsmooth.sources.contract import apply_contract
+
+                model = apply_contract(model, options)
             return model
     raise UserError(f"cannot load a model from {spec!r}: no such file, name or supported format.")
