@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dsmooth.commands import common
+from dsmooth.errors import UserError
 
 
 def register(sub) -> None:
@@ -18,12 +19,41 @@ def register(sub) -> None:
     common.add_data_options(p)
     common.add_sampling_options(p, certify=True)
     common.add_sequential_options(p)
+    add_scale_out_options(p)
     p.set_defaults(func=run)
+
+
+def add_scale_out_options(p) -> None:
+    g = p.add_argument_group("scale-out on Ray (docs/distributed.md)")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="certify on Ray: alone, a local Ray in this process; with ADDRESS (HOST:PORT or "
+        "auto), an existing cluster started by `ray start` (needs pip install 'dsmooth[ray]')",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="with --ray: worker actors (default: the CPUs Ray offers, or GPUs with cuda)",
+    )
+    g.add_argument(
+        "--sorted",
+        action="store_true",
+        help="rewrite the log sorted by image index at the end (rows are appended as they finish)",
+    )
 
 
 def run(args) -> int:
     from dsmooth.jobs import certify_dataset
 
+    if args.ray is not None:
+        return run_on_ray(args)
+    if args.workers is not None:
+        raise UserError("--workers needs --ray.")
     common.check_sampling(args)
     sequential = common.sequential_settings(args)
     data = common.load_data(args)
@@ -41,4 +71,24 @@ def run(args) -> int:
         progress=not args.no_progress,
         sequential=sequential,
     )
+    if args.sorted:
+        from dsmooth.distributed import sort_log
+
+        sort_log(args.out)
+    return 0
+
+
+def run_on_ray(args) -> int:
+    import sys
+
+    from dsmooth.distributed import certify_dataset
+
+    summary = certify_dataset(
+        args,
+        address=args.ray,
+        workers=args.workers,
+        sort=args.sorted,
+        progress=not args.no_progress,
+    )
+    print(f"dsmooth: {summary}", file=sys.stderr)
     return 0

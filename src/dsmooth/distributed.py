@@ -1,0 +1,300 @@
+"""Certification scaled out on Ray: one actor per worker, rows streamed to one log.
+
+Each actor builds its own `Smooth` from the parsed command-line options (a plain dict),
+so models load once per worker, and certifies images by index with the same
+`jobs.certify_row` as a single-process run. Noise is drawn per image from (seed, index),
+so rows do not depend on how many workers ran or which one took an image. The driver
+hands images out one by one as workers finish (dynamic scheduling), appends rows to the
+one `ResultLog` in completion order, and reschedules the images of a worker that dies.
+The log stays the source of truth: a killed driver resumes like `dsmooth certify`.
+
+Ray is optional (`pip install 'dsmooth[ray]'`) and only imported when a job starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+from tqdm.auto import tqdm
+
+from dsmooth.errors import UserError, brief
+from dsmooth.results import CERTIFY_COLUMNS, SEQUENTIAL_CERTIFY_COLUMNS, ResultLog
+
+#: Options that must be given; everything else defaults as in `dsmooth certify`.
+REQUIRED = ("classifier", "data", "sigma", "out")
+
+#: Images queued per worker: one running, one waiting, so no worker idles on a round trip.
+IN_FLIGHT = 2
+
+
+@dataclass
+class Summary:
+    """What a distributed run did, for the final report line."""
+
+    images: int  # rows written by this run
+    skipped: int  # rows already in the log (resumed)
+    seconds: float
+    workers: int
+    failures: int = 0  # workers that died and were replaced
+    rescheduled: int = 0  # images handed out again after a worker died
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        text = f"certified {self.images} images in {self.seconds:.1f} s ({self.rate:.2f} img/s)"
+        if self.workers:
+            text += f" on {self.workers} Ray workers"
+        if self.skipped:
+            text += f"; {self.skipped} already in the log"
+        return text + f"; {self.failures} worker failures, {self.rescheduled} images rescheduled."
+
+
+def import_ray():
+    """The `ray` module, or a one-sentence UserError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(
+            "--ray needs Ray, which is not installed; install it with pip install 'dsmooth[ray]'."
+        ) from None
+    return ray
+
+
+def certify_options(options: Mapping | argparse.Namespace, out=None) -> dict:
+    """`dsmooth certify`'s defaults, overridden by `options` (CLI names: n0, batch, max...).
+
+    Only plain values are kept, since the dict travels to every worker.
+    """
+    from dsmooth.cli import build_parser
+
+    given = dict(vars(options) if isinstance(options, argparse.Namespace) else options)
+    if out is not None:
+        given["out"] = str(out)
+    placeholders = ["certify", "--classifier", "-", "--data", "-", "--sigma", "1", "--out", "-"]
+    merged = vars(build_parser().parse_args(placeholders))
+    unknown = sorted(set(given) - set(merged) - {"func"})
+    if unknown:
+        raise UserError(f"unknown certify options {unknown}; use dsmooth certify's option names.")
+    for name in REQUIRED:
+        merged[name] = None
+    merged.update(given)
+    missing = [name for name in REQUIRED if merged.get(name) is None]
+    if missing:
+        raise UserError(f"certify options {missing} are required.")
+    plain = (str, int, float, bool, list, tuple, type(None))
+    return {k: v for k, v in merged.items() if isinstance(v, plain)}
+
+
+class CertifyWorker:
+    """A Ray actor: loads data and models once, then certifies images by index."""
+
+    def __init__(self, options: dict):
+        import ray
+        import torch
+
+        from dsmooth.commands import common
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))
+        self.args = SimpleNamespace(**options)
+        self.error: str | None = None
+        try:  # a UserError is reported by the first call, as one sentence on the driver
+            self.data = common.load_data(self.args)
+            self.smooth = common.build_smooth(self.args, self.data)
+            self.sequential = common.sequential_settings(self.args)
+        except UserError as e:
+            self.error = str(e)
+
+    def certify(self, i: int) -> dict:
+        from dsmooth.jobs import certify_row
+
+        if self.error is not None:
+            raise UserError(self.error)
+        a = self.args
+        return certify_row(self.smooth, self.data, i, a.n0, a.n, a.alpha, a.batch, self.sequential)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def certify_dataset(
+    options: Mapping | argparse.Namespace,
+    out=None,
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    sort: bool = False,
+    progress: bool = True,
+    max_failures: int | None = None,
+) -> Summary:
+    """Certify the selected images on Ray into the TSV log `out`, resuming if it exists.
+
+    `options` are `dsmooth certify`'s (classifier, data, sigma, n0, n, alpha, batch, seed,
+    skip, max, method, ...). `address` is an existing cluster ("HOST:PORT" or "auto");
+    None or "local" starts Ray in this process (or reuses an initialised one). `workers`
+    defaults to the CPUs (GPUs with a cuda device) Ray offers. `sort` rewrites the log
+    sorted by index at the end.
+    """
+    from dsmooth.commands import common
+    from dsmooth.jobs import select_indices
+
+    opts = certify_options(options, out)
+    args = SimpleNamespace(**opts)
+    common.check_sampling(args)
+    sequential = common.sequential_settings(args)
+    if workers is not None and workers < 1:
+        raise UserError(f"workers must be at least 1, got {workers}.")
+    ray = import_ray()
+    columns = CERTIFY_COLUMNS if sequential is None else SEQUENTIAL_CERTIFY_COLUMNS
+    data = common.load_data(args)
+    indices = select_indices(len(data), args.skip, args.max)
+    del data
+    log = ResultLog(args.out, columns)
+    if not log.path.parent.exists():
+        raise UserError(f"the output folder {log.path.parent} does not exist.")
+    start = time.perf_counter()
+    summary = Summary(0, 0, 0.0, 0)
+    try:
+        if log.path.exists():
+            log.open()  # resume: learn which images are done
+        todo = [i for i in indices if i not in log.done]
+        summary.skipped = len(indices) - len(todo)
+        if todo:
+            started = connect(ray, address, workers)
+            try:
+                _schedule(ray, opts, todo, log, summary, workers, progress, max_failures)
+            finally:
+                if started:
+                    ray.shutdown()
+    finally:
+        log.close()
+    if sort and log.path.exists():
+        sort_log(log.path)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def connect(ray, address: str | None, workers: int | None) -> bool:
+    """Join or start Ray; True when this call started it (and should shut it down)."""
+    if ray.is_initialized():
+        return False
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    try:
+        if address in (None, "", "local"):
+            ray.init(
+                address="local",
+                num_cpus=workers or os.cpu_count() or 1,
+                include_dashboard=False,
+                **quiet,
+            )
+        else:
+            ray.init(address=address, **quiet)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        where = "a local Ray instance" if address in (None, "", "local") else address
+        raise UserError(f"cannot start or reach Ray at {where} ({brief(e)}).") from None
+    return True
+
+
+def _actor_class(ray, opts: dict):
+    """CertifyWorker as a Ray actor: one CPU each, or one GPU each for a cuda device."""
+    resources = {"num_cpus": 1}
+    if str(opts.get("device", "cpu")).startswith("cuda"):
+        resources["num_gpus"] = 1
+    return ray.remote(max_restarts=0, max_task_retries=0, **resources)(CertifyWorker)
+
+
+def _default_workers(ray, opts: dict) -> int:
+    kind = "GPU" if str(opts.get("device", "cpu")).startswith("cuda") else "CPU"
+    return max(1, int(ray.cluster_resources().get(kind, 1)))
+
+
+def _schedule(ray, opts, todo, log: ResultLog, summary: Summary, workers, progress, max_failures):
+    """Hand images to idle actors, append rows as they finish, replace dead actors."""
+    from ray.exceptions import (
+        NodeDiedError,
+        ObjectLostError,
+        RayActorError,
+        RayTaskError,
+        WorkerCrashedError,
+    )
+
+    lost_worker = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
+    Worker = _actor_class(ray, opts)
+    size = min(workers or _default_workers(ray, opts), len(todo))
+    limit = max_failures if max_failures is not None else 3 * size
+    summary.workers = size
+    actors = [Worker.remote(opts) for _ in range(size)]
+    opened = log.path.exists()  # certify_dataset opened an existing log to resume it
+    queue = deque(todo)
+    pending: dict = {}  # ObjectRef -> (worker slot, image index)
+
+    def feed(slot: int) -> None:
+        busy = sum(1 for s, _ in pending.values() if s == slot)
+        while queue and busy < IN_FLIGHT:
+            i = queue.popleft()
+            pending[actors[slot].certify.remote(i)] = (slot, i)
+            busy += 1
+
+    for slot in range(size):
+        feed(slot)
+    with tqdm(
+        total=len(todo), desc="certify (ray)", unit="img", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        bar.set_postfix(workers=size, failures=0)
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            slot, i = pending.pop(ref)
+            try:
+                row = ray.get(ref)
+            except RayTaskError as e:  # the image itself failed: not a worker problem
+                if isinstance(e.cause, UserError):
+                    raise UserError(str(e.cause)) from None
+                raise
+            except lost_worker as e:
+                if getattr(e, "actor_init_failed", False):
+                    raise RuntimeError(f"a Ray worker failed to start: {e}") from None
+                lost = [i] + [j for r, (s, j) in list(pending.items()) if s == slot]
+                for r in [r for r, (s, _) in pending.items() if s == slot]:
+                    del pending[r]
+                queue.extendleft(reversed(lost))
+                summary.failures += 1
+                summary.rescheduled += len(lost)
+                if summary.failures > limit:
+                    raise RuntimeError(
+                        f"Ray workers died {summary.failures} times; giving up ({brief(e)})"
+                    ) from None
+                actors[slot] = Worker.remote(opts)  # a fresh process, maybe on another node
+                bar.set_postfix(workers=size, failures=summary.failures)
+            else:
+                if int(row["idx"]) not in log.done:
+                    if not opened:
+                        log.open()  # created on the first row: a failed start writes nothing
+                        opened = True
+                    log.append(row)
+                    summary.images += 1
+                    bar.update(1)
+            feed(slot)
+
+
+def sort_log(path) -> None:
+    """Rewrite a result log sorted by image index (atomically: temp file + rename)."""
+    path = Path(path)
+    header, *rows = path.read_text().splitlines(keepends=True)
+    rows = [r for r in rows if r.endswith("\n") and r.strip()]  # no partial row
+    rows.sort(key=lambda line: int(line.split("\t", 1)[0]))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(header + "".join(rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
