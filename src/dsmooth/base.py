@@ -39,6 +39,7 @@ def compose(classifier: Callable, denoiser: Callable | None = None) -> Callable:
     def composed(x):
         return classifier(denoiser(x))
 
+    composed.classifier, composed.denoiser = classifier, denoiser  # as Composed has them
     return composed
 
 

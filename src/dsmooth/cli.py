@@ -17,7 +17,11 @@ COMMANDS = [
     "certify",
     "predict",
     "demo",
+    "evaluate",
+    "import-weights",
     "analyze",
+    "serve",
+    "export",
 ]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from tqdm.auto import tqdm
 
 from dsmooth.data import ImageSet
+from dsmooth.queries import count_queries
 from dsmooth.results import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
@@ -109,9 +110,14 @@ def certify_dataset(
     (dsmooth.sequential) and logs `n_used` after the standard columns.
     """
     columns = CERTIFY_COLUMNS if sequential is None else SEQUENTIAL_CERTIFY_COLUMNS
+    columns, rows = count_queries(
+        smooth,
+        columns,
+        lambda i: certify_row(smooth, data, i, n0, n, alpha, batch_size, sequential),
+    )
     with ResultLog(out, columns) as log:
         return run(
-            lambda i: certify_row(smooth, data, i, n0, n, alpha, batch_size, sequential),
+            rows,
             log,
             select_indices(len(data), skip, max_index),
             "certify",
@@ -131,9 +137,12 @@ def predict_dataset(
     progress: bool = True,
 ) -> int:
     """Predict every selected image into the TSV log `out`, resuming if it exists."""
-    with ResultLog(out, PREDICT_COLUMNS) as log:
+    columns, rows = count_queries(
+        smooth, PREDICT_COLUMNS, lambda i: predict_row(smooth, data, i, n, alpha, batch_size)
+    )
+    with ResultLog(out, columns) as log:
         return run(
-            lambda i: predict_row(smooth, data, i, n, alpha, batch_size),
+            rows,
             log,
             select_indices(len(data), skip, max_index),
             "predict",
