@@ -1,0 +1,83 @@
+"""`dsmooth evaluate`: clean (and noisy) accuracy of classifier(denoiser(x))."""
+
+from __future__ import annotations
+
+import json
+
+from dsmooth.commands import common
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy of a classifier (behind an optional denoiser), clean and under noise",
+        description="Plain accuracy of f(D(x)) on a dataset, and with --sigma of "
+        "f(D(x + noise)) with one seeded Gaussian draw per image (not a certificate). Use it "
+        "to check imported weights and denoisers.",
+    )
+    common.add_model_options(p)
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        required=True,
+        help="a .npz (or several, comma-separated), FILE.npz:PREFIX, a folder of *SPLIT*.npz, "
+        "a cifar-10-batches-py folder, an image folder, or 'cifar10' (downloaded once)",
+    )
+    g.add_argument("--split", default="test", choices=("train", "test"), help="default: test")
+    g.add_argument("--size", type=int, default=None, help="image folders: resize+crop to SIZE")
+    g.add_argument("--skip", type=int, default=1, help="use every SKIP-th image (default 1)")
+    g.add_argument("--max", type=int, default=-1, help="stop before this index (default: all)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--sigma", type=float, default=None, help="also report accuracy under noise")
+    g.add_argument("--batch", type=int, default=256, help="images per forward pass (256)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    g.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+    import torch
+
+    from dsmooth.base import compose
+    from dsmooth.datasets import load_dataset
+    from dsmooth.errors import UserError
+    from dsmooth.evaluation import evaluate_accuracy
+    from dsmooth.sources import load_model
+
+    if args.skip < 1:
+        raise UserError(f"skip must be at least 1, got {args.skip}.")
+    if args.sigma is not None and not args.sigma > 0:
+        raise UserError(f"sigma must be a positive number, got {args.sigma}.")
+    data = load_dataset(args.data, args.split, args.size)
+    stop = len(data) if args.max < 0 else min(args.max, len(data))
+    indices = np.arange(0, stop, args.skip)
+    if len(indices) == 0:
+        raise UserError(f"{args.data}: no images selected.")
+    device = torch.device(args.device)
+    classifier = load_model(
+        args.classifier, role="classifier", device=device, **common.weights_options(args)
+    )
+    denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
+    result = evaluate_accuracy(
+        compose(classifier, denoiser),
+        data,
+        args.sigma,
+        indices,
+        args.batch,
+        args.seed,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    n = result["n"]
+    print(f"images: {n}")
+    print(f"clean accuracy: {100 * result['clean_accuracy']:.2f}% ({result['clean_correct']}/{n})")
+    if args.sigma is not None:
+        print(
+            f"noisy accuracy (sigma {args.sigma:g}, one draw per image): "
+            f"{100 * result['noisy_accuracy']:.2f}% ({result['noisy_correct']}/{n})"
+        )
+    return 0
