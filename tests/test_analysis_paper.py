@@ -111,7 +111,7 @@ def envelope_row(paths: list[Path]) -> str:
     report = analyze(groups=[("row", paths)], radii=PAPER_RADII, envelope=True, warn=seen.append)
     assert all("holds no rows" in w for w in seen), seen  # some released logs are empty
     ((_, cells),) = report.certified_rows()
-    return " ".join(report._cell_text(c, 0) for c in cells)
+    return " ".join(report.cell_text(c, 0) for c in cells)
 
 
 @pytest.mark.parametrize("row", list(TABLE2))

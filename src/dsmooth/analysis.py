@@ -573,14 +573,14 @@ class Report:
             return self.json()
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
 
-    def _cell_text(self, cell: Cell, decimals: int, latex: bool = False) -> str:
+    def cell_text(self, cell: Cell, decimals: int, latex: bool = False) -> str:
         cert = percent(cell.certified, decimals)
         if not self.envelope or cell.certified is None:
             return cert
         clean = percent(cell.clean, decimals)
         return f"$^{{({clean})}}${cert}" if latex else f"({clean}){cert}"
 
-    def _stats_table(self, decimals: int) -> tuple[list[str], list[list[str]]]:
+    def stats_table(self, decimals: int) -> tuple[list[str], list[list[str]]]:
         head = ["log", "images", "clean %", "ACR", "abstain %", "s/image"]
         head += [f"mean {c}" for c in self.extra_means]
         body = []
@@ -597,12 +597,12 @@ class Report:
             body.append(line)
         return head, body
 
-    def _main_table(self, decimals: int, latex: bool = False) -> tuple[list[str], list[list[str]]]:
+    def main_table(self, decimals: int, latex: bool = False) -> tuple[list[str], list[list[str]]]:
         title = "l2 radius" if not latex else r"$\ell_2$ radius"
         head = [title] + [_radius_label(r) for r in self.radii]
         body = []
         for s, cells in self.certified_rows():
-            body.append([s.name] + [self._cell_text(c, decimals, latex) for c in cells])
+            body.append([s.name] + [self.cell_text(c, decimals, latex) for c in cells])
         return head, body
 
     def markdown(self, decimals: int = 0) -> str:
@@ -612,9 +612,9 @@ class Report:
             if self.envelope
             else "Certified accuracy (%) at each l2 radius."
         )
-        head, body = self._main_table(decimals)
+        head, body = self.main_table(decimals)
         out = [what, "", _md_table(head, body), ""]
-        head, body = self._stats_table(decimals)
+        head, body = self.stats_table(decimals)
         out += ["Per log:", "", _md_table(head, body)]
         return "\n".join(out) + "\n"
 
@@ -631,9 +631,9 @@ class Report:
             lines += [r"\bottomrule", r"\end{tabular}"]
             return "\n".join(lines)
 
-        head, body = self._main_table(decimals, latex=True)
+        head, body = self.main_table(decimals, latex=True)
         out = [tabular(head, body), ""]
-        head, body = self._stats_table(decimals)
+        head, body = self.stats_table(decimals)
         head = [h.replace("%", r"\%") for h in head]
         out.append(tabular(head, body))
         return "\n".join(out) + "\n"

@@ -20,6 +20,8 @@ COMMANDS = [
     "evaluate",
     "import-weights",
     "analyze",
+    "visualize",
+    "report",
     "serve",
     "export",
 ]

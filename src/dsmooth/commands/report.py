@@ -1,0 +1,216 @@
+"""`dsmooth report`: one page about a run: settings, tables, curves, sample images.
+
+`--out report.html` gives a single self-contained file (figures embedded as base64
+PNG); `--out report.md` gives Markdown with the figures as PNG files beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+from pathlib import Path
+
+from dsmooth.errors import UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="one HTML (or Markdown + PNG) page of a run: settings, tables, curves, images",
+        description="Summarise result logs in one page: the settings (logs, groups, radii, "
+        "command), the certified-accuracy table (envelopes with --envelope, as in "
+        "`dsmooth analyze`), per-log statistics, warnings, the accuracy curves and, with "
+        "--data and --classifier, sample clean/noisy/denoised images. The format follows "
+        "--out: .html (self-contained) or .md (figures written as PNGs beside it).",
+    )
+    p.add_argument("logs", nargs="*", metavar="LOG", help="result logs (files or glob patterns)")
+    p.add_argument("--label", action="append", default=[], metavar="NAME=GLOB", help="a group")
+    p.add_argument("--radii", nargs="+", default=["0:1.5:0.25"], metavar="R", help="l2 radii")
+    p.add_argument("--envelope", action="store_true", help="one row per group (best per radius)")
+    p.add_argument("--decimals", type=int, default=0, help="decimals of percentages")
+    p.add_argument("--max-radius", type=float, default=None, help="x-axis end of the curves")
+    p.add_argument("--title", default="dsmooth report", help="page title")
+    p.add_argument("--out", required=True, help="report.html or report.md")
+    p.add_argument("--strict", action="store_true", help="treat every warning as an error")
+    g = p.add_argument_group("sample images (optional)")
+    g.add_argument("--data", default=None, help="images (.npz or folder) for the sample grid")
+    g.add_argument("--classifier", default=None, help="classifier for the sample grid")
+    g.add_argument("--denoiser", default=None, help="denoiser for the sample grid")
+    g.add_argument("--indices", type=int, nargs="+", default=[0, 1, 2, 3], help="image indices")
+    g.add_argument("--sigmas", type=float, nargs="+", default=[0.25], help="noise levels")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (as in certify)")
+    g.add_argument("--class-names", default=None, help="'cifar10' or comma-separated names")
+    g.add_argument("--device", default="cpu", help="torch device for the sample grid")
+    p.set_defaults(func=run)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
+
+
+def sample_figure(args):
+    """The clean/noisy/denoised grid, or None when --data/--classifier are not given."""
+    if not args.data and not args.classifier:
+        return None
+    if not (args.data and args.classifier):
+        raise UserError("sample images need both --data and --classifier.")
+    import torch
+
+    from dsmooth.commands.visualize import class_names, denoising_grid
+    from dsmooth.data import load_images
+    from dsmooth.sources import load_model
+
+    data = load_images(args.data)
+    device = torch.device(args.device)
+    classifier = load_model(args.classifier, role="classifier", device=device)
+    denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
+    return denoising_grid(
+        classifier,
+        data,
+        args.indices,
+        args.sigmas,
+        denoiser=denoiser,
+        seed=args.seed,
+        names=class_names(args.class_names, data.classes),
+        device=args.device,
+    )
+
+
+def settings(args, report) -> list[tuple[str, str]]:
+    from dsmooth import __version__
+
+    rows = [
+        ("generated", datetime.datetime.now().isoformat(timespec="seconds")),
+        ("dsmooth", __version__),
+        ("radii", " ".join(f"{r:g}" for r in report.radii)),
+        ("rows", "envelope over each group's logs" if report.envelope else "one per log"),
+    ]
+    for s in report.series:
+        rows.append((f"row {s.name}", ", ".join(str(log.path) for log in s.logs)))
+    if args.data:
+        rows.append(("sample data", str(args.data)))
+        rows.append(("sample classifier", str(args.classifier)))
+        if args.denoiser:
+            rows.append(("sample denoiser", str(args.denoiser)))
+    return rows
+
+
+def _html_table(head: list[str], body: list[list[str]]) -> str:
+    e = html.escape
+    out = ["<table>", "<tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body]
+    out.append("</table>")
+    return "\n".join(out)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+td { font-variant-numeric: tabular-nums; }
+.warn { color: #a40; }
+img { max-width: 100%; }
+"""
+
+
+def render_html(title, setting_rows, report, decimals, curves: bytes, samples: bytes | None):
+    e = html.escape
+
+    def img(data: bytes, alt: str) -> str:
+        return f'<img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+    what = (
+        "Best certified accuracy (%) over the logs of each row; clean accuracy of the "
+        "chosen log in parentheses."
+        if report.envelope
+        else "Certified accuracy (%) at each l2 radius."
+    )
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        "<h2>Settings</h2>",
+        _html_table(["setting", "value"], [list(r) for r in setting_rows]),
+        "<h2>Certified accuracy</h2>",
+        f"<p>{e(what)}</p>",
+        _html_table(*report.main_table(decimals)),
+        "<h2>Per log</h2>",
+        _html_table(*report.stats_table(decimals)),
+    ]
+    if report.warnings:
+        parts.append("<h2>Warnings</h2><ul>")
+        parts += [f'<li class="warn">{e(w)}</li>' for w in report.warnings]
+        parts.append("</ul>")
+    parts += ["<h2>Curves</h2>", img(curves, "certified accuracy against radius")]
+    if samples is not None:
+        parts += ["<h2>Sample images</h2>", img(samples, "clean, noisy and denoised images")]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def render_markdown(title, setting_rows, report, decimals, curves_name, samples_name):
+    from dsmooth.analysis import _md_table
+
+    parts = [f"# {title}", "", "## Settings", ""]
+    parts.append(_md_table(["setting", "value"], [[k, v] for k, v in setting_rows]))
+    parts += ["", "## Certified accuracy", "", report.markdown(decimals).rstrip(), ""]
+    if report.warnings:
+        parts += ["## Warnings", ""] + [f"- {w}" for w in report.warnings] + [""]
+    parts += ["## Curves", "", f"![certified accuracy against radius]({curves_name})", ""]
+    if samples_name:
+        parts += [
+            "## Sample images",
+            "",
+            f"![clean, noisy and denoised images]({samples_name})",
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def run(args) -> int:
+    from dsmooth.commands.analyze import build_report, write_text
+    from dsmooth.plots import plot_curves, save_figure
+
+    out = Path(args.out)
+    suffix = out.suffix.lower()
+    if suffix not in (".html", ".htm", ".md"):
+        raise UserError(f"{out}: the report is .html (one file) or .md (with PNGs beside it).")
+    if not out.parent.is_dir():
+        raise UserError(f"the output folder {out.parent} does not exist.")
+    args.format = "markdown"
+    report = build_report(args)
+    curves = plot_curves(report.series, max_radius=args.max_radius, title=args.title)
+    samples = sample_figure(args)
+    setting_rows = settings(args, report)
+    if suffix == ".md":
+        curves_path = out.with_name(f"{out.stem}_curves.png")
+        samples_path = out.with_name(f"{out.stem}_samples.png") if samples is not None else None
+        save_figure(curves, curves_path, dpi=120)
+        if samples_path is not None:
+            save_figure(samples, samples_path, dpi=120)
+        text = render_markdown(
+            args.title,
+            setting_rows,
+            report,
+            args.decimals,
+            curves_path.name,
+            samples_path.name if samples_path else None,
+        )
+    else:
+        text = render_html(
+            args.title,
+            setting_rows,
+            report,
+            args.decimals,
+            _png(curves),
+            None if samples is None else _png(samples),
+        )
+    write_text(out, text)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,211 @@
+"""`dsmooth visualize`: clean, noisy and denoised images with the classifier's labels.
+
+The noise shown for image i at a given sigma and seed is the first selection sample
+that `dsmooth certify --seed SEED` draws for that image (dsmooth.noise, stage
+STAGE_SELECT), so the picture shows what the base classifier actually saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from dsmooth.errors import UserError, brief
+
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+MAX_IMAGES = 32
+MAX_SIGMAS = 8
+
+
+def register(sub) -> None:
+    from dsmooth.commands import common
+
+    p = sub.add_parser(
+        "visualize",
+        help="PNG grid of clean, noisy (x + d) and denoised images with predicted labels",
+        description="Draw, for chosen images and noise levels, the clean image, the noisy "
+        "image x + d (d ~ N(0, sigma^2 I); the first noise sample certify draws for it with "
+        "the same --seed) and, with --denoiser, the denoised D(x + d), each captioned with "
+        "the classifier's label (green: correct, red: wrong). Noisy images are clipped to "
+        "[0, 1] for display only.",
+    )
+    common.add_model_options(p)
+    p.add_argument(
+        "--data", required=True, help=".npz with uint8 'images' and 'labels', or an image folder"
+    )
+    p.add_argument(
+        "--indices",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2, 3],
+        help="image indices (default 0 1 2 3)",
+    )
+    p.add_argument(
+        "--sigmas",
+        type=float,
+        nargs="+",
+        default=[0.12, 0.25, 0.5],
+        help="noise levels in [0,1] pixel units (default 0.12 0.25 0.5)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="noise seed, as in certify (default 0)")
+    p.add_argument(
+        "--class-names",
+        default=None,
+        help="'cifar10' or comma-separated names (default: folder names, else numbers)",
+    )
+    p.add_argument("--out", required=True, help="output image (.png, .svg or .pdf)")
+    p.set_defaults(func=run)
+
+
+def class_names(spec: str | None, data_classes: Sequence[str]) -> list[str] | None:
+    if spec is None:
+        return list(data_classes) or None
+    if spec.strip().lower() in ("cifar10", "cifar-10"):
+        return list(CIFAR10_CLASSES)
+    names = [n.strip() for n in spec.split(",")]
+    if not all(names):
+        raise UserError(f"--class-names has an empty name: {spec!r}.")
+    return names
+
+
+def _call(model: Callable, x, what: str):
+    import torch
+
+    try:
+        with torch.inference_mode():
+            out = model(x)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(
+            f"the {what} failed on a batch of shape {tuple(x.shape)} ({brief(e)})."
+        ) from None
+    return out
+
+
+def _to_image_tensor(out, like):
+    import torch
+
+    t = out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
+    if tuple(t.shape) != tuple(like.shape):
+        raise UserError(
+            f"the denoiser returned shape {tuple(t.shape)} for input {tuple(like.shape)}; "
+            "a denoiser must keep the image shape."
+        )
+    return t.to(like.device, torch.float32)
+
+
+def denoising_grid(
+    classifier: Callable,
+    data,
+    indices: Sequence[int],
+    sigmas: Sequence[float],
+    denoiser: Callable | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+    names: Sequence[str] | None = None,
+    device: str = "cpu",
+):
+    """Figure: one row per image; columns clean, then per sigma x + d (and D(x + d))."""
+    import torch
+
+    from dsmooth.base import to_labels
+    from dsmooth.noise import STAGE_SELECT, NoiseStream
+    from dsmooth.plots import image_grid
+
+    if not indices:
+        raise UserError("give at least one image index.")
+    if len(indices) > MAX_IMAGES or len(sigmas) > MAX_SIGMAS:
+        raise UserError(f"show at most {MAX_IMAGES} images and {MAX_SIGMAS} sigmas at once.")
+    bad = [i for i in indices if not 0 <= i < len(data)]
+    if bad:
+        raise UserError(f"image index {bad[0]} is outside 0..{len(data) - 1}.")
+    bad_sigma = [s for s in sigmas if not (s > 0 and np.isfinite(s))]
+    if bad_sigma:
+        raise UserError(f"sigma must be a positive number, got {bad_sigma[0]}.")
+    device = torch.device(device)
+    x = data.batch(indices).to(device)
+    labels = [int(data.labels[i]) for i in indices]
+    if num_classes is None:
+        out = _call(classifier, x[:1], "classifier")
+        shape = tuple(getattr(out, "shape", ()))
+        num_classes = int(shape[1]) if len(shape) == 2 else max(data.num_classes, 2)
+
+    def predict(batch) -> list[int]:
+        return to_labels(_call(classifier, batch, "classifier"), num_classes).tolist()
+
+    def name(c: int) -> str:
+        return names[c] if names and 0 <= c < len(names) else str(c)
+
+    def hwc(batch) -> list[np.ndarray]:
+        return list(batch.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).numpy())
+
+    columns, panels, preds = ["clean"], [hwc(x)], [predict(x)]
+    for sigma in sigmas:
+        noise = torch.stack(
+            [
+                NoiseStream(x.shape[1:], sigma, seed, i, STAGE_SELECT, device).take(1)[0]
+                for i in indices
+            ]
+        )
+        noisy = x + noise
+        columns.append(f"x + d, σ={sigma:g}")
+        panels.append(hwc(noisy))
+        preds.append(predict(noisy))
+        if denoiser is not None:
+            denoised = _to_image_tensor(_call(denoiser, noisy, "denoiser"), noisy)
+            columns.append(f"D(x + d), σ={sigma:g}")
+            panels.append(hwc(denoised))
+            preds.append(predict(denoised))
+    rows = range(len(indices))
+    images = [[panel[r] for panel in panels] for r in rows]
+    captions = [[f"pred: {name(p[r])}" for p in preds] for r in rows]
+    colors = [["tab:green" if p[r] == labels[r] else "tab:red" for p in preds] for r in rows]
+    row_titles = [f"#{i}: {name(y)}" for i, y in zip(indices, labels, strict=True)]
+    return image_grid(images, captions, columns, row_titles, colors)
+
+
+def run(args) -> int:
+    import torch
+
+    from dsmooth.commands import common, source_options
+    from dsmooth.plots import check_figure_path, save_figure
+    from dsmooth.sources import load_model
+
+    check_figure_path(args.out)
+    data = common.load_data(args)
+    device = torch.device(args.device)
+    classifier = load_model(
+        args.classifier,
+        role="classifier",
+        device=device,
+        **common.weights_options(args),
+        **source_options.collect(args),
+    )
+    denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
+    fig = denoising_grid(
+        classifier,
+        data,
+        args.indices,
+        args.sigmas,
+        denoiser=denoiser,
+        seed=args.seed,
+        num_classes=args.num_classes,
+        names=class_names(args.class_names, data.classes),
+        device=args.device,
+    )
+    save_figure(fig, args.out)
+    print(f"wrote {args.out}")
+    return 0
