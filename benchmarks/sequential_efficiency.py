@@ -114,10 +114,11 @@ def main(argv=None) -> int:
     for m in methods:
         a, u = np.mean(acc[m], axis=0), np.mean(used[m])
         worst = np.max(np.abs(np.array(acc[m]) - np.array(acc["fixed-n CP"])))
+        fewest = np.min(np.array(used["fixed-n CP"]) / np.array(used[m]))
         cells = " / ".join(f"{v:5.1f}" for v in a)
         print(
-            f"  {m:15s} {cells}   samples {u:9.0f}   {base_used / u:5.1f}x fewer   "
-            f"max |diff| on one log {worst:.2f} pt"
+            f"  {m:15s} {cells}   samples {u:9.0f}   {base_used / u:5.1f}x fewer "
+            f"(worst log {fewest:4.1f}x)   max |diff| on one log {worst:.2f} pt"
         )
     print(f"\n({time.perf_counter() - start:.1f} s)")
     return 0
