@@ -1,0 +1,179 @@
+"""Certify against a real model server process on loopback (`dsmooth serve`, uvicorn).
+
+The server runs in its own process and speaks the Open Inference Protocol v2 and
+TensorFlow Serving REST over a real socket; results must equal the local ones on the
+same noise, and the log must count the queries spent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from byoc_models import NUM_CLASSES, build  # noqa: E402
+
+from dsmooth.cli import main  # noqa: E402
+from dsmooth.data import ImageSet  # noqa: E402
+from dsmooth.jobs import certify_dataset, predict_dataset  # noqa: E402
+from dsmooth.smoothing import Smooth  # noqa: E402
+from dsmooth.sources import load_model  # noqa: E402
+
+ASSET = Path(__file__).resolve().parents[1] / "src/dsmooth/assets/cifar10_test_every20.npz"
+SIGMA, N0, N, BATCH = 0.25, 8, 48, 24
+
+
+def read_line(stream, timeout: float) -> str:
+    """The first line of a child's stdout, or '' after `timeout` seconds."""
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return box[0] if box else ""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`dsmooth serve` on 127.0.0.1 with a free port, serving the small CNN as 'small'."""
+    folder = tmp_path_factory.mktemp("serve")
+    model_path = folder / "small.pt"
+    torch.jit.save(torch.jit.trace(build(), torch.rand(2, 3, 32, 32)), str(model_path))
+    cmd = [sys.executable, "-m", "dsmooth.cli", "serve", "--classifier", str(model_path)]
+    cmd += ["--name", "small", "--port", "0", "--input-shape", "3,32,32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = read_line(proc.stdout, 120)
+        assert "http://127.0.0.1:" in line, f"server did not start: {line!r}"
+        base = line.split("on ", 1)[1].split("/v2/", 1)[0]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("server never became ready")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def data() -> ImageSet:
+    d = np.load(ASSET)
+    return ImageSet(d["images"][:3], d["labels"][:3])
+
+
+def rows(path: Path) -> list[list[str]]:
+    lines = path.read_text().splitlines()
+    return [line.split("\t") for line in lines]
+
+
+def results_without_time(path: Path, ncols: int = 5) -> list[list[str]]:
+    table = rows(path)
+    return [r[:4] for r in table[1:]] if ncols == 5 else table
+
+
+def test_metadata_announces_nchw_input(server):
+    meta = httpx.get(f"{server}/v2/models/small", timeout=5).json()
+    assert meta["inputs"][0]["shape"] == [-1, 3, 32, 32]
+    remote = load_model(f"{server}/v2/models/small")
+    assert remote.contract.layout == "NCHW" and remote.input_name == "input"
+
+
+@pytest.mark.parametrize("path", ["/v2/models/small", "/v1/models/small"])
+def test_certify_over_http_equals_local(server, data, tmp_path, path):
+    local = Smooth(build(), NUM_CLASSES, SIGMA, seed=3)
+    remote_model = load_model(server + path, request_size=BATCH, concurrency=2)
+    remote = Smooth(remote_model, NUM_CLASSES, SIGMA, seed=3)
+    certify_dataset(local, data, tmp_path / "local.tsv", N0, N, 0.01, BATCH, progress=False)
+    certify_dataset(remote, data, tmp_path / "remote.tsv", N0, N, 0.01, BATCH, progress=False)
+    here, there = rows(tmp_path / "local.tsv"), rows(tmp_path / "remote.tsv")
+    assert there[0] == [*here[0], "queries"]
+    assert [r[:5] for r in there[1:]] == [r[:5] for r in here[1:]]
+    assert [int(r[6]) for r in there[1:]] == [N0 + N] * len(data)
+    assert remote_model.queries == (N0 + N) * len(data)
+    # the counts themselves agree, not only the decisions
+    x = data.image(0)
+    assert np.array_equal(local.sample_counts(x, 64, 32), remote.sample_counts(x, 64, 32))
+
+
+def test_cli_certify_and_predict_against_server(server, data, tmp_path, capsys):
+    npz = tmp_path / "d.npz"
+    np.savez(npz, images=data.images, labels=data.labels)
+    url = f"{server}/v2/models/small"
+    common = ["--data", str(npz), "--sigma", str(SIGMA), "--n", str(N), "--seed", "3"]
+    common += ["--batch", str(BATCH), "--no-progress", "--alpha", "0.01"]
+    args = ["certify", "--classifier", url, *common, "--n0", str(N0), "--request-size", "32"]
+    assert main([*args, "--out", str(tmp_path / "c.tsv"), "--concurrency", "3"]) == 0
+    local = Smooth(build(), NUM_CLASSES, SIGMA, seed=3)
+    certify_dataset(local, data, tmp_path / "l.tsv", N0, N, 0.01, BATCH, progress=False)
+    assert [r[:5] for r in rows(tmp_path / "c.tsv")[1:]] == [
+        r[:5] for r in rows(tmp_path / "l.tsv")[1:]
+    ]
+    pargs = ["predict", "--classifier", url, *common, "--out", str(tmp_path / "p.tsv")]
+    assert main(pargs) == 0
+    predict_dataset(local, data, tmp_path / "lp.tsv", N, 0.01, BATCH, progress=False)
+    got = rows(tmp_path / "p.tsv")
+    assert got[0][-1] == "queries" and [int(r[-1]) for r in got[1:]] == [N] * 3
+    assert [r[:4] for r in got[1:]] == [r[:4] for r in rows(tmp_path / "lp.tsv")[1:]]
+
+
+def test_query_budget_stops_cleanly_and_rerun_resumes(server, data, tmp_path, capsys):
+    npz = tmp_path / "d.npz"
+    np.savez(npz, images=data.images, labels=data.labels)
+    out = tmp_path / "budget.tsv"
+    args = ["certify", "--classifier", f"{server}/v1/models/small", "--data", str(npz)]
+    args += ["--sigma", str(SIGMA), "--n0", str(N0), "--n", str(N), "--seed", "3"]
+    args += ["--batch", str(BATCH), "--alpha", "0.01", "--out", str(out), "--no-progress"]
+    per_image = N0 + N
+    assert main([*args, "--max-queries", str(2 * per_image + 10)]) == 2
+    err = capsys.readouterr().err
+    assert "query budget" in err and err.count("\n") == 1
+    first = out.read_text()
+    assert first.endswith("\n") and len(first.splitlines()) == 3  # header + 2 complete rows
+    # resumes with the one image left (+1: the probe image that finds the number of classes)
+    assert main([*args, "--max-queries", str(per_image + 1)]) == 0
+    final = rows(out)
+    assert [int(r[0]) for r in final[1:]] == [0, 1, 2]
+    local = Smooth(build(), NUM_CLASSES, SIGMA, seed=3)
+    certify_dataset(local, data, tmp_path / "l.tsv", N0, N, 0.01, BATCH, progress=False)
+    assert [r[:5] for r in final[1:]] == [r[:5] for r in rows(tmp_path / "l.tsv")[1:]]
+
+
+def test_server_rejects_bad_requests_with_4xx(server):
+    r = httpx.post(f"{server}/v2/models/small/infer", content=b"{", timeout=5)
+    assert r.status_code == 400
+    body = {"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32"}]}
+    body["inputs"][0]["data"] = [0.5] * (3 * 8 * 8)
+    r = httpx.post(f"{server}/v2/models/small/infer", json=body, timeout=5)
+    assert r.status_code == 400 and "shape" in r.json()["error"]
+    assert httpx.post(f"{server}/v2/models/other/infer", json=body, timeout=5).status_code == 404
+    ok = {"instances": np.full((2, 3, 32, 32), 0.5).tolist()}
+    r = httpx.post(f"{server}/v1/models/small:predict", json=ok, timeout=5)
+    expected = build()(torch.full((2, 3, 32, 32), 0.5)).detach().numpy()
+    assert np.allclose(np.asarray(r.json()["predictions"]), expected, atol=1e-5)
+    assert (
+        json.loads(httpx.get(f"{server}/v1/models/small", timeout=5).text)["model_version_status"][
+            0
+        ]["state"]
+        == "AVAILABLE"
+    )
