@@ -10,6 +10,7 @@ from scipy.stats import norm
 
 from dsmooth import ABSTAIN, Smooth, UserError
 from dsmooth import stats as exact
+from dsmooth.analysis import read_log as read_analysis_log
 from dsmooth.cli import main
 from dsmooth.noise import (
     SEQUENTIAL_FIRST_STAGE,
@@ -267,6 +268,11 @@ def test_cli_sequential_logs_n_used_after_standard_columns_and_resumes(
     before = out.read_text()
     assert main([*args, "--radius", "0.1", "0.2", "--n-max", "3000"]) == 0
     assert out.read_text() == before  # resumed: nothing to do
+    # `dsmooth analyze` reads the standard columns and keeps n_used as an extra one
+    log = read_analysis_log(out)
+    assert log.images == 4 and log.radius is not None
+    assert log.extra_mean("n_used") == pytest.approx(np.mean([int(r[-1]) for r in rows]))
+    assert main(["analyze", str(out)]) == 0
 
 
 def test_cli_cp_log_keeps_the_reference_columns(tiny_classifier_file, tiny_data_file, tmp_path):
