@@ -1,0 +1,299 @@
+"""Checkpoints, shipped models and foreign weights: exact round trips, safe loading."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dsmooth
+from dsmooth.errors import UserError
+from dsmooth.models import create
+from dsmooth.models.checkpoint import load_checkpoint, read_config, save_checkpoint
+from dsmooth.models.foreign import import_weights
+from dsmooth.sources import load_model
+
+
+def trained_like(name: str, seed: int = 0) -> torch.nn.Module:
+    """A model whose weights and BatchNorm statistics are all non-trivial."""
+    torch.manual_seed(seed)
+    m = create(name)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        m.train()
+        m(torch.rand(4, 3, 8, 8))  # moves the running statistics
+    return m.eval()
+
+
+def outputs(m: torch.nn.Module, seed: int = 1) -> torch.Tensor:
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return m(x)
+
+
+FRESH_PROCESS = """
+import sys, numpy as np, torch, dsmooth
+x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+for path, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    with torch.no_grad():
+        np.save(out, dsmooth.load(path)(x).numpy())
+"""
+
+
+def test_round_trip_in_a_fresh_process_is_exact(tmp_path):
+    cases = []
+    for name, target in [
+        ("dncnn", tmp_path / "dncnn"),
+        ("memnet", tmp_path / "memnet.safetensors"),
+        ("cifar_resnet20", tmp_path / "r20"),
+    ]:
+        m = trained_like(name)
+        save_checkpoint(m, target, {"architecture": name, "sigma": 0.25, "objective": "mse"})
+        cases.append((name, target, outputs(m)))
+    argv = []
+    for name, target, _ in cases:
+        argv += [str(target), str(tmp_path / f"{name}.npy")]
+    subprocess.run([sys.executable, "-c", FRESH_PROCESS, *argv], check=True, timeout=120)
+    for name, _, expected in cases:
+        got = torch.from_numpy(np.load(tmp_path / f"{name}.npy"))
+        assert torch.equal(got, expected), name
+
+
+def test_config_records_standard_fields(tmp_path):
+    m = create("cifar_resnet20", num_classes=7, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    kwargs = {"num_classes": 7, "mean": [0.5] * 3, "std": [0.25] * 3}
+    save_checkpoint(m, tmp_path / "c", {"architecture": "cifar_resnet20", "kwargs": kwargs})
+    config = read_config(tmp_path / "c")
+    assert config["kind"] == "classifier" and config["num_classes"] == 7
+    assert config["normalization"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    assert config["input_range"] == [0.0, 1.0]
+    assert config["dsmooth_version"] == dsmooth.__version__
+    loaded = dsmooth.load(tmp_path / "c")
+    assert torch.equal(loaded.normalize.std, m.normalize.std)
+    assert loaded.dsmooth_config["kwargs"] == kwargs
+    d = create("dncnn")
+    save_checkpoint(d, tmp_path / "d.safetensors", {"architecture": "dncnn", "sigma": 0.5})
+    cd = read_config(tmp_path / "d.safetensors")
+    assert cd["kind"] == "denoiser" and cd["sigma"] == 0.5 and "num_classes" not in cd
+
+
+def test_float16_weights_load_as_float32(tmp_path):
+    m = trained_like("dncnn")
+    save_checkpoint(m, tmp_path / "h", {"architecture": "dncnn"}, dtype=torch.float16)
+    size16 = (tmp_path / "h" / "model.safetensors").stat().st_size
+    save_checkpoint(m, tmp_path / "f", {"architecture": "dncnn"})
+    assert size16 < 0.6 * (tmp_path / "f" / "model.safetensors").stat().st_size
+    loaded, _ = load_checkpoint(tmp_path / "h")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    a, b = outputs(loaded), outputs(m)
+    assert not torch.equal(a, b) and (a - b).abs().max() <= 0.05 * b.abs().max()
+
+
+def test_checkpoint_errors_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "missing")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError):
+        dsmooth.load(bad)
+    save_checkpoint(create("dncnn"), tmp_path / "ck", {"architecture": "dncnn"})
+    (tmp_path / "ck" / "config.json").write_text(json.dumps({"architecture": "nonesuch"}))
+    with pytest.raises(UserError, match="unknown architecture"):
+        dsmooth.load(tmp_path / "ck")
+    save_checkpoint(create("dncnn"), tmp_path / "ck2", {"architecture": "dncnn"})
+    with pytest.raises(UserError, match="do not apply"):
+        dsmooth.load(tmp_path / "ck2", mean="imagenet")
+    with pytest.raises(UserError, match="cannot load"):
+        dsmooth.load(tmp_path / "nothing-here")
+
+
+# ------------------------------------------------------------------------- pretrained
+
+
+def test_pretrained_registry_with_a_temporary_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSMOOTH_PRETRAINED_PATH", str(tmp_path))
+    m = trained_like("dncnn")
+    save_checkpoint(m, tmp_path / "test-dncnn", {"architecture": "dncnn", "sigma": 0.25})
+    (tmp_path / "test-dncnn" / "MODEL_CARD.md").write_text("# test-dncnn\nA test entry.\n")
+    (tmp_path / "not-a-model").mkdir()
+    assert "test-dncnn" in dsmooth.list_pretrained()
+    assert "not-a-model" not in dsmooth.list_pretrained()
+    expected = outputs(m)
+    assert torch.equal(outputs(dsmooth.pretrained("test-dncnn")), expected)
+    assert torch.equal(outputs(dsmooth.load("test-dncnn")), expected)
+    assert torch.equal(outputs(load_model("pretrained:test-dncnn", role="denoiser")), expected)
+    assert dsmooth.pretrained("test-dncnn").dsmooth_config["sigma"] == 0.25
+    from dsmooth.models.pretrained import model_card
+
+    assert "A test entry" in model_card("test-dncnn")
+    with pytest.raises(UserError, match="no pretrained model named 'nope'.*test-dncnn"):
+        dsmooth.pretrained("nope")
+    with pytest.raises(UserError, match="no pretrained model"):
+        load_model("pretrained:nope")
+
+
+def test_package_ships_a_pretrained_folder():
+    folder = Path(dsmooth.__file__).parent / "pretrained"
+    assert folder.is_dir() and (folder / "README.md").is_file()
+    for name in dsmooth.list_pretrained():  # every shipped entry is documented and loads
+        assert (folder / name / "MODEL_CARD.md").is_file()
+
+
+# ---------------------------------------------------------------------- foreign weights
+
+
+def foreign_layouts(m: torch.nn.Module) -> dict[str, dict]:
+    """The same weights as other code bases save them."""
+    net = {k[len("net.") :]: v for k, v in m.state_dict().items() if k.startswith("net.")}
+    return {
+        "plain": dict(net),
+        "dataparallel_nested": {"state_dict": {f"module.{k}": v for k, v in net.items()}},
+        "cohen_sequential": {
+            "arch": "x",
+            "state_dict": {f"1.module.{k}": v for k, v in net.items()},
+        },
+    }
+
+
+@pytest.mark.parametrize("layout", ["plain", "dataparallel_nested", "cohen_sequential"])
+def test_foreign_state_dicts_import_exactly(tmp_path, layout):
+    m = trained_like("cifar_resnet20")
+    obj = foreign_layouts(m)[layout]
+    if "arch" in obj:
+        obj = {**obj, "arch": "my_resnet", "epoch": 90}
+    path = tmp_path / "w.pth"
+    torch.save(obj, path)
+    got = dsmooth.load(f"cifar_resnet20:{path}")
+    assert torch.equal(outputs(got), outputs(m))
+    assert got.dsmooth_config["source"]["format"] == "pytorch state dict"
+    same = load_model(str(path), role="classifier", arch="cifar_resnet20")
+    assert torch.equal(outputs(same), outputs(m))
+
+
+def test_official_denoiser_checkpoint_names_its_architecture(tmp_path):
+    m = trained_like("dncnn_wide")
+    torch.save(
+        {"epoch": 90, "arch": "cifar_dncnn_wide", "state_dict": m.state_dict()},
+        tmp_path / "c.pth.tar",
+    )
+    path = tmp_path / "checkpoint.pth"
+    (tmp_path / "c.pth.tar").rename(path)
+    got = dsmooth.load(path)
+    assert got.dsmooth_config["architecture"] == "dncnn"
+    assert got.dsmooth_config["source"]["epoch"] == 90
+    assert torch.equal(outputs(got), outputs(m))
+
+
+def test_mean_std_options_set_the_normalisation(tmp_path):
+    m = trained_like("cifar_resnet20")
+    torch.save(foreign_layouts(m)["plain"], tmp_path / "w.th")
+    a = dsmooth.load(tmp_path / "w.th", arch="cifar_resnet20", mean="imagenet", std="imagenet")
+    assert torch.allclose(a.normalize.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    assert a.dsmooth_config["normalization"]["std"] == [0.229, 0.224, 0.225]
+    b = dsmooth.load(
+        tmp_path / "w.th", arch="cifar_resnet20", mean="0.5,0.5,0.5", std="0.5 0.5 0.5"
+    )
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(b(x), b.net((x - 0.5) / 0.5))
+    with pytest.raises(UserError, match="std"):
+        dsmooth.load(tmp_path / "w.th", arch="cifar_resnet20", std="0,1,1")
+    with pytest.raises(UserError, match="denoiser"):
+        torch.save(create("dncnn").state_dict(), tmp_path / "d.pt")
+        dsmooth.load(tmp_path / "d.pt", arch="dncnn", mean="imagenet")
+
+
+def test_num_classes_is_read_from_the_weights(tmp_path):
+    m = create("cifar_resnet20", num_classes=100)
+    torch.save(foreign_layouts(m)["plain"], tmp_path / "w.pt")
+    got = dsmooth.load(f"cifar_resnet20:{tmp_path / 'w.pt'}")
+    assert got.dsmooth_config["num_classes"] == 100 and outputs(got).shape == (2, 100)
+
+
+def test_mismatched_foreign_weights_are_user_errors(tmp_path):
+    torch.save(foreign_layouts(create("cifar_resnet56"))["plain"], tmp_path / "w.pt")
+    with pytest.raises(UserError, match="name its architecture"):
+        dsmooth.load(tmp_path / "w.pt")
+    with pytest.raises(UserError, match="do not fit cifar_resnet20.*unexpected"):
+        dsmooth.load(tmp_path / "w.pt", arch="cifar_resnet20")
+    with pytest.raises(UserError, match="do not fit wrn16_4"):
+        dsmooth.load(tmp_path / "w.pt", arch="wrn16_4")
+    with pytest.raises(UserError, match="unknown architecture"):
+        dsmooth.load(tmp_path / "w.pt", arch="resnet9000")
+    (tmp_path / "junk.pth").write_bytes(b"\x00garbage")
+    with pytest.raises(UserError, match="safely"):
+        dsmooth.load(tmp_path / "junk.pth", arch="cifar_resnet20")
+
+
+class _Exploit:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pickled_objects_are_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Exploit(str(marker))}, tmp_path / "e.pt")
+    with pytest.raises(UserError, match="safely"):
+        dsmooth.load(tmp_path / "e.pt", arch="dncnn")
+    assert not marker.exists()
+    torch.save(create("dncnn"), tmp_path / "whole_model.pt")  # a pickled nn.Module
+    with pytest.raises(UserError, match="state_dict"):
+        dsmooth.load(tmp_path / "whole_model.pt", arch="dncnn")
+
+
+def test_torchscript_still_resolves_through_torchscript(tmp_path):
+    m = trained_like("cifar_resnet20")
+    torch.jit.save(torch.jit.trace(m, torch.rand(1, 3, 16, 16)), tmp_path / "model.pt")
+    got = load_model(str(tmp_path / "model.pt"), role="classifier")
+    assert isinstance(got, torch.jit.ScriptModule)
+    assert torch.allclose(outputs(got), outputs(m), atol=1e-5)
+    with pytest.raises(UserError, match="TorchScript"):
+        import_weights(tmp_path / "model.pt", arch="cifar_resnet20")
+
+
+def test_foreign_safetensors_without_config(tmp_path):
+    from safetensors.torch import save_file
+
+    m = trained_like("dncnn")
+    save_file(
+        {k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "w.safetensors")
+    )
+    with pytest.raises(UserError, match="name its architecture"):
+        dsmooth.load(tmp_path / "w.safetensors")
+    assert torch.equal(outputs(dsmooth.load(f"dncnn:{tmp_path / 'w.safetensors'}")), outputs(m))
+
+
+def _run(command_module, argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    command_module.register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_import_weights_command_writes_a_checkpoint(tmp_path, capsys):
+    from dsmooth.commands import import_weights as cmd
+
+    m = trained_like("cifar_resnet20")
+    torch.save(foreign_layouts(m)["dataparallel_nested"], tmp_path / "w.th")
+    out = tmp_path / "ck"
+    argv = ["import-weights", str(tmp_path / "w.th"), "--arch", "cifar_resnet20"]
+    argv += ["--mean", "cifar10", "--std", "cifar10", "--out", str(out)]
+    assert _run(cmd, argv) == 0
+    assert "cifar_resnet20" in capsys.readouterr().out
+    config = read_config(out)
+    assert config["source"]["file"] == "w.th" and len(config["source"]["sha256"]) == 64
+    assert torch.equal(outputs(dsmooth.load(out)), outputs(m))
+    with pytest.raises(UserError, match="exists"):
+        _run(cmd, argv)
+    assert _run(cmd, argv + ["--force", "--half"]) == 0
