@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from dsmooth.analysis import PAPER_RADII, LogWarning, analyze, read_log
+from dsmooth.analysis import PAPER_RADII, LogWarning, analyze, percent, read_log
 from dsmooth.cli import main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -137,6 +138,31 @@ def test_cli_prints_the_table2_rows(capsys, tmp_path):
     assert "| Stab | (72)56 | (62)41 | (62)28 | (44)19 | (42)16 | (44)13 |" in out
     assert main(argv + ["--format", "latex"]) == 0
     assert r"$^{(72)}$56 & $^{(62)}$41 & $^{(62)}$28" in capsys.readouterr().out
+
+
+def test_paper_curves(tmp_path):
+    from dsmooth.plots import plot_curves
+
+    report = analyze(
+        groups=[
+            ("No denoiser", TABLE2["no denoiser"][0]),
+            ("Stab", cifar_stab("resnet110_90epochs", 5)),
+        ],
+        radii=[0.0],
+        envelope=True,
+    )
+    fig = plot_curves(report.series, tmp_path / "curves.png")
+    (ax,) = fig.axes
+    no_denoiser, stab = ax.get_lines()
+    assert ax.get_ylim() == (0.0, 1.0)
+    assert ax.get_xlim()[0] == 0.0 and 3.0 <= ax.get_xlim()[1] <= 3.5  # sigma=1 radii reach ~3.2
+    x, y = stab.get_data()
+    assert y[0] == max(log.clean_accuracy for log in report.series[1].logs)
+    i = int(np.argmin(np.abs(x - 0.25)))
+    assert abs(x[i] - 0.25) < 1e-3 and percent(y[i]) == "56"  # Table 2: (72)56 at 0.25
+    clean = [log.clean_accuracy for log in report.series[0].logs]
+    assert no_denoiser.get_data()[1].max() == max(clean)  # 16%, as the paper's parentheses
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
 def test_released_logs_with_duplicates_and_empty_logs_are_reported():
