@@ -98,6 +98,13 @@ def test_extra_columns_are_kept_and_n_used_is_averaged(tmp_path):
     assert "n_used" not in plain.markdown()
 
 
+def test_windows_line_endings_and_a_bom_are_fine(tmp_path):
+    path = tmp_path / "crlf.tsv"
+    path.write_bytes(("\ufeff" + "\r\n".join([HEADER, *ROWS]) + "\r\n").encode("utf-8"))
+    log = read_log(path)
+    assert len(log) == 4 and log.certified_accuracy(0.25) == 0.5
+
+
 def test_columns_may_come_in_any_order(tmp_path):
     header = "time\tcorrect\tradius\tpredict\tlabel\tidx"
     rows = ["\t".join(reversed(r.split("\t"))) for r in ROWS]

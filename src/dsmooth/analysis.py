@@ -212,7 +212,7 @@ def read_log(path: str | os.PathLike, name: str = "", warn: Warn | None = None) 
     if not path.is_file():
         raise UserError(f"log not found: {path}.")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # tolerate a BOM
     except UnicodeDecodeError:
         raise UserError(f"{path} is not a text (UTF-8) log.") from None
     lines = text.split("\n")
