@@ -17,6 +17,7 @@ COMMANDS = [
     "certify",
     "predict",
     "demo",
+    "train-classifier",
     "evaluate",
     "import-weights",
     "analyze",

@@ -1,0 +1,242 @@
+"""The epoch loop shared by classifier and denoiser training.
+
+It owns what every run needs and nothing model-specific: deterministic batch order,
+per-batch generators, learning-rate schedule, progress bar, per-epoch validation,
+metrics files, the dsmooth checkpoint every epoch, and the resumable state every epoch,
+every few minutes, on Ctrl-C / SIGTERM, and when a step or time budget ends.
+
+Exact resume: batch b of epoch e always uses the permutation seeded by (seed, e) and a
+generator seeded by (seed, e, b), and the learning rate is a pure function of the step,
+so a resumed run performs the same computation as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dsmooth.errors import UserError
+from dsmooth.training import state as st
+from dsmooth.training.metrics import write_metrics
+
+#: step_fn(images uint8 NHWC, labels, generator) -> (loss to minimise, {stat: batch sum})
+StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict]]
+
+
+@dataclass
+class LoopOptions:
+    out: Path
+    epochs: int
+    batch: int
+    seed: int = 0
+    save_every_minutes: float = 10.0
+    max_steps: int | None = None  # stop (resumable) after this many steps in this call
+    max_minutes: float | None = None  # stop (resumable) after this much wall time
+    progress: bool = True
+    desc: str = "train"
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved as JSON in the training state."""
+
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # next batch inside the epoch
+    step: int = 0  # optimizer steps done in total
+    sums: dict = field(default_factory=dict)  # partial-epoch sums of the step stats
+    seconds: float = 0.0  # training seconds spent in the current epoch
+    history: list = field(default_factory=list)  # one metrics row per finished epoch
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def generator(*key: int) -> torch.Generator:
+    """A torch generator seeded by a tuple of ints (independent streams per key)."""
+    seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(seed & ((1 << 63) - 1))
+
+
+class _StopFlag:
+    """Turns Ctrl-C / SIGTERM into a flag checked between steps (never mid-update)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: no handlers
+            self._old = {}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def run_loop(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    step_fn: StepFn,
+    validate_fn: Callable[[], dict],
+    export_fn: Callable[[Progress, float], None],
+    lr_fn: Callable[[int, int], float],
+    opts: LoopOptions,
+    recipe: dict,
+    resume: bool,
+) -> str:
+    """Train until `opts.epochs` are done (returns "done") or a budget/signal stops it
+    after saving a resumable state ("stopped" / "interrupted")."""
+    n = len(images)
+    steps_per_epoch = n // opts.batch
+    if steps_per_epoch < 1:
+        raise UserError(f"the training set has {n} images, fewer than one batch of {opts.batch}.")
+    total_steps = opts.epochs * steps_per_epoch
+    prog = Progress()
+    if resume and st.has_state(opts.out):
+        info = st.load_state(opts.out, model, optimizer)
+        check_same_recipe(info.get("recipe", {}), recipe)
+        prog = Progress(**info["progress"])
+    elif st.has_state(opts.out):
+        raise UserError(
+            f"{opts.out} already holds a training run; pass --resume to continue it "
+            "or choose another --out."
+        )
+    opts.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        st.save_state(opts.out, model, optimizer, {"progress": prog.to_json(), "recipe": recipe})
+        export_fn(prog, prog.epoch + prog.batch / steps_per_epoch)
+
+    started = time.monotonic()
+    last_save = started
+    steps_this_call = 0
+    with _StopFlag() as stop:
+        while prog.epoch < opts.epochs:
+            perm = torch.randperm(n, generator=generator(opts.seed, prog.epoch))
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=prog.batch,
+                desc=f"{opts.desc} epoch {prog.epoch + 1}/{opts.epochs}",
+                unit="batch",
+                disable=not opts.progress,
+                dynamic_ncols=True,
+            )
+            while prog.batch < steps_per_epoch:
+                t0 = time.monotonic()
+                idx = perm[prog.batch * opts.batch : (prog.batch + 1) * opts.batch]
+                lr = lr_fn(prog.step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                model.train()
+                loss, stats = step_fn(
+                    images[idx], labels[idx], generator(opts.seed, prog.epoch, prog.batch)
+                )
+                if not torch.isfinite(loss.detach()):
+                    bar.close()
+                    raise UserError(
+                        f"training diverged (loss {float(loss):g} at step {prog.step}); the "
+                        "last checkpoint is kept; lower --lr or use a warm-up."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for k, v in stats.items():
+                    prog.sums[k] = prog.sums.get(k, 0.0) + float(v)
+                prog.step += 1
+                prog.batch += 1
+                prog.seconds += time.monotonic() - t0
+                steps_this_call += 1
+                bar.update(1)
+                bar.set_postfix(_postfix(prog.sums, lr), refresh=False)
+                now = time.monotonic()
+                budget_over = (
+                    opts.max_steps is not None and steps_this_call >= opts.max_steps
+                ) or (opts.max_minutes is not None and now - started >= 60 * opts.max_minutes)
+                if stop.signal is not None or budget_over:
+                    bar.close()
+                    if prog.batch >= steps_per_epoch:
+                        break  # finish the epoch (validation + save) first
+                    save()
+                    return "interrupted" if stop.signal is not None else "stopped"
+                if now - last_save >= 60 * opts.save_every_minutes:
+                    save()
+                    last_save = time.monotonic()
+            bar.close()
+            row = _epoch_row(prog, lr_fn(max(prog.step - 1, 0), total_steps), opts.batch)
+            row.update(validate_fn())
+            prog.history.append(row)
+            prog.epoch += 1
+            prog.batch = 0
+            prog.sums = {}
+            prog.seconds = 0.0
+            save()
+            last_save = time.monotonic()
+            write_metrics(opts.out, prog.history, recipe)
+            if opts.progress:
+                tqdm.write(_describe(row))
+            if stop.signal is not None:
+                return "interrupted"
+            if (opts.max_steps is not None and steps_this_call >= opts.max_steps) or (
+                opts.max_minutes is not None and time.monotonic() - started >= 60 * opts.max_minutes
+            ):
+                return "done" if prog.epoch >= opts.epochs else "stopped"
+    return "done"
+
+
+def _postfix(sums: dict, lr: float) -> dict:
+    n = max(sums.get("n", 0.0), 1.0)
+    out = {k: f"{v / n:.4f}" for k, v in sums.items() if k != "n"}
+    out["lr"] = f"{lr:.3g}"
+    return out
+
+
+def _epoch_row(prog: Progress, lr: float, batch: int) -> dict:
+    n = max(prog.sums.get("n", 0.0), 1.0)
+    row = {"epoch": prog.epoch + 1, "step": prog.step, "lr": lr}
+    row.update({f"train_{k}": v / n for k, v in prog.sums.items() if k != "n"})
+    row["train_images_per_s"] = prog.sums.get("n", 0.0) / max(prog.seconds, 1e-9)
+    row["epoch_minutes"] = prog.seconds / 60
+    return row
+
+
+def _describe(row: dict) -> str:
+    parts = []
+    for k, v in row.items():
+        parts.append(f"{k} {v:.4g}" if isinstance(v, float) and not math.isnan(v) else f"{k} {v}")
+    return " | ".join(parts)
+
+
+#: Recipe keys that may change between a run and its resumption.
+MUTABLE = {"threads", "save_every_minutes", "max_steps", "max_minutes", "progress", "out"}
+
+
+def check_same_recipe(saved: dict, current: dict) -> None:
+    diff = [
+        k
+        for k in sorted(set(saved) | set(current))
+        if k not in MUTABLE and saved.get(k) != current.get(k)
+    ]
+    if diff:
+        shown = ", ".join(f"{k} (was {saved.get(k)!r}, now {current.get(k)!r})" for k in diff[:3])
+        raise UserError(f"--resume needs the same recipe as the saved run; changed: {shown}.")
