@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from dsmooth.errors import UserError
@@ -16,14 +17,17 @@ def register(sub) -> None:
     p = sub.add_parser(
         "analyze",
         help="certified accuracy at radii, envelopes over sigma, ACR, abstain rate, curves",
-        description="Read result logs (dsmooth's or the reference implementations', e.g. the "
-        "paper's released logs) and print certified accuracy at each radius: the fraction "
-        "of images with correct == 1 and radius >= r. With --envelope each group of logs "
-        "becomes one row holding the best accuracy over its logs, with the clean accuracy "
-        "of the chosen log in parentheses, as in the paper's tables: (72)56. Also reports "
-        "images, clean accuracy, ACR, abstain rate, time per image, and mean n_used when "
-        "logs have that column. Logs with duplicate indices, different image sets or no "
-        "rows are reported on stderr.",
+        description=textwrap.fill(
+            "Read result logs (dsmooth's or the reference implementations', e.g. the "
+            "paper's released logs) and print certified accuracy at each radius: the "
+            "fraction of images with correct == 1 and radius >= r. With --envelope each "
+            "group of logs becomes one row holding the best accuracy over its logs, with "
+            "the clean accuracy of the chosen log in parentheses, as in the paper's tables: "
+            "(72)56. Also reports images, clean accuracy, ACR, abstain rate, time per image, "
+            "and mean n_used when logs have that column. Logs with duplicate indices, "
+            "different image sets or no rows are reported on stderr (docs/analysis.md).",
+            width=88,
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: dsmooth analyze --envelope --radii 0.25:1.5:0.25 \\\n"
         "    --label 'No denoiser=logs/noise_0.00/sigma_*' --label 'Stab=logs/stab/*/sigma_*'",
