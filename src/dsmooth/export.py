@@ -244,7 +244,9 @@ def _function(layers, node: fx.Node, arg, unsupported):
 def export_keras(model: nn.Module, path: Path, shape: tuple[int, int, int]) -> None:
     if path.suffix != ".keras":
         raise UserError(f"a Keras export is a .keras file, got {path.name}.")
-    to_keras(model, shape).save(str(path))
+    with warnings.catch_warnings():  # Keras' own numpy 2 deprecation notices
+        warnings.simplefilter("ignore", DeprecationWarning)
+        to_keras(model, shape).save(str(path))
 
 
 def run_keras(path: Path, inputs: np.ndarray) -> np.ndarray:
@@ -252,7 +254,9 @@ def run_keras(path: Path, inputs: np.ndarray) -> np.ndarray:
     from dsmooth.sources.keras import import_keras
 
     keras = import_keras()
-    loaded = keras.saving.load_model(str(path), compile=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loaded = keras.saving.load_model(str(path), compile=False)
     out = loaded(torch.from_numpy(inputs.transpose(0, 2, 3, 1).copy()), training=False)
     out = out.detach().cpu().numpy()
     return out.transpose(0, 3, 1, 2) if out.ndim == 4 else out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -80,7 +81,9 @@ def load(
 ) -> KerasClassifier:
     keras = import_keras()
     try:
-        model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+        with warnings.catch_warnings():  # Keras' own numpy 2 deprecation notices
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except Exception as e:
         raise UserError(f"cannot load Keras model {path} ({type(e).__name__}: {e}).") from None
     shape = input_shape(model)

@@ -8,6 +8,8 @@ Keras 3 `.keras` file instead (white-box on the PyTorch backend).
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +28,8 @@ def is_savedmodel(path: Path) -> bool:
 
 
 def import_tensorflow():
+    if "keras" not in sys.modules:  # TensorFlow imports Keras: keep Keras models loadable
+        os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
         import tensorflow as tf
     except ImportError:
@@ -81,7 +85,7 @@ class SavedModelClassifier:
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         array = self.contract.convert(x.detach().to("cpu", torch.float32)).numpy()
         outputs = self.fn(**{self.input_name: self.tf.constant(array.astype(self.dtype))})
-        return np.asarray(pick_output(outputs, self.output_name, str(self.path)))
+        return np.array(pick_output(outputs, self.output_name, str(self.path)))  # writable
 
 
 def resolve(spec: str, options: dict):
