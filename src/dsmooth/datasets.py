@@ -18,6 +18,7 @@ uint8 batches at once.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import os
@@ -108,6 +109,7 @@ class _ArrayUnpickler(pickle.Unpickler):
     callables a malicious pickle needs, like os.system) is refused."""
 
     ALLOWED = {
+        ("_codecs", "encode"),  # bytes as written by Python 3 at protocol 2; inert
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
@@ -116,6 +118,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
+            if module == "_codecs":
+                return codecs.encode
             return _reconstruct if name == "_reconstruct" else getattr(np, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
 
@@ -350,7 +354,7 @@ def random_crop_flip(
 
 def to_float_nchw(images: np.ndarray, channels_last: bool = False) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float32 [0, 1] (N, C, H, W)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().mul_(1 / 255.0)
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.permute(0, 3, 1, 2).contiguous(memory_format=fmt)
 
@@ -399,7 +403,7 @@ class BatchLoader:
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             batch = np.take(self.images, idx, axis=0)
             if self.augment:
-                x = torch.from_numpy(random_crop_flip(batch, rng=rng)).float().mul_(1 / 255.0)
+                x = torch.from_numpy(random_crop_flip(batch, rng=rng)).float().div_(255.0)
                 x = x.contiguous(memory_format=fmt)
             else:
                 x = to_float_nchw(batch, self.channels_last)
