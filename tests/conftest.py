@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+# CLI tests run the engine eagerly in fp32 (results then match direct Smooth calls on any
+# CPU, and no test pays a torch.compile); tests/test_engine.py covers compile and bf16.
+os.environ.setdefault("DSMOOTH_COMPILE", "0")
+os.environ.setdefault("DSMOOTH_PRECISION", "fp32")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

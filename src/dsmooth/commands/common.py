@@ -80,10 +80,70 @@ def add_sampling_options(p: argparse.ArgumentParser, certify: bool) -> None:
         g.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
     g.add_argument("--n", type=int, default=100_000, help="estimation samples (default 100000)")
     g.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
-    g.add_argument("--batch", type=int, default=64, help="noise samples per forward pass")
+    g.add_argument(
+        "--batch",
+        type=batch_size,
+        default=64,
+        help="noise samples per forward pass, or 'auto' to measure the fastest (default 64)",
+    )
     g.add_argument("--seed", type=int, default=0, help="noise seed (per image: seed, index)")
     g.add_argument("--out", required=True, help="result log (TSV); an existing log is resumed")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_engine_options(p)
+
+
+def batch_size(text: str) -> int | str:
+    """argparse type of --batch: a positive integer or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """How the base classifier runs (docs/engine.md); results do not depend on these in fp32."""
+    from dsmooth import engine
+
+    g = p.add_argument_group("engine (docs/engine.md)")
+    g.add_argument(
+        "--precision",
+        choices=engine.PRECISIONS,
+        default=engine.default_precision(),
+        help="arithmetic inside the base classifier; auto = bf16 where the hardware has it "
+        "(AMX/AVX512-BF16 CPU, CUDA), else fp32. Noise is always float32 (default auto)",
+    )
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=engine.default_compile(),
+        help="torch.compile the base classifier (freezing), once per process and batch shape; "
+        "falls back to eager with a warning if compilation fails (default on)",
+    )
+    g.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels_last memory format for convolutions (default on)",
+    )
+    g.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+
+
+def engine_options(args):
+    """EngineOptions from parsed arguments (defaults for commands without engine flags)."""
+    from dsmooth import engine
+
+    defaults = engine.EngineOptions()
+    return engine.EngineOptions(
+        precision=getattr(args, "precision", defaults.precision),
+        compile=getattr(args, "compile", defaults.compile),
+        channels_last=getattr(args, "channels_last", defaults.channels_last),
+        device=getattr(args, "device", defaults.device),
+        threads=getattr(args, "threads", defaults.threads),
+    )
 
 
 def add_sequential_options(p: argparse.ArgumentParser) -> None:
@@ -143,7 +203,10 @@ def check_sampling(args) -> None:
     if getattr(args, "n0", 1) < 1:
         check_count("n0", args.n0)
     check_count("n", args.n)
-    check_count("batch", args.batch)
+    if args.batch != "auto":
+        check_count("batch", args.batch)
+    if getattr(args, "threads", None) is not None:
+        check_count("threads", args.threads)
     if args.skip < 1:
         raise UserError(f"skip must be at least 1, got {args.skip}.")
 
@@ -167,6 +230,13 @@ def build_smooth(args, data: ImageSet) -> Smooth:
         raise UserError(
             f"the data has label {int(data.labels.max())} but the classifier has "
             f"{num_classes} classes."
+        )
+    from dsmooth import engine
+
+    base = engine.accelerate(base, engine_options(args), report=engine.stderr_report)
+    if getattr(args, "batch", None) == "auto":
+        args.batch = engine.choose_batch_size(
+            base, tuple(data.image(0).shape), report=engine.stderr_report
         )
     return Smooth(base, num_classes, args.sigma, seed=args.seed)
 

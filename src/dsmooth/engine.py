@@ -1,0 +1,314 @@
+"""How a base classifier runs fast: precision, memory format, compilation, batch size.
+
+`accelerate(model, EngineOptions(...))` wraps a white-box base classifier (an
+`nn.Module` taking float32 [0, 1] NCHW batches) in an `EngineModule` that
+
+- casts to bf16 *inside* the classifier (autocast) when the hardware computes bf16
+  natively; the noisy input still arrives in float32 (see docs/engine.md for why the
+  certificate stays valid),
+- runs convolutions in channels_last memory format,
+- compiles with `torch.compile` (inductor, freezing: weights become constants, BatchNorm
+  folds into convolutions) once per batch shape, padding short batches up to a shape it
+  already compiled, and falls back to eager with one warning if compilation fails,
+- runs under `torch.inference_mode`.
+
+Anything else (black-box callables) passes through unchanged. Noise generation and
+counting stay in `Smooth`; the engine only changes how f is evaluated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from dsmooth.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+#: Batch sizes `--batch auto` chooses from (small batches often win on CPUs: cache).
+BATCH_CANDIDATES = (16, 32, 64, 128, 256)
+
+
+def default_precision() -> str:
+    """The --precision default: $DSMOOTH_PRECISION if set, else auto."""
+    return os.environ.get("DSMOOTH_PRECISION", "auto")
+
+
+def default_compile() -> bool:
+    """The --compile default: off when $DSMOOTH_COMPILE is 0/false/no/off, else on.
+
+    The test suite sets DSMOOTH_COMPILE=0 so CLI tests do not pay a compilation each.
+    """
+    return os.environ.get("DSMOOTH_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run the base classifier; the defaults are the fast path."""
+
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the hardware has it)
+    compile: bool = True  # torch.compile with freezing, eager fallback on failure
+    channels_last: bool = True
+    device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """True where bf16 matmuls run in hardware (AMX or AVX512-BF16 CPUs, bf16 GPUs).
+
+    Elsewhere bf16 is emulated and far slower than fp32 (on an AVX2-only CPU a 4096^2
+    bf16 matmul is ~50x slower than fp32), so `auto` must not pick it.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """'fp32' or 'bf16' for a requested precision (auto: bf16 only where native)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device, or a UserError when it does not exist here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {device!r}; use cpu or cuda.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was requested but this machine has no CUDA GPU.")
+    return dev
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's intra-op thread count (process-wide)."""
+    if threads is None:
+        return
+    if int(threads) < 1:
+        raise UserError(f"threads must be at least 1, got {threads}.")
+    torch.set_num_threads(int(threads))
+
+
+class EngineModule(nn.Module):
+    """A base classifier evaluated fast; maps float32 NCHW batches to float32 outputs.
+
+    Compiled graphs have static shapes: a batch shorter than one already compiled is
+    zero-padded up to it (the extra rows are dropped), so the final short batch of a
+    sampling run reuses the compiled graph instead of paying for a recompilation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen dataclass)
+        report: Callable[[str], None] | None = None,
+    ):
+        super().__init__()
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.precision = resolve_precision(options.precision, self.device)
+        self.report = report
+        set_threads(options.threads)
+        model = model.eval().to(self.device)
+        self.channels_last = bool(options.channels_last)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        scripted = isinstance(model, torch.jit.ScriptModule)
+        # TorchScript is already compiled by its own JIT; dynamo cannot trace it.
+        self.compile_enabled = bool(options.compile) and not scripted
+        self._compiled: Callable | None = None
+        self._shapes: set[tuple[int, ...]] = set()
+        #: seconds spent on the first call of each compiled batch shape
+        self.compile_seconds: dict[tuple[int, ...], float] = {}
+        self.compile_error: str | None = None
+
+    def extra_repr(self) -> str:
+        return (
+            f"precision={self.precision}, channels_last={self.channels_last}, "
+            f"compile={self.compile_enabled}, device={self.device}"
+        )
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _compiled_fn(self) -> Callable:
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model, dynamic=False, options={"freezing": True})
+        return self._compiled
+
+    def _disable_compile(self, error: BaseException) -> None:
+        self.compile_enabled = False
+        self._compiled = None
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        self.compile_error = f"{type(error).__name__}: {first_line}"
+        warnings.warn(
+            f"dsmooth: torch.compile failed ({type(error).__name__}); running the base "
+            "classifier eagerly instead (same results, slower). Pass --no-compile to skip "
+            "compilation.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def _run_compiled(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        rest = tuple(x.shape[1:])
+        fits = [s[0] for s in self._shapes if s[1:] == rest and s[0] >= n]
+        if fits:
+            size = min(fits)
+            if size > n:
+                pad = x.new_zeros((size - n, *rest))
+                if self.channels_last and x.ndim == 4:
+                    pad = pad.contiguous(memory_format=torch.channels_last)
+                x = torch.cat([x, pad])
+            return self._compiled_fn()(x)[:n]
+        start = time.perf_counter()
+        out = self._compiled_fn()(x)
+        seconds = time.perf_counter() - start
+        self._shapes.add(tuple(x.shape))
+        self.compile_seconds[tuple(x.shape)] = seconds
+        if self.report is not None:
+            self.report(
+                f"dsmooth: compiled the base classifier for batch shape {tuple(x.shape)} "
+                f"in {seconds:.1f} s (once per process)"
+            )
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, torch.float32)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            if self.compile_enabled:
+                try:
+                    out = self._run_compiled(x)
+                except Exception as e:  # any compiler failure: eager still works
+                    out = self.model(x)  # a bad input raises the model's own error here
+                    self._disable_compile(e)
+            else:
+                out = self.model(x)
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            out = out.float()
+        return out
+
+
+def accelerate(
+    model: Callable,
+    options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen dataclass)
+    report: Callable[[str], None] | None = None,
+) -> Callable:
+    """`model` wrapped in an EngineModule, or unchanged if it is not an nn.Module."""
+    if not isinstance(model, nn.Module):
+        set_threads(options.threads)
+        return model
+    if isinstance(model, EngineModule):
+        return model
+    return EngineModule(model, options, report)
+
+
+def measure_throughput(
+    fn: Callable[[torch.Tensor], object],
+    batch: torch.Tensor,
+    min_seconds: float = 1.0,
+    min_calls: int = 2,
+) -> float:
+    """Samples per second of `fn` on `batch` after one warm-up call."""
+    with torch.inference_mode():
+        fn(batch)
+        calls, start = 0, time.perf_counter()
+        while calls < min_calls or time.perf_counter() - start < min_seconds:
+            fn(batch)
+            calls += 1
+        return calls * batch.shape[0] / (time.perf_counter() - start)
+
+
+def choose_batch_size(
+    model: Callable,
+    image_shape: Sequence[int],
+    candidates: Sequence[int] = BATCH_CANDIDATES,
+    seconds_per_candidate: float = 0.5,
+    report: Callable[[str], None] | None = None,
+) -> int:
+    """The candidate batch size with the highest measured samples/s for `model`.
+
+    An EngineModule is measured eagerly in its own precision and memory format, so the
+    measurement does not pay one compilation per candidate; the winner is compiled on
+    first use. Candidates stop growing once throughput drops twice in a row.
+    """
+    if not candidates:
+        raise ValueError("no batch-size candidates")
+    fn = model
+    if isinstance(model, EngineModule):
+        was, model.compile_enabled = model.compile_enabled, False
+        fn = model
+    device = getattr(model, "device", torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    results: dict[int, float] = {}
+    try:
+        worse = 0
+        for b in sorted(candidates):
+            x = torch.rand((b, *image_shape), generator=gen).to(device)
+            results[b] = measure_throughput(fn, x, seconds_per_candidate)
+            best = max(results.values())
+            worse = worse + 1 if results[b] < best else 0
+            if worse >= 2:
+                break
+    finally:
+        if isinstance(model, EngineModule):
+            model.compile_enabled = was
+    choice = max(results, key=results.get)
+    if report is not None:
+        table = ", ".join(f"{b}: {r:.0f}/s" for b, r in results.items())
+        report(f"dsmooth: --batch auto measured {table}; using batch {choice}")
+    return choice
+
+
+def stderr_report(message: str) -> None:
+    """Print an engine message without breaking a tqdm progress bar."""
+    try:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+    except Exception:  # pragma: no cover - tqdm is a dependency; be safe anyway
+        print(message, file=sys.stderr)
+
+
+def count_flops(model: Callable, image_shape: Sequence[int]) -> float:
+    """FLOPs (2 x multiply-adds of convolutions and matmuls) per sample of `model`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand((1, *image_shape))
+    inner = model.model if isinstance(model, EngineModule) else model
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        inner(x.to(getattr(model, "device", "cpu")))
+    return float(counter.get_total_flops())
