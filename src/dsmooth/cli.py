@@ -18,6 +18,8 @@ COMMANDS = [
     "predict",
     "demo",
     "train-classifier",
+    "train-denoiser",
+    "test-denoiser",
     "evaluate",
     "import-weights",
     "analyze",

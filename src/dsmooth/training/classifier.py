@@ -87,7 +87,7 @@ def train_classifier(r: ClassifierRecipe, resume: bool = False) -> str:
     num_classes = r.num_classes or int(labels.max()) + 1
     if int(labels.max()) >= num_classes:
         raise UserError(f"the data has label {int(labels.max())} but --num-classes {num_classes}.")
-    val = load_training_set([r.val_data], r.max_val_images) if r.val_data else None
+    val = load_training_set([r.val_data], r.max_val_images, split="test") if r.val_data else None
 
     torch.manual_seed(r.seed)
     kwargs = {"num_classes": num_classes}
@@ -110,7 +110,7 @@ def train_classifier(r: ClassifierRecipe, resume: bool = False) -> str:
             batch = random_crop_flip(batch, g, r.crop_pad, r.flip)
         return to_float_nchw(batch)
 
-    def step_fn(batch, y, g):
+    def step_fn(batch, y, g, step):
         x = prepare(batch, g, augment=True)
         if r.noise_sigma > 0:
             x = x + torch.randn(x.shape, generator=g) * r.noise_sigma

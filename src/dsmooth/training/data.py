@@ -11,17 +11,20 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dsmooth.data import load_images
+from dsmooth.datasets import load_dataset
 from dsmooth.errors import UserError
 
 
 def load_training_set(
-    paths: Sequence[str], max_images: int | None = None
+    paths: Sequence[str], max_images: int | None = None, split: str = "train"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, H, W, C) and int64 labels of `paths` joined in order (first `max_images`)."""
+    """Images (N, H, W, C) and int64 labels of `paths` joined in order (first `max_images`).
+
+    Each path is anything `dsmooth.datasets.load_dataset` reads (npz, cifar-10-batches-py,
+    `cifar10`, image folders); `split` picks train or test where a source holds both."""
     if not paths:
         raise UserError("no training data given.")
-    parts = [load_images(p) for p in paths]
+    parts = [load_dataset(p, split=split) for p in paths]
     shapes = {p.images.shape[1:] for p in parts}
     if len(shapes) > 1:
         raise UserError(f"the datasets have different image shapes {sorted(shapes)}.")

@@ -28,8 +28,9 @@ from dsmooth.errors import UserError
 from dsmooth.training import state as st
 from dsmooth.training.metrics import write_metrics
 
-#: step_fn(images uint8 NHWC, labels, generator) -> (loss to minimise, {stat: batch sum})
-StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict]]
+#: step_fn(images uint8 NHWC, labels, generator, global step)
+#:   -> (loss to minimise, {stat: sum over the batch, "n": batch size})
+StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator, int], tuple[torch.Tensor, dict]]
 
 
 @dataclass
@@ -150,7 +151,10 @@ def run_loop(
                     group["lr"] = lr
                 model.train()
                 loss, stats = step_fn(
-                    images[idx], labels[idx], generator(opts.seed, prog.epoch, prog.batch)
+                    images[idx],
+                    labels[idx],
+                    generator(opts.seed, prog.epoch, prog.batch),
+                    prog.step,
                 )
                 if not torch.isfinite(loss.detach()):
                     bar.close()

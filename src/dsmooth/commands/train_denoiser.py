@@ -1,0 +1,136 @@
+"""`dsmooth train-denoiser`: train a denoiser for a classifier at noise level sigma with
+the MSE, Stab or Clf objective (Salman et al. 2020), white-box or through surrogates."""
+
+from __future__ import annotations
+
+from dsmooth.commands.train_classifier import (
+    add_data_options,
+    add_run_options,
+    add_schedule_options,
+    report,
+)
+
+
+def _specs(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train-denoiser",
+        help="train a denoiser (MSE, Stab or Clf objective) for a classifier and sigma",
+        description="Trains D on x + N(0, sigma^2) in [0,1] pixel space. mse: ||D(x+d) - x||^2; "
+        "stab: CE(f(D(x+d)), argmax f(x)); clf: CE(f(D(x+d)), y); f is frozen (eval mode, no "
+        "parameter gradients). --init fine-tunes an existing denoiser (Stab+MSE). "
+        "--surrogates trains through surrogate classifiers only: the target --classifier is "
+        "never called (unless --val-target). Writes a dsmooth checkpoint to --out every "
+        "epoch, a resumable state every epoch and every --save-every-minutes, and "
+        "metrics.csv/json (validation PSNR and accuracy of f(D(x+d)) under noise).",
+    )
+    g = p.add_argument_group("denoiser")
+    g.add_argument(
+        "--objective", choices=["mse", "stab", "clf"], required=True, help="training objective"
+    )
+    g.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
+    g.add_argument("--arch", default="dncnn", help="denoiser architecture (default dncnn)")
+    g.add_argument(
+        "--classifier",
+        default=None,
+        help="the classifier f to protect (any --classifier spec: dsmooth checkpoint, "
+        "ARCH:weights.pth, TorchScript, ...); needed by stab/clf, used for validation",
+    )
+    g.add_argument(
+        "--surrogates",
+        type=_specs,
+        default=[],
+        help="comma-separated surrogate classifiers: train through these instead of "
+        "--classifier (query-access setting)",
+    )
+    g.add_argument(
+        "--surrogate-mode",
+        choices=["round-robin", "average"],
+        default="round-robin",
+        help="round-robin: batch k uses surrogate k mod K (the official code; one "
+        "classifier pass per step); average: mean loss over all surrogates every batch "
+        "(K times the cost)",
+    )
+    g.add_argument(
+        "--val-target",
+        action="store_true",
+        help="with --surrogates: also validate on the target --classifier (it is still "
+        "never used for training)",
+    )
+    g.add_argument(
+        "--init", default=None, help="denoiser checkpoint to fine-tune (e.g. an MSE one)"
+    )
+    g.add_argument(
+        "--soft-targets",
+        action="store_true",
+        help="stab: softmax f(x) as targets instead of argmax f(x)",
+    )
+    g.add_argument(
+        "--mse-weight",
+        type=float,
+        default=0.0,
+        help="stab/clf: add this times the MSE loss (keeps fine-tuned MSE denoisers from "
+        "collapsing; default 0)",
+    )
+    g.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="default adam")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=1e-4,
+        help="L2 weight decay (default 1e-4, the official code's)",
+    )
+    g.add_argument(
+        "--crop-pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)"
+    )
+    g.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal flips")
+    add_data_options(p)
+    add_schedule_options(p, lr=1e-3, schedule="cosine", epochs=90)
+    add_run_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dsmooth.training.denoiser import DenoiserRecipe, train_denoiser
+
+    recipe = DenoiserRecipe(
+        data=list(args.data),
+        out=args.out,
+        sigma=args.sigma,
+        objective=args.objective,
+        arch=args.arch,
+        classifier=args.classifier,
+        surrogates=args.surrogates,
+        surrogate_mode=args.surrogate_mode,
+        val_target=args.val_target,
+        init=args.init,
+        soft_targets=args.soft_targets,
+        mse_weight=args.mse_weight,
+        val_data=args.val_data,
+        epochs=args.epochs,
+        batch=args.batch,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs,
+        milestones=args.milestones,
+        gamma=args.gamma,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        crop_pad=args.crop_pad,
+        flip=args.flip,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        seed=args.seed,
+        max_train_images=args.max_train_images,
+        max_val_images=args.max_val_images,
+        threads=args.threads,
+        save_every_minutes=args.save_every_minutes,
+        max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
+        progress=not args.no_progress,
+    )
+    return report(train_denoiser(recipe, resume=args.resume), args.out)

@@ -1,0 +1,251 @@
+"""Denoiser training for denoised smoothing: D learns on x + N(0, sigma^2) with the MSE,
+Stab or Clf objective (`objectives.py`), optionally fine-tuning an existing denoiser
+(`init`: Stab+MSE = an MSE denoiser fine-tuned with Stab) and optionally through
+surrogate classifiers only (the query-access setting)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dsmooth.errors import UserError
+from dsmooth.models import create, list_models
+from dsmooth.models.checkpoint import save_checkpoint
+from dsmooth.training import loop
+from dsmooth.training.augment import random_crop_flip, to_float_nchw
+from dsmooth.training.data import load_training_set
+from dsmooth.training.evaluate import evaluate_denoiser
+from dsmooth.training.objectives import OBJECTIVES, SURROGATE_MODES, DenoiserObjective
+from dsmooth.training.precision import autocast, memory_format, resolve_precision
+from dsmooth.training.schedule import SCHEDULES, lr_at
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class DenoiserRecipe:
+    data: list[str]
+    out: str
+    sigma: float
+    objective: str = "mse"
+    arch: str = "dncnn"
+    classifier: str | None = None
+    surrogates: list[str] = field(default_factory=list)
+    surrogate_mode: str = "round-robin"
+    val_target: bool = False
+    init: str | None = None
+    soft_targets: bool = False
+    mse_weight: float = 0.0
+    val_data: str | None = None
+    epochs: int = 90
+    batch: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4  # the official code's default
+    crop_pad: int = 4
+    flip: bool = True
+    precision: str = "auto"
+    channels_last: bool = True
+    seed: int = 0
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    val_batch: int = 250
+    threads: int | None = None
+    save_every_minutes: float = 10.0
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    progress: bool = True
+
+
+def check(r: DenoiserRecipe) -> None:
+    if r.objective not in OBJECTIVES:
+        raise UserError(
+            f"unknown objective {r.objective!r}; choose one of {', '.join(OBJECTIVES)}."
+        )
+    if r.arch not in list_models("denoiser"):
+        known = ", ".join(list_models("denoiser"))
+        raise UserError(f"unknown denoiser architecture {r.arch!r}; known: {known}.")
+    if not (r.sigma > 0 and math.isfinite(r.sigma)):
+        raise UserError(f"sigma must be a positive number, got {r.sigma}.")
+    if r.epochs < 1 or r.batch < 1:
+        raise UserError("epochs and batch must be at least 1.")
+    if not (r.lr > 0 and math.isfinite(r.lr)):
+        raise UserError(f"the learning rate must be positive, got {r.lr}.")
+    if r.optimizer not in OPTIMIZERS:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {r.optimizer!r}.")
+    if r.schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {r.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+    if r.surrogate_mode not in SURROGATE_MODES:
+        raise UserError(f"surrogate mode must be one of {', '.join(SURROGATE_MODES)}.")
+    if r.objective != "mse" and not (r.classifier or r.surrogates):
+        raise UserError(f"the {r.objective} objective needs --classifier (or --surrogates).")
+    if r.val_target and not r.classifier:
+        raise UserError("--val-target needs --classifier.")
+
+
+def _load_classifier(spec: str) -> nn.Module:
+    from dsmooth.sources import load_model
+
+    return load_model(spec, role="classifier", device=torch.device("cpu"))
+
+
+def _load_denoiser_init(spec: str) -> tuple[nn.Module, dict]:
+    from dsmooth.models.loading import load_with_config
+
+    found = load_with_config(spec)
+    if found is None:
+        raise UserError(f"cannot load the denoiser to fine-tune from {spec!r}.")
+    return found
+
+
+def train_denoiser(
+    r: DenoiserRecipe,
+    resume: bool = False,
+    classifier: nn.Module | None = None,
+    surrogates: Sequence[nn.Module] | None = None,
+) -> str:
+    """Train (or resume) a denoiser into the checkpoint folder `r.out`.
+
+    `classifier` / `surrogates` may be given as modules (else they are loaded from the
+    recipe's specs). With surrogates the target classifier is used for nothing unless
+    `r.val_target` asks to validate on it (never during training steps).
+    """
+    check(r)
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    device = torch.device("cpu")
+    precision = resolve_precision(r.precision, device)
+    fmt = memory_format(r.channels_last)
+    images, labels = load_training_set(r.data, r.max_train_images)
+    val = load_training_set([r.val_data], r.max_val_images, split="test") if r.val_data else None
+
+    use_surrogates = bool(r.surrogates) or bool(surrogates)
+    if use_surrogates:
+        surrogates = list(surrogates or [_load_classifier(s) for s in r.surrogates])
+        train_classifiers = surrogates
+        target = None
+        if r.val_target:
+            target = classifier if classifier is not None else _load_classifier(r.classifier)
+    else:
+        target = classifier
+        if target is None and r.classifier:
+            target = _load_classifier(r.classifier)
+        train_classifiers = [target] if target is not None else []
+
+    torch.manual_seed(r.seed)
+    kwargs: dict = {}
+    init_config: dict = {}
+    if r.init:
+        denoiser, init_config = _load_denoiser_init(r.init)
+        if init_config.get("architecture") != r.arch:
+            raise UserError(
+                f"--init holds a {init_config.get('architecture')!r} denoiser but --arch "
+                f"is {r.arch!r}."
+            )
+        kwargs = dict(init_config.get("kwargs", {}))
+    else:
+        denoiser = create(r.arch, **kwargs)
+    denoiser = denoiser.to(device, memory_format=fmt)
+    if r.optimizer == "adam":
+        optimizer = torch.optim.Adam(denoiser.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            denoiser.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay
+        )
+    objective = DenoiserObjective(
+        r.objective,
+        train_classifiers,
+        soft_targets=r.soft_targets,
+        mse_weight=r.mse_weight,
+        mode=r.surrogate_mode,
+        autocast=lambda: autocast(precision, device),
+    )
+    for f in ([target] if target is not None else []) + list(train_classifiers):
+        if isinstance(f, nn.Module):
+            f.to(memory_format=fmt)
+
+    steps_per_epoch = max(len(images) // r.batch, 1)
+    warmup = int(round(r.warmup_epochs * steps_per_epoch))
+
+    def lr_fn(step: int, total: int) -> float:
+        return lr_at(step, total, r.lr, r.schedule, warmup, r.milestones, r.gamma)
+
+    def step_fn(batch, y, g, step):
+        if r.crop_pad > 0 or r.flip:
+            batch = random_crop_flip(batch, g, r.crop_pad, r.flip)
+        x = to_float_nchw(batch)
+        noisy = (x + torch.randn(x.shape, generator=g) * r.sigma).contiguous(memory_format=fmt)
+        with autocast(precision, device):
+            denoised = denoiser(noisy)
+        return objective(denoised, x, y, step)
+
+    val_classifiers: dict[str, nn.Module] = {}
+    if target is not None:
+        val_classifiers["noisy"] = target
+    if use_surrogates:
+        for i, f in enumerate(train_classifiers):
+            val_classifiers[f"surrogate{i}_noisy"] = f
+
+    def validate() -> dict:
+        if val is None:
+            return {}
+        return evaluate_denoiser(
+            denoiser,
+            val[0],
+            val[1],
+            r.sigma,
+            val_classifiers,
+            r.val_batch,
+            precision,
+            r.channels_last,
+            r.seed,
+        )
+
+    recipe = asdict(r)
+    recipe["data"] = [str(Path(p).resolve()) for p in r.data]
+    recipe["val_data"] = str(Path(r.val_data).resolve()) if r.val_data else None
+
+    def export(prog: loop.Progress, epochs_done: float) -> None:
+        objective_name = r.objective + (f" + {r.mse_weight:g} mse" if r.mse_weight > 0 else "")
+        config = {
+            "architecture": r.arch,
+            "kwargs": kwargs,
+            "kind": "denoiser",
+            "input_range": [0.0, 1.0],
+            "sigma": r.sigma,
+            "objective": objective_name,
+            "classifier": None if use_surrogates else r.classifier,
+            "surrogates": list(r.surrogates),
+            "init": r.init,
+            "dataset": recipe["data"],
+            "epochs": epochs_done,
+            "precision": precision,
+            "metrics": prog.history[-1] if prog.history else {},
+            "recipe": recipe,
+        }
+        save_checkpoint(denoiser, r.out, config)
+
+    opts = loop.LoopOptions(
+        out=Path(r.out),
+        epochs=r.epochs,
+        batch=r.batch,
+        seed=r.seed,
+        save_every_minutes=r.save_every_minutes,
+        max_steps=r.max_steps,
+        max_minutes=r.max_minutes,
+        progress=r.progress,
+        desc=f"{r.arch} {r.objective}",
+    )
+    return loop.run_loop(
+        denoiser, optimizer, images, labels, step_fn, validate, export, lr_fn, opts, recipe, resume
+    )
