@@ -1,0 +1,173 @@
+"""The input contract's conversions, the entry point parser, and users' mistakes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from byoc_models import build
+
+from dsmooth.cli import main
+from dsmooth.errors import UserError
+from dsmooth.sources import load_model
+from dsmooth.sources.contract import (
+    InputContract,
+    apply_contract,
+    contract_from_options,
+    detect_layout,
+    parse_size,
+)
+from dsmooth.sources.entrypoint import parse
+from dsmooth.sources.remote_client import ClientOptions, QueryBudget, credential_headers
+
+
+def test_identity_contract_is_dsmooths_convention():
+    x = torch.rand(2, 3, 5, 7)
+    assert InputContract().is_identity
+    assert torch.equal(InputContract().with_layout("NCHW").convert(x), x)
+    model = torch.nn.Identity()
+    assert apply_contract(model, {}) is model
+
+
+def test_each_conversion_step():
+    x = torch.rand(2, 3, 4, 6)
+    c = InputContract(range=255.0, layout="NHWC", channel_order="BGR", mean=(1, 2, 3), std=(2,))
+    y = c.convert(x)
+    assert y.shape == (2, 4, 6, 3)
+    expected = (x.flip(1) * 255 - torch.tensor([1.0, 2, 3]).view(1, 3, 1, 1)) / 2
+    torch.testing.assert_close(y, expected.permute(0, 2, 3, 1))
+    resized = InputContract(size=(8, 12), layout="NCHW").convert(x)
+    assert resized.shape == (2, 3, 8, 12)
+    noisy = torch.tensor([-0.2, 0.5, 1.3]).view(1, 3, 1, 1)
+    as_bytes = InputContract(range=255.0, dtype="uint8", layout="NCHW").convert(noisy)
+    assert as_bytes.dtype == torch.uint8 and as_bytes.flatten().tolist() == [0, 128, 255]
+
+
+def test_contract_keeps_gradients():
+    x = torch.rand(1, 3, 4, 4, requires_grad=True)
+    c = InputContract(range=255.0, layout="NHWC", channel_order="BGR", size=(6, 6))
+    c.convert(x).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_layout_detection_and_parsing():
+    assert detect_layout([None, 224, 224, 3]) == "NHWC"
+    assert detect_layout([-1, 3, 32, 32]) == "NCHW"
+    assert detect_layout(["batch", 3, "h", "w"]) == "NCHW"
+    assert detect_layout([None, None, None, None]) is None
+    assert parse_size("224") == (224, 224) and parse_size("32x48") == (32, 48)
+    with pytest.raises(UserError, match="224x224"):
+        parse_size("big")
+    c = contract_from_options({"input_mean": "0.5, 0.4,0.3", "input_range": 255})
+    assert c.mean == (0.5, 0.4, 0.3) and c.range == 255.0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"input_range": 2}, "range must be 1 or 255"),
+        ({"input_layout": "CHW"}, "layout must be one of"),
+        ({"channel_order": "GRB"}, "RGB or BGR"),
+        ({"input_std": "0.5,0"}, "zeros"),
+        ({"input_mean": "a,b"}, "comma-separated numbers"),
+    ],
+)
+def test_bad_contracts_are_user_errors(options, message):
+    with pytest.raises(UserError, match=message):
+        contract_from_options(options)
+
+
+def test_mean_with_the_wrong_channel_count_is_a_user_error():
+    with pytest.raises(UserError, match="2 values but the images have 3 channels"):
+        InputContract(mean=(0.1, 0.2), layout="NCHW").convert(torch.rand(1, 3, 2, 2))
+
+
+def test_entry_point_specs():
+    assert parse("pkg.mod:build") == ("pkg.mod", "build")
+    assert parse("dir/file.py:make.model") == ("dir/file.py", "make.model")
+    assert parse("http://host:80/v2/models/x") is None
+    assert parse("model.pt") is None
+
+
+def test_entry_point_mistakes(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(str(tmp_path / "nope.py") + ":build")
+    bad = tmp_path / "bad.py"
+    bad.write_text("def build():\n    return 3\n")
+    with pytest.raises(UserError, match="must return a torch.nn.Module"):
+        load_model(f"{bad}:build")
+    with pytest.raises(UserError, match="has no attribute 'missing'"):
+        load_model(f"{bad}:missing")
+    weights = tmp_path / "w.pt"
+    torch.save({"other.weight": torch.zeros(2)}, weights)
+    good = tmp_path / "good.py"
+    good.write_text("from byoc_models import build\n")
+    with pytest.raises(UserError, match="do not fit the model"):
+        load_model(f"{good}:build", weights=str(weights))
+    with pytest.raises(UserError, match="no such file, name or supported format"):
+        load_model("no_such_module_anywhere:build")
+
+
+def test_missing_files_of_each_format_are_user_errors(tmp_path):
+    for name in ("m.onnx", "m.keras"):
+        with pytest.raises(UserError, match="does not exist"):
+            load_model(str(tmp_path / name))
+    (tmp_path / "m.weights.h5").write_bytes(b"")
+    with pytest.raises(UserError, match="weights only"):
+        load_model(str(tmp_path / "m.weights.h5"))
+
+
+def test_client_settings_and_budget(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="request size must be at least 1"):
+        ClientOptions(request_size=0)
+    budget = QueryBudget(10)
+    budget.spend(6)
+    with pytest.raises(UserError, match="budget of 10 images is spent"):
+        budget.spend(5)
+    assert budget.spent == 6
+    token = tmp_path / "token"
+    token.write_text("abc\n")
+    assert credential_headers(token_file=str(token)) == {"Authorization": "Bearer abc"}
+    assert credential_headers(token_file=str(token), header="x-api-key") == {"x-api-key": "abc"}
+    monkeypatch.setenv("T", "Basic xyz")
+    assert credential_headers(token_env="T") == {"Authorization": "Basic xyz"}
+    with pytest.raises(UserError, match="not both"):
+        credential_headers(token_env="T", token_file=str(token))
+
+
+def test_cli_contract_flags_reach_the_model(tmp_path):
+    """--input-range 255 through the CLI changes what a TorchScript model sees."""
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = build()
+
+        def forward(self, x):
+            return self.net(x / 255)
+
+    path = tmp_path / "scaled.pt"
+    torch.jit.save(torch.jit.trace(Scaled().eval(), torch.rand(2, 3, 32, 32)), str(path))
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, images=rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), labels=[0, 1])
+    base = ["predict", "--data", str(npz), "--sigma", "0.25", "--n", "32", "--no-progress"]
+    assert (
+        main(
+            [
+                *base,
+                "--classifier",
+                str(path),
+                "--input-range",
+                "255",
+                "--out",
+                str(tmp_path / "a.tsv"),
+            ]
+        )
+        == 0
+    )
+    ref = tmp_path / "ref.pt"
+    torch.jit.save(torch.jit.trace(build(), torch.rand(2, 3, 32, 32)), str(ref))
+    assert main([*base, "--classifier", str(ref), "--out", str(tmp_path / "b.tsv")]) == 0
+    strip = [line.split("\t")[:4] for line in (tmp_path / "a.tsv").read_text().splitlines()]
+    assert strip == [line.split("\t")[:4] for line in (tmp_path / "b.tsv").read_text().splitlines()]
