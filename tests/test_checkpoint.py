@@ -177,9 +177,9 @@ def test_foreign_state_dicts_import_exactly(tmp_path, layout):
 
 
 def test_official_denoiser_checkpoint_names_its_architecture(tmp_path):
-    m = trained_like("dncnn_wide")
+    m = trained_like("dncnn")
     torch.save(
-        {"epoch": 90, "arch": "cifar_dncnn_wide", "state_dict": m.state_dict()},
+        {"epoch": 90, "arch": "cifar_dncnn", "state_dict": m.state_dict()},
         tmp_path / "c.pth.tar",
     )
     path = tmp_path / "checkpoint.pth"

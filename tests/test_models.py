@@ -10,7 +10,7 @@ from dsmooth.models import create, list_models, model_kind
 from dsmooth.models.normalize import NormalizedClassifier
 
 CLASSIFIERS = ["cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56"]
-CLASSIFIERS += ["cifar_resnet110", "wrn16_4", "wrn40_2"]
+CLASSIFIERS += ["cifar_resnet110", "cohen_resnet20", "cohen_resnet110", "wrn16_4", "wrn40_2"]
 DENOISERS = ["dncnn", "dncnn_wide", "memnet"]
 
 
@@ -33,12 +33,12 @@ def test_classifier_forward_shape(name):
     m = create(name, num_classes=7).eval()
     assert isinstance(m, NormalizedClassifier)
     with torch.no_grad():
-        y = m(torch.rand(3, 3, 32, 32))
-    assert y.shape == (3, 7) and torch.isfinite(y).all()
+        y = m(torch.rand(2, 3, 32, 32))
+    assert y.shape == (2, 7) and torch.isfinite(y).all()
 
 
 @pytest.mark.parametrize("name", DENOISERS)
-@pytest.mark.parametrize("size", [(32, 32), (40, 24)])
+@pytest.mark.parametrize("size", [(8, 8), (10, 6)])
 def test_denoiser_forward_keeps_shape(name, size):
     torch.manual_seed(0)
     m = create(name).eval()
@@ -56,6 +56,7 @@ def test_denoiser_forward_keeps_shape(name, size):
         ("cifar_resnet44", 0.66e6, 0.01e6),
         ("cifar_resnet56", 0.85e6, 0.01e6),
         ("cifar_resnet110", 1.7e6, 0.05e6),
+        ("cohen_resnet110", 1.73e6, 0.01e6),  # option B adds the 1x1 projections
         ("wrn16_4", 2.7e6, 0.1e6),  # Zagoruyko & Komodakis 2016, Table 4
         ("wrn28_10", 36.5e6, 0.1e6),
         ("dncnn", 0.558e6, 0.002e6),  # 17 x 3x3 convs at 64 channels + BN
@@ -88,11 +89,19 @@ def test_fresh_dncnn_is_identity_and_residual(name):
     """The last conv starts at zero: D(x) = x - 0; after perturbing it, D(x) = x - net(x)."""
     torch.manual_seed(0)
     m = create(name).eval()
-    x = torch.rand(2, 3, 16, 16)
+    x = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(m(x), x)
         m.dncnn[-1].weight.normal_(0, 0.01)
         assert torch.allclose(m(x), x - m.dncnn(x))
+
+
+def test_cohen_resnet_matches_the_randomized_smoothing_code():
+    m = create("cohen_resnet110")
+    keys = set(m.state_dict())
+    assert {"net.layer2.0.downsample.0.weight", "net.layer2.0.downsample.1.running_var"} <= keys
+    assert "net.fc.weight" in keys and "net.layer1.0.downsample.0.weight" not in keys
+    assert m.normalize.std.flatten().tolist() == pytest.approx([0.2023, 0.1994, 0.2010])
 
 
 def test_memnet_structure_matches_official_code():
@@ -131,7 +140,7 @@ def test_gradients_reach_the_input(name):
     m = create(name).train()
     if name.startswith("dncnn"):
         m.dncnn[-1].weight.data.normal_(0, 0.01)
-    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
     m(x).square().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is not None for p in m.parameters())
