@@ -118,6 +118,7 @@ def test_file_sources_certify_identically(kind, files, images, expected_certific
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras' own numpy 2 notices
 def test_keras_and_savedmodel_sources(files, images, noisy, reference, expected_certificates):
     """Keras on the torch backend (.keras, .h5) and a SavedModel written under TensorFlow."""
     if importlib.util.find_spec("keras") is None or importlib.util.find_spec("tensorflow") is None:
