@@ -297,3 +297,13 @@ def test_import_weights_command_writes_a_checkpoint(tmp_path, capsys):
     with pytest.raises(UserError, match="exists"):
         _run(cmd, argv)
     assert _run(cmd, argv + ["--force", "--half"]) == 0
+
+
+def test_role_mismatch_is_a_user_error(tmp_path):
+    save_checkpoint(create("cifar_resnet20"), tmp_path / "clf", {"architecture": "cifar_resnet20"})
+    save_checkpoint(create("dncnn"), tmp_path / "den", {"architecture": "dncnn"})
+    with pytest.raises(UserError, match="is a classifier .*not a denoiser"):
+        load_model(str(tmp_path / "clf"), role="denoiser")
+    with pytest.raises(UserError, match="is a denoiser .*not a classifier"):
+        load_model(str(tmp_path / "den"), role="classifier")
+    assert load_model(str(tmp_path / "den"), role="denoiser").dsmooth_config["kind"] == "denoiser"

@@ -2,11 +2,13 @@
 
 Options read: `arch` (registry name for a foreign state dict; or write the spec
 `ARCH:PATH`), `mean` / `std` (a foreign classifier's normalisation: preset name or
-numbers), `device`. TorchScript archives are left to `sources.torchscript`.
+numbers), `device`, `role` (a classifier checkpoint given as the denoiser, or the
+reverse, is an error). TorchScript archives are left to `sources.torchscript`.
 """
 
 from __future__ import annotations
 
+from dsmooth.errors import UserError
 from dsmooth.models.loading import load_with_config
 
 
@@ -21,5 +23,8 @@ def resolve(spec: str, options: dict):
     if found is None:
         return None
     model, config = found
+    role, kind = options.get("role"), config.get("kind")
+    if role in ("classifier", "denoiser") and kind in ("classifier", "denoiser") and role != kind:
+        raise UserError(f"{spec} is a {kind} ({config.get('architecture')}), not a {role}.")
     model.dsmooth_config = config
     return model
