@@ -58,6 +58,27 @@ def add_run_options(p) -> None:
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def add_arch_kwargs(p) -> None:
+    p.add_argument(
+        "--arch-kwargs",
+        type=_json_object,
+        default={},
+        help="architecture constructor options as JSON, e.g. '{\"depth\": 10}' (default none)",
+    )
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def add_data_options(p) -> None:
     g = p.add_argument_group("data")
     g.add_argument(
@@ -127,6 +148,7 @@ def register(sub) -> None:
         "--arch", required=True, help="classifier architecture, e.g. cifar_resnet110 (registry)"
     )
     p.add_argument("--num-classes", type=int, default=None, help="default: max label + 1")
+    add_arch_kwargs(p)
     add_data_options(p)
     add_schedule_options(p, lr=0.1, schedule="cosine", epochs=90)
     g = p.add_argument_group("classifier")
@@ -158,6 +180,7 @@ def run(args) -> int:
 
     recipe = ClassifierRecipe(
         arch=args.arch,
+        arch_kwargs=args.arch_kwargs,
         data=list(args.data),
         out=args.out,
         val_data=args.val_data,

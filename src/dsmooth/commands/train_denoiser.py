@@ -4,6 +4,7 @@ the MSE, Stab or Clf objective (Salman et al. 2020), white-box or through surrog
 from __future__ import annotations
 
 from dsmooth.commands.train_classifier import (
+    add_arch_kwargs,
     add_data_options,
     add_run_options,
     add_schedule_options,
@@ -33,6 +34,7 @@ def register(sub) -> None:
     )
     g.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
     g.add_argument("--arch", default="dncnn", help="denoiser architecture (default dncnn)")
+    add_arch_kwargs(g)
     g.add_argument(
         "--classifier",
         default=None,
@@ -102,6 +104,7 @@ def run(args) -> int:
         sigma=args.sigma,
         objective=args.objective,
         arch=args.arch,
+        arch_kwargs=args.arch_kwargs,
         classifier=args.classifier,
         surrogates=args.surrogates,
         surrogate_mode=args.surrogate_mode,

@@ -18,7 +18,7 @@ from dsmooth.models.checkpoint import save_checkpoint
 from dsmooth.training import loop
 from dsmooth.training.augment import random_crop_flip, to_float_nchw
 from dsmooth.training.data import load_training_set
-from dsmooth.training.precision import autocast, memory_format, resolve_precision
+from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
 from dsmooth.training.schedule import SCHEDULES, lr_at
 
 
@@ -27,6 +27,7 @@ class ClassifierRecipe:
     arch: str
     data: list[str]
     out: str
+    arch_kwargs: dict = field(default_factory=dict)  # constructor options, e.g. depth
     val_data: str | None = None
     epochs: int = 90
     batch: int = 128
@@ -78,8 +79,11 @@ def train_classifier(r: ClassifierRecipe, resume: bool = False) -> str:
     """Train (or resume) a classifier into the checkpoint folder `r.out`; returns the
     loop status ("done", "stopped" at a budget, or "interrupted")."""
     check(r)
-    if r.threads:
-        torch.set_num_threads(r.threads)
+    with threads(r.threads):
+        return _train(r, resume)
+
+
+def _train(r, resume) -> str:
     device = torch.device("cpu")
     precision = resolve_precision(r.precision, device)
     fmt = memory_format(r.channels_last)
@@ -90,8 +94,8 @@ def train_classifier(r: ClassifierRecipe, resume: bool = False) -> str:
     val = load_training_set([r.val_data], r.max_val_images, split="test") if r.val_data else None
 
     torch.manual_seed(r.seed)
-    kwargs = {"num_classes": num_classes}
-    model = create(r.arch, **kwargs).to(device, memory_format=fmt)
+    kwargs = {**r.arch_kwargs, "num_classes": num_classes}
+    model = build(r.arch, kwargs).to(device, memory_format=fmt)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=r.lr,
@@ -164,6 +168,14 @@ def train_classifier(r: ClassifierRecipe, resume: bool = False) -> str:
     return loop.run_loop(
         model, optimizer, images, labels, step_fn, validate, export, lr_fn, opts, recipe, resume
     )
+
+
+def build(arch: str, kwargs: dict) -> torch.nn.Module:
+    """A registry model, with bad constructor options reported as a user error."""
+    try:
+        return create(arch, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{arch} does not accept the options {kwargs} ({e}).") from None
 
 
 @torch.no_grad()

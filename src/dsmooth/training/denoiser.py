@@ -14,14 +14,15 @@ import torch
 from torch import nn
 
 from dsmooth.errors import UserError
-from dsmooth.models import create, list_models
+from dsmooth.models import list_models
 from dsmooth.models.checkpoint import save_checkpoint
 from dsmooth.training import loop
 from dsmooth.training.augment import random_crop_flip, to_float_nchw
+from dsmooth.training.classifier import build
 from dsmooth.training.data import load_training_set
 from dsmooth.training.evaluate import evaluate_denoiser
 from dsmooth.training.objectives import OBJECTIVES, SURROGATE_MODES, DenoiserObjective
-from dsmooth.training.precision import autocast, memory_format, resolve_precision
+from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
 from dsmooth.training.schedule import SCHEDULES, lr_at
 
 OPTIMIZERS = ("adam", "sgd")
@@ -34,6 +35,7 @@ class DenoiserRecipe:
     sigma: float
     objective: str = "mse"
     arch: str = "dncnn"
+    arch_kwargs: dict = field(default_factory=dict)  # constructor options, e.g. depth
     classifier: str | None = None
     surrogates: list[str] = field(default_factory=list)
     surrogate_mode: str = "round-robin"
@@ -121,8 +123,11 @@ def train_denoiser(
     `r.val_target` asks to validate on it (never during training steps).
     """
     check(r)
-    if r.threads:
-        torch.set_num_threads(r.threads)
+    with threads(r.threads):
+        return _train(r, resume, classifier, surrogates)
+
+
+def _train(r, resume, classifier=None, surrogates=None) -> str:
     device = torch.device("cpu")
     precision = resolve_precision(r.precision, device)
     fmt = memory_format(r.channels_last)
@@ -143,7 +148,7 @@ def train_denoiser(
         train_classifiers = [target] if target is not None else []
 
     torch.manual_seed(r.seed)
-    kwargs: dict = {}
+    kwargs: dict = dict(r.arch_kwargs)
     init_config: dict = {}
     if r.init:
         denoiser, init_config = _load_denoiser_init(r.init)
@@ -152,9 +157,11 @@ def train_denoiser(
                 f"--init holds a {init_config.get('architecture')!r} denoiser but --arch "
                 f"is {r.arch!r}."
             )
+        if r.arch_kwargs:
+            raise UserError("--arch-kwargs do not apply with --init (the checkpoint has them).")
         kwargs = dict(init_config.get("kwargs", {}))
     else:
-        denoiser = create(r.arch, **kwargs)
+        denoiser = build(r.arch, kwargs)
     denoiser = denoiser.to(device, memory_format=fmt)
     if r.optimizer == "adam":
         optimizer = torch.optim.Adam(denoiser.parameters(), lr=r.lr, weight_decay=r.weight_decay)

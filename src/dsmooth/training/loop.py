@@ -159,8 +159,8 @@ def run_loop(
                 if not torch.isfinite(loss.detach()):
                     bar.close()
                     raise UserError(
-                        f"training diverged (loss {float(loss):g} at step {prog.step}); the "
-                        "last checkpoint is kept; lower --lr or use a warm-up."
+                        f"training diverged (loss {float(loss.detach()):g} at step "
+                        f"{prog.step}); the last checkpoint is kept; lower --lr or warm up."
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

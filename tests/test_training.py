@@ -1,0 +1,233 @@
+"""Classifier training and the shared loop: augmentation, schedules, real short runs on
+CIFAR-10, exact resume, recipe checks, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_helpers import TEST, TRAIN, needs_cifar
+
+from dsmooth.cli import main
+from dsmooth.errors import UserError
+from dsmooth.models.checkpoint import load_checkpoint
+from dsmooth.training.augment import random_crop_flip, to_float_nchw
+from dsmooth.training.classifier import ClassifierRecipe, train_classifier
+from dsmooth.training.data import load_training_set
+from dsmooth.training.loop import check_same_recipe
+from dsmooth.training.schedule import lr_at
+from dsmooth.training.state import read_info
+
+
+def test_crop_flip_are_windows_of_the_padded_image():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 6, 5, 3), dtype=torch.uint8)
+    out = random_crop_flip(images, g, pad=2)
+    padded = torch.nn.functional.pad(images, (0, 0, 2, 2, 2, 2))
+    flips = shifts = 0
+    for i in range(len(images)):
+        found = [
+            (oy, ox, f)
+            for oy in range(5)
+            for ox in range(5)
+            for f in (False, True)
+            if torch.equal(out[i], _window(padded[i], oy, ox, f))
+        ]
+        assert found, f"image {i} is not a (flipped) window of its padded copy"
+        flips += any(f for *_, f in found)
+        shifts += any((oy, ox) != (2, 2) for oy, ox, _ in found)
+    assert 15 < flips < 49 and shifts > 40  # both kinds of randomness happen
+    x = to_float_nchw(out)
+    assert x.shape == (64, 3, 6, 5) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
+
+
+def _window(image, oy, ox, flip):
+    w = image[oy : oy + 6, ox : ox + 5]
+    return w.flip(1) if flip else w
+
+
+def test_schedules():
+    assert lr_at(0, 100, 0.1, "cosine") == pytest.approx(0.1)
+    assert lr_at(50, 100, 0.1, "cosine") == pytest.approx(0.05)
+    assert lr_at(100, 100, 0.1, "cosine") == pytest.approx(0.0, abs=1e-12)
+    steps = [lr_at(s, 90, 0.1, "step", milestones=(1 / 3, 2 / 3)) for s in (0, 29, 30, 59, 60)]
+    assert steps == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+    one = [lr_at(s, 100, 0.1, "onecycle") for s in range(100)]
+    assert one[0] == pytest.approx(0.004) and max(one) == pytest.approx(0.1, rel=0.01)
+    assert int(np.argmax(one)) == 30 and one[-1] < 0.001
+    assert lr_at(0, 100, 0.1, "constant", warmup_steps=10) == pytest.approx(0.01)
+    assert lr_at(9, 100, 0.1, "constant", warmup_steps=10) == pytest.approx(0.1)
+    with pytest.raises(UserError):
+        lr_at(0, 10, 0.1, "linear")
+
+
+def _recipe(tmp_path, name="run", **kw) -> ClassifierRecipe:
+    base = dict(
+        arch="test_tiny_cnn",
+        data=[TRAIN],
+        out=str(tmp_path / name),
+        val_data=TEST,
+        epochs=2,
+        batch=32,
+        lr=0.05,
+        max_train_images=128,
+        precision="fp32",
+        progress=False,
+        noise_sigma=0.1,
+        label_smoothing=0.1,
+        nesterov=True,
+        threads=1,  # oversubscribed shared CPUs run small nets far faster on one thread
+    )
+    base.update(kw)
+    return ClassifierRecipe(**base)
+
+
+@needs_cifar
+def test_classifier_training_reduces_the_loss(tmp_path):
+    images, labels = load_training_set([TRAIN], 512)
+    r = _recipe(
+        tmp_path,
+        epochs=12,
+        max_train_images=512,
+        lr=0.1,
+        noise_sigma=0.0,
+        label_smoothing=0.0,
+        schedule="onecycle",
+    )
+
+    def loss_of(model):
+        model.eval()
+        with torch.no_grad():
+            logits = model(to_float_nchw(images))
+        return float(torch.nn.functional.cross_entropy(logits, labels))
+
+    from dsmooth.models import create
+
+    torch.manual_seed(r.seed)
+    before = loss_of(create("test_tiny_cnn"))  # the same initialisation as the run
+    assert train_classifier(r) == "done"
+    model, config = load_checkpoint(r.out)
+    after = loss_of(model)
+    assert after < before - 0.25, (before, after)  # 192 steps: ~2.3 -> below ~1.9
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
+    assert len(rows) == 12 and rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.2
+    assert config["kind"] == "classifier" and config["epochs"] == 12
+    assert config["metrics"]["epoch"] == 12
+    assert config["normalization"]["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "lr", "train_loss", "train_acc", "val_acc", "val_loss"} <= set(header)
+
+
+@needs_cifar
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_resume_is_exact(tmp_path, channels_last):
+    """Stops mid-epoch (step 3 of 4), again across an epoch end, then finishes: the
+    weights, optimizer momentum and metrics equal an uninterrupted run bit for bit."""
+    full = _recipe(tmp_path, "full", channels_last=channels_last)
+    assert train_classifier(full) == "done"
+    part = _recipe(tmp_path, "part", channels_last=channels_last, max_steps=3)
+    assert train_classifier(part) == "stopped"
+    assert read_info(part.out)["progress"]["step"] == 3
+    assert train_classifier(part, resume=True) == "stopped"
+    assert read_info(part.out)["progress"]["step"] == 6
+    part.max_steps = None
+    assert train_classifier(part, resume=True) == "done"
+    a = load_file(str(tmp_path / "full" / "train_state.safetensors"))
+    b = load_file(str(tmp_path / "part" / "train_state.safetensors"))
+    assert a.keys() == b.keys() and any(k.startswith("optim/") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    timing = {"train_images_per_s", "epoch_minutes"}
+    rows_a = read_info(full.out)["progress"]["history"]
+    rows_b = read_info(part.out)["progress"]["history"]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows_a] == [
+        {k: v for k, v in r.items() if k not in timing} for r in rows_b
+    ]
+
+
+@needs_cifar
+def test_existing_run_needs_resume_and_same_recipe(tmp_path):
+    r = _recipe(tmp_path, epochs=1, max_train_images=32)
+    train_classifier(r)
+    with pytest.raises(UserError, match="--resume"):
+        train_classifier(r)
+    r2 = _recipe(tmp_path, epochs=1, max_train_images=32, lr=0.2)
+    with pytest.raises(UserError, match="lr"):
+        train_classifier(r2, resume=True)
+    check_same_recipe({"lr": 0.1, "threads": 1}, {"lr": 0.1, "threads": 2})  # threads may change
+
+
+@needs_cifar
+def test_divergence_is_a_user_error_and_keeps_nothing_half_written(tmp_path):
+    r = _recipe(tmp_path, epochs=1, max_train_images=64, lr=1e30, noise_sigma=0.0)
+    with pytest.raises(UserError, match="diverged"):
+        train_classifier(r)
+    assert not (tmp_path / "run" / "train_state.safetensors").exists()
+
+
+@needs_cifar
+def test_cli_train_classifier_resnet20(tmp_path, capsys):
+    out = tmp_path / "r20"
+    args = [
+        "train-classifier",
+        "--arch",
+        "cifar_resnet20",
+        "--data",
+        TRAIN,
+        "--val-data",
+        TEST,
+        "--max-train-images",
+        "32",
+        "--max-val-images",
+        "16",
+        "--batch",
+        "16",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--precision",
+        "fp32",
+        "--weight-decay",
+        "1e-4",
+        "--schedule",
+        "step",
+        "--milestones",
+        "0.5",
+    ]
+    assert main(args) == 0
+    model, config = load_checkpoint(out)
+    assert config["architecture"] == "cifar_resnet20" and config["recipe"]["weight_decay"] == 1e-4
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert main(args) == 2  # exists: one-line error, no traceback
+    err = capsys.readouterr().err
+    assert "--resume" in err and len(err.strip().splitlines()) == 1
+    assert main(args + ["--resume"]) == 0  # already finished: nothing to do
+    assert (
+        main(["train-classifier", "--arch", "nope", "--data", TRAIN, "--out", str(tmp_path / "x")])
+        == 2
+    )
+    assert (
+        main(
+            [
+                "train-classifier",
+                "--arch",
+                "cifar_resnet20",
+                "--data",
+                TRAIN,
+                "--out",
+                str(tmp_path / "y"),
+                "--arch-kwargs",
+                '{"wings": 2}',
+            ]
+        )
+        == 2
+    )
+    assert not math.isnan(config["metrics"]["val_acc"])
