@@ -327,3 +327,16 @@ def test_batch_loader_epochs_cover_the_data(tmp_path):
     assert cl.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(UserError):
         BatchLoader(data, batch_size=0)
+
+
+def test_certification_data_accepts_the_extended_specs(tmp_path):
+    from dsmooth.data import load_images
+
+    x = random_images(4, 0)
+    np.savez(tmp_path / "s.npz", test_first4_images=x, test_first4_labels=np.arange(4))
+    assert np.array_equal(load_images(f"{tmp_path / 's.npz'}:test_first4").images, x)
+    (tmp_path / "parts").mkdir()
+    save_npz(tmp_path / "parts" / "d_test.npz", x, np.arange(4))
+    assert np.array_equal(load_images(tmp_path / "parts").labels, np.arange(4))
+    with pytest.raises(UserError, match="data not found"):
+        load_images(tmp_path / "missing.npz")

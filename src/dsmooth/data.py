@@ -114,11 +114,20 @@ def load_folder(path: Path) -> ImageSet:
     return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
 
 
+def _extended_spec(spec: str) -> bool:
+    """Data specs of dsmooth.datasets that are not paths (docs/models.md)."""
+    return ".npz:" in spec or ".npz," in spec or spec.lower() == "cifar10"
+
+
 def load_images(path: str | os.PathLike) -> ImageSet:
     """Load a dataset for certification from a `.npz` file or an image folder."""
     p = Path(path)
-    if not p.exists():
+    if not p.exists() and not _extended_spec(str(path)):
         raise UserError(f"data not found: {p}.")
+    if not p.exists() or (p.is_dir() and not any(d.is_dir() for d in p.iterdir())):
+        from dsmooth.datasets import load_dataset  # FILE.npz:PREFIX, a,b.npz, cifar10, npz folder
+
+        return load_dataset(str(path))
     if p.is_dir():
         return load_folder(p)
     if p.suffix == ".npz":
