@@ -64,9 +64,11 @@ def save_checkpoint(
 
 def describe(model: nn.Module, architecture: str) -> dict:
     """Standard config fields read off the module: kind, input range, normalisation, classes."""
-    from dsmooth.models import model_kind
+    from dsmooth.models import list_models, model_kind
     from dsmooth.models.normalize import Normalize
 
+    if architecture not in list_models():
+        raise ValueError(f"unknown architecture {architecture!r}: register it before saving")
     fields: dict = {"kind": model_kind(architecture), "input_range": [0.0, 1.0]}
     norm = next((m for m in model.modules() if isinstance(m, Normalize)), None)
     if norm is not None:
