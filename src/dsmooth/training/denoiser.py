@@ -69,7 +69,8 @@ class DenoiserRecipe:
     progress: bool = True
 
 
-def check(r: DenoiserRecipe) -> None:
+def check(r: DenoiserRecipe, given: bool = False) -> None:
+    """Raise a UserError for a bad recipe (`given`: classifier modules were passed in)."""
     if r.objective not in OBJECTIVES:
         raise UserError(
             f"unknown objective {r.objective!r}; choose one of {', '.join(OBJECTIVES)}."
@@ -89,9 +90,9 @@ def check(r: DenoiserRecipe) -> None:
         raise UserError(f"unknown schedule {r.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
     if r.surrogate_mode not in SURROGATE_MODES:
         raise UserError(f"surrogate mode must be one of {', '.join(SURROGATE_MODES)}.")
-    if r.objective != "mse" and not (r.classifier or r.surrogates):
+    if r.objective != "mse" and not (r.classifier or r.surrogates or given):
         raise UserError(f"the {r.objective} objective needs --classifier (or --surrogates).")
-    if r.val_target and not r.classifier:
+    if r.val_target and not (r.classifier or given):
         raise UserError("--val-target needs --classifier.")
 
 
@@ -122,7 +123,7 @@ def train_denoiser(
     recipe's specs). With surrogates the target classifier is used for nothing unless
     `r.val_target` asks to validate on it (never during training steps).
     """
-    check(r)
+    check(r, given=classifier is not None or bool(surrogates))
     with threads(r.threads):
         return _train(r, resume, classifier, surrogates)
 
