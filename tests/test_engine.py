@@ -231,7 +231,7 @@ def conv_checkpoint(tmp_path):
 
 def _certify(data, classifier, out, *extra):
     argv = ["certify", "--data", str(data), "--classifier", str(classifier), "--out", str(out)]
-    argv += ["--sigma", "0.25", "--n0", "20", "--n", "100", "--alpha", "0.01", "--max", "4"]
+    argv += ["--sigma", "0.25", "--n0", "10", "--n", "60", "--alpha", "0.01", "--max", "3"]
     return main(argv + ["--no-progress", *extra])
 
 
@@ -257,7 +257,7 @@ def test_cli_results_do_not_depend_on_engine_flags(
         else:
             assert _certify(tiny_data_file, conv_checkpoint, out, *flags) == 0
         logs[name] = _rows(out)
-    assert len(logs["plain"]) == 5  # header + 4 images
+    assert len(logs["plain"]) == 4  # header + 3 images
     assert logs["auto"] == logs["plain"] and logs["fallback"] == logs["plain"]
     assert "--batch auto measured" in capsys.readouterr().err
 
@@ -282,3 +282,47 @@ def test_cli_bad_engine_flags_exit_2(
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+# --- dsmooth bench ----------------------------------------------------------------------
+
+
+def test_reference_loop_counts_like_the_reference():
+    """The benchmark's reference loop (locuslab's _sample_noise) counts every sample."""
+    from dsmooth.commands.bench import reference_sample_noise
+
+    torch.manual_seed(0)
+    counts = reference_sample_noise(
+        lambda b: torch.eye(10)[b[:, 0, 0, 0].long() % 10], torch.zeros(SHAPE), 25, 10, 0.0
+    )
+    assert counts.tolist() == [25] + [0] * 9
+
+
+def test_flop_counts_match_the_published_figures():
+    from dsmooth.models import create
+
+    def gflop(name):
+        return engine.count_flops(create(name).eval(), (3, 32, 32)) / 1e9
+
+    assert gflop("dncnn") == pytest.approx(1.14, abs=0.005)  # DnCNN-17, 64 channels
+    assert gflop("cifar_resnet110") == pytest.approx(0.506, abs=0.005)
+
+
+def test_bench_command_reports_both_loops(tmp_path, capsys):
+    out = tmp_path / "bench.txt"
+    argv = ["bench", "--pipelines", "cifar_resnet20", "--samples", "16", "--rounds", "1"]
+    argv += ["--reference-batch", "8", "--batch", "8", "--no-compile", "--peak-size", "128"]
+    argv += ["--peak-seconds", "0.05"]
+    assert main(argv + ["--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.strip() == capsys.readouterr().out.strip()
+    row = next(line for line in text.splitlines() if line.startswith("cifar_resnet20"))
+    gflop, ref, eng, ratio = (float(v) for v in row.split()[1:5])
+    assert 0.07 < gflop < 0.09  # ResNet-20 on 32x32: 40.6M multiply-adds
+    assert ref > 0 and eng > 0 and abs(ratio - eng / ref) < 0.01 + 0.01 * ratio
+    assert "matmul peak: fp32" in text and "load average" in text
+
+
+def test_bench_bad_pipeline_is_a_user_error(capsys):
+    assert main(["bench", "--pipelines", "dncnn+", "--no-compile"]) == 2
+    assert "[DENOISER+]CLASSIFIER" in capsys.readouterr().err

@@ -1,0 +1,314 @@
+"""`dsmooth bench`: noise samples/s of the certify loop, reference loop vs our engine.
+
+In one run and side by side (interleaved rounds, so a busy shared machine slows both
+alike), for each pipeline `[denoiser+]classifier` of registry architectures with random
+weights on 32x32 images:
+
+(a) the reference implementation's loop (locuslab/smoothing `Smooth._sample_noise`,
+    `.cuda()` replaced by the CPU): fp32 eager, batch 400, `torch.randn_like` noise,
+    argmax, counts with a Python loop over samples;
+(b) `Smooth.sample_counts` through the engine (`dsmooth.engine`) with the chosen options.
+
+It prints samples/s, the ratio b/a, FLOPs per sample (convolutions and linear layers, counted with hooks),
+achieved GFLOP/s, and that as a fraction of the matmul peaks measured in the same run.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from math import ceil
+
+import numpy as np
+import torch
+
+DEFAULT_PIPELINES = ["dncnn+cifar_resnet110", "dncnn+cifar_resnet20", "cifar_resnet110"]
+IMAGE_SHAPE = (3, 32, 32)
+NUM_CLASSES = 10
+#: The acceptance targets of issue #6 for DnCNN-17 + ResNet-110.
+TARGET_RATE, TARGET_RATIO = 1200.0, 8.0
+
+
+def register(sub) -> None:
+    from dsmooth.commands import common
+
+    p = sub.add_parser(
+        "bench",
+        help="measure noise samples/s: the reference fp32 eager loop vs our engine",
+        description="Throughput of the certify loop (noise + base classifier + counting) on "
+        "32x32 images with random weights: the reference implementation's fp32 eager loop "
+        "(batch 400) against dsmooth's engine, measured in interleaved rounds, plus FLOP/s "
+        "and the fraction of this machine's measured matmul peak. See docs/engine.md.",
+    )
+    p.add_argument(
+        "--pipelines",
+        nargs="+",
+        default=DEFAULT_PIPELINES,
+        metavar="[DENOISER+]CLASSIFIER",
+        help=f"registry architectures (default: {' '.join(DEFAULT_PIPELINES)})",
+    )
+    p.add_argument(
+        "--samples", type=int, default=800, help="noise samples per side per round (default 800)"
+    )
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    p.add_argument(
+        "--reference-batch", type=int, default=400, help="batch of the reference loop (400)"
+    )
+    p.add_argument(
+        "--batch",
+        type=common.batch_size,
+        default="auto",
+        help="engine batch, or 'auto' to measure (default auto)",
+    )
+    p.add_argument("--sigma", type=float, default=0.25, help="noise level (default 0.25)")
+    p.add_argument(
+        "--peak-size", type=int, default=4096, help="matmul size for the peak (default 4096)"
+    )
+    p.add_argument(
+        "--peak-seconds", type=float, default=1.0, help="time per matmul peak (default 1)"
+    )
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--out", default=None, help="also write the report to this file")
+    common.add_engine_options(p)
+    p.set_defaults(func=run)
+
+
+# --- (a) the reference loop -----------------------------------------------------------
+
+
+def _count_arr(arr: np.ndarray, length: int) -> np.ndarray:
+    counts = np.zeros(length, dtype=int)
+    for idx in arr:
+        counts[idx] += 1
+    return counts
+
+
+def reference_sample_noise(
+    base_classifier: Callable, x: torch.Tensor, num: int, batch_size: int, sigma: float
+) -> np.ndarray:
+    """locuslab/smoothing code/core.py `Smooth._sample_noise`, on the CPU."""
+    with torch.no_grad():
+        counts = np.zeros(NUM_CLASSES, dtype=int)
+        for _ in range(ceil(num / batch_size)):
+            this_batch_size = min(batch_size, num)
+            num -= this_batch_size
+            batch = x.repeat((this_batch_size, 1, 1, 1))
+            noise = torch.randn_like(batch) * sigma
+            predictions = base_classifier(batch + noise).argmax(1)
+            counts += _count_arr(predictions.cpu().numpy(), NUM_CLASSES)
+        return counts
+
+
+# --- measurements -----------------------------------------------------------------------
+
+
+def build_pipeline(spec: str) -> torch.nn.Module:
+    """`dncnn+cifar_resnet110` -> Composed(classifier, denoiser) with random weights."""
+    from dsmooth.base import compose
+    from dsmooth.errors import UserError
+    from dsmooth.models import create
+
+    parts = spec.split("+")
+    if len(parts) > 2 or not all(parts):
+        raise UserError(f"a pipeline is [DENOISER+]CLASSIFIER, got {spec!r}.")
+    torch.manual_seed(0)
+    classifier = create(parts[-1])
+    denoiser = create(parts[0]) if len(parts) == 2 else None
+    return compose(classifier, denoiser).eval().requires_grad_(False)
+
+
+def matmul_peak(dtype: torch.dtype, size: int, min_seconds: float = 1.0) -> tuple[float, int]:
+    """(GFLOP/s, size) of a size x size matmul in `dtype`; emulated bf16 is measured at
+    1/4 of the size (it runs ~50x slower than fp32 and would take minutes at 4096)."""
+    from dsmooth.engine import native_bf16
+
+    if dtype == torch.bfloat16 and not native_bf16("cpu"):
+        size = max(64, size // 4)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(dtype)
+    b = torch.randn(size, size, generator=g).to(dtype)
+    a @ b
+    calls, start = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < min_seconds:
+        a @ b
+        calls += 1
+    return 2 * size**3 * calls / (time.perf_counter() - start) / 1e9, size
+
+
+@dataclass
+class PipelineResult:
+    spec: str
+    gflop: float  # per sample
+    reference_rate: float
+    engine_rate: float
+    batch: int
+    compile_seconds: float
+    precision: str
+    compiled: bool
+
+    @property
+    def ratio(self) -> float:
+        return self.engine_rate / self.reference_rate
+
+
+def bench_pipeline(spec: str, args, report: Callable[[str], None]) -> PipelineResult:
+    from dsmooth import engine
+    from dsmooth.commands.common import engine_options
+    from dsmooth.smoothing import Smooth
+
+    reference = build_pipeline(spec)
+    flops = engine.count_flops(reference, IMAGE_SHAPE)
+    fast = engine.accelerate(copy.deepcopy(reference), engine_options(args))
+    batch = args.batch
+    if batch == "auto":
+        batch = engine.choose_batch_size(fast, IMAGE_SHAPE, report=report)
+    smooth = Smooth(fast, NUM_CLASSES, args.sigma, seed=0)
+    x = torch.rand(IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    smooth.sample_counts(x, batch, batch, index=0)  # warm-up: compiles (once per process)
+    warm = time.perf_counter() - start
+    compile_seconds = sum(getattr(fast, "compile_seconds", {}).values())
+    compiled = bool(getattr(fast, "compile_enabled", False))
+    reference_sample_noise(reference, x, min(args.reference_batch, args.samples), 400, args.sigma)
+    t_ref = t_eng = 0.0
+    for r in range(args.rounds):
+        start = time.perf_counter()
+        reference_sample_noise(reference, x, args.samples, args.reference_batch, args.sigma)
+        t_ref += time.perf_counter() - start
+        start = time.perf_counter()
+        smooth.sample_counts(x, args.samples, batch, index=r + 1)
+        t_eng += time.perf_counter() - start
+    total = args.samples * args.rounds
+    result = PipelineResult(
+        spec,
+        flops / 1e9,
+        total / t_ref,
+        total / t_eng,
+        batch,
+        compile_seconds if compiled else warm,
+        getattr(fast, "precision", "fp32"),
+        compiled,
+    )
+    report(
+        f"{spec}: reference {result.reference_rate:.1f}/s, engine {result.engine_rate:.1f}/s "
+        f"(x{result.ratio:.2f})"
+    )
+    return result
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def format_report(results: list[PipelineResult], peaks: dict, context: dict) -> str:
+    from dsmooth.engine import native_bf16
+
+    fp32_peak, fp32_size = peaks["fp32"]
+    bf16_peak, bf16_size = peaks["bf16"]
+    best = max(fp32_peak, bf16_peak)
+    lines = [
+        "dsmooth bench: noise samples/s of the certify loop (noise + base classifier + "
+        "counting), 32x32 images, random weights",
+        f"machine: {context['cpu']}, {torch.get_num_threads()} torch threads, torch "
+        f"{torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"native bf16: {'yes' if native_bf16('cpu') else 'no'}",
+        f"load average (1/5/15 min) at start: {context['load_start']}; at end: "
+        f"{load_average()} (on {os.cpu_count()} CPUs)",
+        "NOTE: if the load exceeds the CPU count, the machine is shared and absolute numbers "
+        "are depressed; (a) and (b) run in interleaved rounds, so the ratio b/a is the "
+        "side-by-side comparison.",
+        f"matmul peak: fp32 {fp32_peak:.0f} GFLOP/s ({fp32_size}^2), bf16 {bf16_peak:.0f} "
+        f"GFLOP/s ({bf16_size}^2)",
+        f"(a) reference: fp32 eager NCHW, batch {context['reference_batch']}, randn_like, "
+        "Python counting loop",
+        f"(b) engine: {context['engine']}",
+        f"samples per side: {context['samples']} x {context['rounds']} rounds",
+        "",
+        f"{'pipeline':<24}{'GFLOP/smp':>10}{'(a) smp/s':>11}{'(b) smp/s':>11}{'b/a':>7}"
+        f"{'batch':>7}{'warm-up s':>10}{'(b) GFLOP/s':>12}{'% bf16 pk':>10}{'% best pk':>10}",
+    ]
+    for r in results:
+        achieved = r.gflop * r.engine_rate
+        lines.append(
+            f"{r.spec:<24}{r.gflop:>10.3f}{r.reference_rate:>11.1f}{r.engine_rate:>11.1f}"
+            f"{r.ratio:>7.2f}{r.batch:>7}{r.compile_seconds:>10.1f}{achieved:>12.1f}"
+            f"{100 * achieved / bf16_peak:>10.1f}{100 * achieved / best:>10.1f}"
+        )
+        if r.spec == "dncnn+cifar_resnet110":
+            met = r.engine_rate >= TARGET_RATE and r.ratio >= TARGET_RATIO
+            lines.append(
+                f"  target (issue #6): >= {TARGET_RATE:.0f} samples/s and >= {TARGET_RATIO:.0f}x "
+                f"the reference: {'MET' if met else 'NOT MET'}; at 100% of the best measured "
+                f"peak this machine could do at most {best / r.gflop:.0f} samples/s"
+            )
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from dsmooth import engine
+    from dsmooth.commands.common import engine_options
+    from dsmooth.errors import UserError
+    from dsmooth.smoothing import check_count
+
+    for name in ("samples", "rounds", "reference_batch", "peak_size"):
+        check_count(name.replace("_", "-"), getattr(args, name))
+    if args.batch != "auto":
+        check_count("batch", args.batch)
+    if not (args.sigma > 0):
+        raise UserError(f"sigma must be a positive number, got {args.sigma}.")
+    for spec in args.pipelines:  # fail before measuring anything
+        build_pipeline(spec)
+    report = engine.stderr_report
+    options = engine_options(args)
+    engine.set_threads(options.threads)
+    load_start = load_average()
+    report("dsmooth bench: measuring the matmul peaks ...")
+    peaks = {
+        "fp32": matmul_peak(torch.float32, args.peak_size, args.peak_seconds),
+        "bf16": matmul_peak(torch.bfloat16, args.peak_size, args.peak_seconds),
+    }
+    results = [bench_pipeline(spec, args, report) for spec in args.pipelines]
+    precision = engine.resolve_precision(options.precision, engine.resolve_device(options.device))
+    compiled = all(r.compiled for r in results)
+    context = {
+        "cpu": cpu_name(),
+        "load_start": load_start,
+        "reference_batch": args.reference_batch,
+        "samples": args.samples,
+        "rounds": args.rounds,
+        "engine": f"precision {precision} (asked: {options.precision}), "
+        f"compile {'on (inductor, freezing)' if compiled else 'off/failed: eager'}, "
+        f"channels_last {'on' if options.channels_last else 'off'}, inference mode, "
+        f"batch {args.batch}, Smooth.sample_counts (noise float32, seeded per block)",
+    }
+    text = format_report(results, peaks, context)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for benchmarks/certify_throughput.py."""
+    from dsmooth.cli import main as cli_main
+
+    return cli_main(["bench", *(argv or [])])
