@@ -33,7 +33,12 @@ def register(sub) -> None:
         "--objective", choices=["mse", "stab", "clf"], required=True, help="training objective"
     )
     g.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
-    g.add_argument("--arch", default="dncnn", help="denoiser architecture (default dncnn)")
+    g.add_argument(
+        "--arch",
+        default=None,
+        help="denoiser architecture: dncnn (default), dncnn_wide, memnet; with --init: the "
+        "checkpoint's",
+    )
     add_arch_kwargs(g)
     g.add_argument(
         "--classifier",

@@ -34,7 +34,7 @@ class DenoiserRecipe:
     out: str
     sigma: float
     objective: str = "mse"
-    arch: str = "dncnn"
+    arch: str | None = None  # None: the --init checkpoint's architecture, else dncnn
     arch_kwargs: dict = field(default_factory=dict)  # constructor options, e.g. depth
     classifier: str | None = None
     surrogates: list[str] = field(default_factory=list)
@@ -75,6 +75,8 @@ def check(r: DenoiserRecipe, given: bool = False) -> None:
         raise UserError(
             f"unknown objective {r.objective!r}; choose one of {', '.join(OBJECTIVES)}."
         )
+    if r.arch is None:
+        r.arch = _init_arch(r.init) if r.init else "dncnn"
     if r.arch not in list_models("denoiser"):
         known = ", ".join(list_models("denoiser"))
         raise UserError(f"unknown denoiser architecture {r.arch!r}; known: {known}.")
@@ -94,6 +96,14 @@ def check(r: DenoiserRecipe, given: bool = False) -> None:
         raise UserError(f"the {r.objective} objective needs --classifier (or --surrogates).")
     if r.val_target and not (r.classifier or given):
         raise UserError("--val-target needs --classifier.")
+
+
+def _init_arch(spec: str) -> str:
+    from dsmooth.models.checkpoint import is_checkpoint, read_config
+
+    if is_checkpoint(spec):
+        return read_config(spec).get("architecture", "dncnn")
+    return "dncnn"  # foreign weights: their loader names the architecture; checked later
 
 
 def _load_classifier(spec: str) -> nn.Module:
