@@ -249,6 +249,8 @@ def measure_throughput(
         while calls < min_calls or time.perf_counter() - start < min_seconds:
             fn(batch)
             calls += 1
+            if batch.is_cuda:
+                torch.cuda.synchronize(batch.device)
         return calls * batch.shape[0] / (time.perf_counter() - start)
 
 
