@@ -172,7 +172,7 @@ def certify_dataset(
         if todo:
             started = connect(ray, address, workers)
             try:
-                _schedule(ray, opts, todo, log, summary, workers, progress, max_failures)
+                _Scheduler(ray, opts, todo, log, summary, workers, max_failures).run(progress)
             finally:
                 if started:
                     ray.shutdown()
@@ -218,72 +218,103 @@ def _default_workers(ray, opts: dict) -> int:
     return max(1, int(ray.cluster_resources().get(kind, 1)))
 
 
-def _schedule(ray, opts, todo, log: ResultLog, summary: Summary, workers, progress, max_failures):
-    """Hand images to idle actors, append rows as they finish, replace dead actors."""
-    from ray.exceptions import (
-        NodeDiedError,
-        ObjectLostError,
-        RayActorError,
-        RayTaskError,
-        WorkerCrashedError,
-    )
+class _Scheduler:
+    """Hands images to idle actors, appends rows as they finish, replaces dead actors."""
 
-    lost_worker = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
-    Worker = _actor_class(ray, opts)
-    size = min(workers or _default_workers(ray, opts), len(todo))
-    limit = max_failures if max_failures is not None else 3 * size
-    summary.workers = size
-    actors = [Worker.remote(opts) for _ in range(size)]
-    opened = log.path.exists()  # certify_dataset opened an existing log to resume it
-    queue = deque(todo)
-    pending: dict = {}  # ObjectRef -> (worker slot, image index)
+    def __init__(
+        self,
+        ray,
+        opts: dict,
+        todo: list[int],
+        log: ResultLog,
+        summary: Summary,
+        workers: int | None,
+        max_failures: int | None,
+    ):
+        from ray.exceptions import (
+            NodeDiedError,
+            ObjectLostError,
+            RayActorError,
+            RayTaskError,
+            WorkerCrashedError,
+        )
 
-    def feed(slot: int) -> None:
-        busy = sum(1 for s, _ in pending.values() if s == slot)
-        while queue and busy < IN_FLIGHT:
-            i = queue.popleft()
-            pending[actors[slot].certify.remote(i)] = (slot, i)
+        self.ray, self.opts, self.log, self.summary = ray, opts, log, summary
+        self.task_error = RayTaskError
+        self.lost_worker = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
+        self.worker_class = _actor_class(ray, opts)
+        size = min(workers or _default_workers(ray, opts), len(todo))
+        self.limit = max_failures if max_failures is not None else 3 * size
+        summary.workers = size
+        self.total = len(todo)
+        self.queue = deque(todo)
+        self.pending: dict = {}  # ObjectRef -> (worker slot, image index)
+        self.opened = log.path.exists()  # certify_dataset opened an existing log to resume it
+        self.actors = [self.worker_class.remote(opts) for _ in range(size)]
+
+    def feed(self, slot: int) -> None:
+        busy = sum(1 for s, _ in self.pending.values() if s == slot)
+        while self.queue and busy < IN_FLIGHT:
+            i = self.queue.popleft()
+            self.pending[self.actors[slot].certify.remote(i)] = (slot, i)
             busy += 1
 
-    for slot in range(size):
-        feed(slot)
-    with tqdm(
-        total=len(todo), desc="certify (ray)", unit="img", disable=not progress, dynamic_ncols=True
-    ) as bar:
-        bar.set_postfix(workers=size, failures=0)
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            slot, i = pending.pop(ref)
-            try:
-                row = ray.get(ref)
-            except RayTaskError as e:  # the image itself failed: not a worker problem
-                if isinstance(e.cause, UserError):
-                    raise UserError(str(e.cause)) from None
-                raise
-            except lost_worker as e:
-                if getattr(e, "actor_init_failed", False):
-                    raise RuntimeError(f"a Ray worker failed to start: {e}") from None
-                lost = [i] + [j for r, (s, j) in list(pending.items()) if s == slot]
-                for r in [r for r, (s, _) in pending.items() if s == slot]:
-                    del pending[r]
-                queue.extendleft(reversed(lost))
-                summary.failures += 1
-                summary.rescheduled += len(lost)
-                if summary.failures > limit:
-                    raise RuntimeError(
-                        f"Ray workers died {summary.failures} times; giving up ({brief(e)})"
-                    ) from None
-                actors[slot] = Worker.remote(opts)  # a fresh process, maybe on another node
-                bar.set_postfix(workers=size, failures=summary.failures)
-            else:
-                if int(row["idx"]) not in log.done:
-                    if not opened:
-                        log.open()  # created on the first row: a failed start writes nothing
-                        opened = True
-                    log.append(row)
-                    summary.images += 1
-                    bar.update(1)
-            feed(slot)
+    def run(self, progress: bool) -> None:
+        try:
+            for slot in range(len(self.actors)):
+                self.feed(slot)
+            with tqdm(
+                total=self.total,
+                desc="certify (ray)",
+                unit="img",
+                disable=not progress,
+                dynamic_ncols=True,
+            ) as bar:
+                bar.set_postfix(workers=len(self.actors), failures=0)
+                while self.pending:
+                    (ref,), _ = self.ray.wait(list(self.pending), num_returns=1)
+                    slot, i = self.pending.pop(ref)
+                    try:
+                        row = self.ray.get(ref)
+                    except self.task_error as e:  # the image itself failed: not the worker
+                        if isinstance(e.cause, UserError):
+                            raise UserError(str(e.cause)) from None
+                        raise
+                    except self.lost_worker as e:
+                        self.replace(slot, i, e)
+                        bar.set_postfix(workers=len(self.actors), failures=self.summary.failures)
+                    else:
+                        self.write(row)
+                        bar.update(1)
+                    self.feed(slot)
+        finally:
+            for actor in self.actors:  # free the CPUs now, also in a Ray we did not start
+                self.ray.kill(actor)
+
+    def replace(self, slot: int, i: int, error: Exception) -> None:
+        """Requeue every image the dead worker held and start a fresh one in its slot."""
+        if getattr(error, "actor_init_failed", False):
+            raise RuntimeError(f"a Ray worker failed to start: {error}") from None
+        refs = [r for r, (s, _) in self.pending.items() if s == slot]
+        lost = [i] + [self.pending.pop(r)[1] for r in refs]
+        self.queue.extendleft(reversed(lost))
+        self.summary.failures += 1
+        self.summary.rescheduled += len(lost)
+        if self.summary.failures > self.limit:
+            raise RuntimeError(
+                f"Ray workers died {self.summary.failures} times; giving up ({brief(error)})"
+            ) from None
+        self.ray.kill(self.actors[slot])
+        self.actors[slot] = self.worker_class.remote(self.opts)  # maybe on another node
+
+    def write(self, row: dict) -> None:
+        if int(row["idx"]) in self.log.done:
+            return
+        if not self.opened:
+            self.log.open()  # created on the first row: a failed start writes nothing
+            self.opened = True
+        self.log.append(row)
+        self.summary.images += 1
 
 
 def sort_log(path) -> None:
