@@ -139,6 +139,28 @@ def test_workers_without_ray_is_an_error(files, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_sort_log_orders_rows_by_index_and_drops_a_partial_row(tmp_path):
+    from dsmooth.distributed import sort_log
+
+    log = tmp_path / "log.tsv"
+    log.write_text("idx\tlabel\n10\t1\n2\t0\n7\t2\n3\t")
+    sort_log(log)
+    assert log.read_text() == "idx\tlabel\n2\t0\n7\t2\n10\t1\n"
+    assert not (tmp_path / "log.tsv.tmp").exists()
+
+
+def test_python_options_take_the_cli_defaults(files):
+    from dsmooth.distributed import certify_options
+
+    opts = certify_options(options(files), "out.tsv")
+    assert (opts["n"], opts["batch"], opts["out"], opts["skip"]) == (N, BATCH, "out.tsv", 1)
+    assert opts["alpha"] == 0.001 and opts["method"] == "cp" and "func" not in opts
+    with pytest.raises(UserError, match="unknown certify options \\['nn'\\]"):
+        certify_options({**options(files), "nn": 5}, "out.tsv")
+    with pytest.raises(UserError, match="'out'"):
+        certify_options(options(files))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -335,10 +357,14 @@ def test_killed_worker_loses_nothing(files, reference, ray_local, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_model_on_ray_is_one_sentence_and_writes_nothing(files, ray_local, tmp_path):
+def test_bad_model_or_too_many_workers_is_one_sentence_and_writes_nothing(
+    files, ray_local, tmp_path
+):
     from dsmooth.distributed import certify_dataset
 
     out = tmp_path / "log.tsv"
+    with pytest.raises(UserError, match="use --workers 2 or fewer"):
+        certify_dataset(options(files), out, workers=3, progress=False)
     with pytest.raises(UserError, match="cannot load a model"):
         certify_dataset(
             {**options(files), "classifier": str(tmp_path / "missing.pt")},

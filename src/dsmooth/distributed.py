@@ -213,9 +213,22 @@ def _actor_class(ray, opts: dict):
     return ray.remote(max_restarts=0, max_task_retries=0, **resources)(CertifyWorker)
 
 
-def _default_workers(ray, opts: dict) -> int:
+def _pool_size(ray, opts: dict, workers: int | None, images: int) -> int:
+    """Workers to start: as asked, or one per CPU (GPU for cuda) of the cluster.
+
+    Asking for more than the cluster has would leave actors waiting forever with images
+    assigned to them, so that is an error.
+    """
     kind = "GPU" if str(opts.get("device", "cpu")).startswith("cuda") else "CPU"
-    return max(1, int(ray.cluster_resources().get(kind, 1)))
+    available = int(ray.cluster_resources().get(kind, 0))
+    if available < 1:
+        raise UserError(f"the Ray cluster has no {kind} for a worker.")
+    if workers is not None and workers > available:
+        raise UserError(
+            f"{workers} workers need {workers} {kind}s but the Ray cluster has {available}; "
+            f"use --workers {available} or fewer."
+        )
+    return min(workers or available, images)
 
 
 class _Scheduler:
@@ -243,7 +256,7 @@ class _Scheduler:
         self.task_error = RayTaskError
         self.lost_worker = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
         self.worker_class = _actor_class(ray, opts)
-        size = min(workers or _default_workers(ray, opts), len(todo))
+        size = _pool_size(ray, opts, workers, len(todo))
         self.limit = max_failures if max_failures is not None else 3 * size
         summary.workers = size
         self.total = len(todo)
