@@ -4,9 +4,10 @@ Runs the product's own training step (`DenoiserObjective`, autocast, channels_la
 on real CIFAR-10 images when ../shared is present (random images otherwise) and prints
 images/s per configuration, so reproduction runs can be budgeted. Stab and Clf run
 through a classifier (default cifar_resnet110, random weights: speed does not depend on
-them). A second table trains a smaller DnCNN with MSE for a few steps in fp32 and bf16
-from the same seed and compares the losses, to check that bf16 does not hurt
-convergence (bf16 autocast is only chosen by default on CPUs with native bf16).
+them); `classifier` is the train-classifier workload (SGD on the classifier alone).
+Configurations are measured in interleaved rounds and the median is reported, because
+the machine is shared. A second table trains a smaller DnCNN with MSE from the same
+seed in fp32 and bf16 and compares the losses (does bf16 hurt convergence?).
 
     .venv/bin/python benchmarks/train_throughput.py --threads 1 \
         > benchmarks/results/train_throughput.txt
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from dsmooth.training.objectives import DenoiserObjective
 from dsmooth.training.precision import autocast, bf16_is_fast
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10_test.npz"
+CPU = torch.device("cpu")
 
 
 def images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,25 +39,24 @@ def images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
         return load_training_set([str(CIFAR)], n, split="test")
     g = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g), torch.zeros(
-        n, dtype=torch.long
-    )
+    x = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g)
+    return x, torch.zeros(n, dtype=torch.long)
 
 
-def make_step(denoiser, objective, precision, channels_last, sigma=0.25):
+def denoiser_step(denoiser, objective, precision, channels_last, sigma=0.25):
+    """One Adam step of train-denoiser's computation on a uint8 batch."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     denoiser = denoiser.to(memory_format=fmt).train()
     for f in objective.classifiers:
         f.to(memory_format=fmt)
     opt = torch.optim.Adam(denoiser.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
-    device = torch.device("cpu")
-    objective.autocast = lambda: autocast(precision, device)
+    objective.autocast = lambda: autocast(precision, CPU)
 
     def step(batch, labels, k):
         x = to_float_nchw(batch)
         noisy = (x + torch.randn(x.shape, generator=g) * sigma).contiguous(memory_format=fmt)
-        with autocast(precision, device):
+        with autocast(precision, CPU):
             out = denoiser(noisy)
         loss, _ = objective(out, x, labels, k)
         opt.zero_grad(set_to_none=True)
@@ -65,84 +67,116 @@ def make_step(denoiser, objective, precision, channels_last, sigma=0.25):
     return step
 
 
-def throughput(args, data, labels, objective_name, precision, channels_last) -> float:
+def classifier_step(model, precision, channels_last):
+    """One SGD step of train-classifier's computation."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step(batch, labels, k):
+        x = to_float_nchw(batch).contiguous(memory_format=fmt)
+        with autocast(precision, CPU):
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def build(args, name: str, precision: str, channels_last: bool):
     torch.manual_seed(0)
-    denoiser = create("dncnn")
-    classifiers = [create(args.classifier)] if objective_name != "mse" else []
-    objective = DenoiserObjective(objective_name, classifiers)
-    step = make_step(denoiser, objective, precision, channels_last)
+    if name == "classifier":
+        return classifier_step(create(args.classifier), precision, channels_last)
+    classifiers = [create(args.classifier)] if name != "mse" else []
+    objective = DenoiserObjective(name, classifiers)
+    return denoiser_step(create("dncnn"), objective, precision, channels_last)
+
+
+def measure(args, data, labels) -> list[tuple]:
+    """Median wall-clock and per-CPU-second rates over interleaved rounds."""
     b = args.batch
-    for k in range(args.warmup):
-        step(data[:b], labels[:b], k)
-    start, done = time.perf_counter(), 0
-    for k in range(args.steps):
-        i = (k * b) % (len(data) - b + 1)
-        step(data[i : i + b], labels[i : i + b], k)
-        done += b
-    return done / (time.perf_counter() - start)
+    configs = []
+    for name in args.objectives.split(","):
+        for layout in ("channels_last", "NCHW"):
+            for precision in args.precisions.split(","):
+                if layout == "NCHW" and precision != "fp32":
+                    continue
+                step = build(args, name, precision, layout == "channels_last")
+                for k in range(args.warmup):
+                    step(data[:b], labels[:b], k)
+                configs.append(((name, layout, precision), step, [], []))
+    for r in range(args.repeats):
+        for _, step, wall, cpu in configs:
+            w0, c0 = time.perf_counter(), time.process_time()
+            for k in range(args.steps):
+                i = ((r * args.steps + k) * b) % (len(data) - b + 1)
+                step(data[i : i + b], labels[i : i + b], k)
+            wall.append(args.steps * b / (time.perf_counter() - w0))
+            cpu.append(args.steps * b / max(time.process_time() - c0, 1e-9))
+    return [(*key, statistics.median(w), statistics.median(c)) for key, _, w, c in configs]
 
 
 def convergence(args, data, labels, precision) -> tuple[float, float]:
     """(first-step loss, mean loss of the last 10 steps) of a small DnCNN with MSE."""
     torch.manual_seed(0)
-    denoiser = create("dncnn", depth=8, n_channels=32)
-    step = make_step(denoiser, DenoiserObjective("mse"), precision, True)
-    losses = []
-    b = args.batch
+    step = denoiser_step(
+        create("dncnn", depth=8, n_channels=32), DenoiserObjective("mse"), precision, True
+    )
+    b, losses = args.batch, []
     for k in range(args.convergence_steps):
         i = (k * b) % (len(data) - b + 1)
         losses.append(step(data[i : i + b], labels[i : i + b], k))
-    return losses[0], sum(losses[-10:]) / len(losses[-10:])
+    return losses[0], statistics.mean(losses[-10:])
 
 
 def cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or "unknown"
 
 
+def load() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per configuration")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per round")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--classifier", default="cifar_resnet110")
-    p.add_argument("--objectives", default="mse,stab,clf")
+    p.add_argument(
+        "--objectives", default="mse,stab,clf,classifier", help="classifier: train f itself"
+    )
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--convergence-steps", type=int, default=60)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    data, labels = images(max(args.batch * (args.steps + 1), 512))
+    data, labels = images(max(args.batch * (args.steps * args.repeats + 1), 512))
     print(f"# torch {torch.__version__}, CPU: {cpu_name()}, threads {torch.get_num_threads()}")
+    print(f"# native bf16 (AMX/AVX512-BF16): {bf16_is_fast()}; load average at start: {load()}")
     print(
-        f"# native bf16 (AMX/AVX512-BF16): {bf16_is_fast()}; load average at start: "
-        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}"
+        f"# DnCNN-17 (64 ch) + Adam, batch {args.batch}; stab/clf through {args.classifier}; "
+        f"'classifier' = SGD training of {args.classifier} alone"
     )
     print(
-        f"# DnCNN-17 (64 ch), Adam, batch {args.batch}, {args.steps} timed steps after "
-        f"{args.warmup} warm-up; stab/clf through {args.classifier}"
+        f"# median of {args.repeats} interleaved rounds of {args.steps} steps; img/s = wall "
+        "clock on this shared machine, img/cpu-s = per second of this process's CPU time"
     )
-    print(
-        f"{'objective':<10}{'layout':<15}"
-        + "".join(f"{p + ' img/s':>14}" for p in args.precisions.split(","))
-    )
-    for name in args.objectives.split(","):
-        for channels_last in (True, False):
-            cells = []
-            for precision in args.precisions.split(","):
-                if not channels_last and precision != "fp32":
-                    cells.append(f"{'-':>14}")
-                    continue
-                rate = throughput(args, data, labels, name, precision, channels_last)
-                cells.append(f"{rate:>14.2f}")
-            layout = "channels_last" if channels_last else "NCHW"
-            print(f"{name:<10}{layout:<15}" + "".join(cells), flush=True)
+    print(f"{'workload':<11}{'layout':<15}{'precision':<10}{'img/s':>9}{'img/cpu-s':>11}")
+    for name, layout, precision, wall, cpu in measure(args, data, labels):
+        print(f"{name:<11}{layout:<15}{precision:<10}{wall:>9.2f}{cpu:>11.2f}", flush=True)
     if args.convergence_steps:
         print(
             f"\n# convergence: DnCNN depth 8 / 32 ch, MSE, sigma 0.25, "
@@ -152,7 +186,7 @@ def main() -> None:
         for precision in args.precisions.split(","):
             first, last = convergence(args, data, labels, precision)
             print(f"{precision:<10}{first:>12.5f}{last:>14.5f}", flush=True)
-    print(f"# load average at end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(f"# load average at end: {load()}")
 
 
 if __name__ == "__main__":
