@@ -139,6 +139,17 @@ def test_workers_without_ray_is_an_error(files, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_unreachable_cluster_fails_fast_with_one_sentence(files, tmp_path, capsys):
+    pytest.importorskip("ray")
+    out = tmp_path / "log.tsv"
+    start = time.monotonic()
+    assert main(cli_args(files, out, "--ray", f"127.0.0.1:{free_port()}")) == 2
+    assert time.monotonic() - start < 30
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dsmooth: error: cannot reach a Ray cluster at 127.0.0.1:"), err
+    assert "\n" not in err and not out.exists()
+
+
 def test_sort_log_orders_rows_by_index_and_drops_a_partial_row(tmp_path):
     from dsmooth.distributed import sort_log
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -198,11 +199,26 @@ def connect(ray, address: str | None, workers: int | None) -> bool:
                 **quiet,
             )
         else:
+            check_reachable(address)
             ray.init(address=address, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as e:
         where = "a local Ray instance" if address in (None, "", "local") else address
         raise UserError(f"cannot start or reach Ray at {where} ({brief(e)}).") from None
     return True
+
+
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on a HOST:PORT nobody listens at (ray.init would retry for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", ray:// client addresses: left to Ray
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(
+            f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one with "
+            "`ray start --head` or check the address."
+        ) from None
 
 
 def _actor_class(ray, opts: dict):
