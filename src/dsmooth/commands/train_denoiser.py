@@ -79,8 +79,8 @@ def register(sub) -> None:
         "--mse-weight",
         type=float,
         default=0.0,
-        help="stab/clf: add this times the MSE loss (keeps fine-tuned MSE denoisers from "
-        "collapsing; default 0)",
+        help="stab/clf: add this times the MSE loss, meant to keep a fine-tuned MSE "
+        "denoiser from collapsing (its benefit is not measured yet; default 0)",
     )
     g.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="default adam")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")

@@ -18,9 +18,10 @@ the same as white-box training, and over an epoch every surrogate shapes the den
 equally. `average` (mean of the K losses on every batch) gives lower-variance gradients
 at K times the cost per step.
 
-`mse_weight` > 0 adds `mse_weight * mse` to stab/clf: a regulariser that keeps a
-fine-tuned MSE denoiser from collapsing (observed: Stab at lr 1e-3 on an MSE denoiser
-dropped its noisy accuracy from 0.28 to 0.08 before recovering).
+`mse_weight` > 0 adds `mse_weight * mse` to stab/clf: a regulariser meant to keep a
+fine-tuned MSE denoiser from collapsing (observed without it: Stab at lr 1e-3 on an MSE
+denoiser dropped its noisy accuracy from 0.28 to 0.08 before recovering); whether it
+helps certified accuracy is not measured yet.
 """
 
 from __future__ import annotations
