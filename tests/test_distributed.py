@@ -278,13 +278,15 @@ def test_cli_on_a_two_node_cluster(files, reference, two_node_cluster, tmp_path)
     address, env = two_node_cluster
     header, expected = reference
     out = tmp_path / "cluster.tsv"
+    relative = {**files, "data": "data.npz", "classifier": "mlp.pt"}  # nodes run elsewhere
     run = subprocess.run(
         [
             sys.executable,
             "-m",
             "dsmooth.cli",
-            *cli_args(files, out, "--ray", address, "--workers", "2", "--sorted"),
+            *cli_args(relative, out, "--ray", address, "--workers", "2", "--sorted"),
         ],
+        cwd=files["root"],
         env=env,
         capture_output=True,
         text=True,

@@ -150,6 +150,9 @@ def certify_dataset(
     from dsmooth.jobs import select_indices
 
     opts = certify_options(options, out)
+    for key in ("data", "classifier", "denoiser"):  # workers may run in another folder
+        if opts.get(key) and Path(opts[key]).exists():
+            opts[key] = str(Path(opts[key]).resolve())
     args = SimpleNamespace(**opts)
     common.check_sampling(args)
     sequential = common.sequential_settings(args)
