@@ -118,7 +118,14 @@ def reference(files) -> tuple[list[str], list[list[str]]]:
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=100 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="WARNING",
+    )
     yield ray
     ray.shutdown()
 
@@ -209,6 +216,8 @@ def two_node_cluster(tmp_path):
     """
     pytest.importorskip("ray")
     ray_bin = Path(sys.executable).with_name("ray")
+    if not ray_bin.exists():
+        ray_bin = shutil.which("ray") or pytest.skip("the `ray` command is not on PATH")
     temp = tempfile.mkdtemp(prefix="dsray")  # short: Ray's socket paths must stay < 108 chars
     env = {
         **os.environ,
