@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 
 
 def add_run_options(p) -> None:
@@ -124,6 +125,22 @@ def add_schedule_options(p, lr: float, schedule: str, epochs: int) -> None:
     )
 
 
+def add_augment_options(g) -> None:
+    g.add_argument(
+        "--crop-pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)"
+    )
+    g.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal flips")
+
+
+def recipe_from_args(cls, args):
+    """A training recipe dataclass filled from the parsed options of the same names
+    (fields without an option, e.g. val_batch, keep their defaults)."""
+    given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    given["data"] = list(args.data)
+    given["progress"] = not args.no_progress
+    return cls(**given)
+
+
 def _fractions(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -167,10 +184,7 @@ def register(sub) -> None:
         default=0.0,
         help="Gaussian noise augmentation sigma in [0,1] pixel units (default 0: none)",
     )
-    g.add_argument(
-        "--crop-pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)"
-    )
-    g.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal flips")
+    add_augment_options(g)
     add_run_options(p)
     p.set_defaults(func=run)
 
@@ -178,38 +192,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from dsmooth.training.classifier import ClassifierRecipe, train_classifier
 
-    recipe = ClassifierRecipe(
-        arch=args.arch,
-        arch_kwargs=args.arch_kwargs,
-        data=list(args.data),
-        out=args.out,
-        val_data=args.val_data,
-        epochs=args.epochs,
-        batch=args.batch,
-        lr=args.lr,
-        schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs,
-        milestones=args.milestones,
-        gamma=args.gamma,
-        momentum=args.momentum,
-        nesterov=args.nesterov,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        noise_sigma=args.noise_sigma,
-        crop_pad=args.crop_pad,
-        flip=args.flip,
-        num_classes=args.num_classes,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        seed=args.seed,
-        max_train_images=args.max_train_images,
-        max_val_images=args.max_val_images,
-        threads=args.threads,
-        save_every_minutes=args.save_every_minutes,
-        max_steps=args.max_steps,
-        max_minutes=args.max_minutes,
-        progress=not args.no_progress,
-    )
+    recipe = recipe_from_args(ClassifierRecipe, args)
     return report(train_classifier(recipe, resume=args.resume), args.out)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dsmooth.commands.train_classifier import (
     add_arch_kwargs,
+    add_augment_options,
     add_data_options,
     add_run_options,
     add_schedule_options,
+    recipe_from_args,
     report,
 )
 
@@ -90,10 +92,7 @@ def register(sub) -> None:
         default=1e-4,
         help="L2 weight decay (default 1e-4, the official code's)",
     )
-    g.add_argument(
-        "--crop-pad", type=int, default=4, help="random-crop padding in pixels (0: no crop)"
-    )
-    g.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal flips")
+    add_augment_options(g)
     add_data_options(p)
     add_schedule_options(p, lr=1e-3, schedule="cosine", epochs=90)
     add_run_options(p)
@@ -103,42 +102,5 @@ def register(sub) -> None:
 def run(args) -> int:
     from dsmooth.training.denoiser import DenoiserRecipe, train_denoiser
 
-    recipe = DenoiserRecipe(
-        data=list(args.data),
-        out=args.out,
-        sigma=args.sigma,
-        objective=args.objective,
-        arch=args.arch,
-        arch_kwargs=args.arch_kwargs,
-        classifier=args.classifier,
-        surrogates=args.surrogates,
-        surrogate_mode=args.surrogate_mode,
-        val_target=args.val_target,
-        init=args.init,
-        soft_targets=args.soft_targets,
-        mse_weight=args.mse_weight,
-        val_data=args.val_data,
-        epochs=args.epochs,
-        batch=args.batch,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs,
-        milestones=args.milestones,
-        gamma=args.gamma,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        crop_pad=args.crop_pad,
-        flip=args.flip,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        seed=args.seed,
-        max_train_images=args.max_train_images,
-        max_val_images=args.max_val_images,
-        threads=args.threads,
-        save_every_minutes=args.save_every_minutes,
-        max_steps=args.max_steps,
-        max_minutes=args.max_minutes,
-        progress=not args.no_progress,
-    )
+    recipe = recipe_from_args(DenoiserRecipe, args)
     return report(train_denoiser(recipe, resume=args.resume), args.out)

@@ -5,9 +5,7 @@ and not clipped)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +15,15 @@ from dsmooth.models import create, list_models
 from dsmooth.models.checkpoint import save_checkpoint
 from dsmooth.training import loop
 from dsmooth.training.augment import random_crop_flip, to_float_nchw
-from dsmooth.training.data import load_training_set
 from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
-from dsmooth.training.schedule import SCHEDULES, lr_at
+from dsmooth.training.recipe import (
+    check_lr,
+    check_schedule,
+    load_sets,
+    loop_options,
+    lr_schedule,
+    recipe_json,
+)
 
 
 @dataclass
@@ -61,12 +65,8 @@ def check(r: ClassifierRecipe) -> None:
     if r.arch not in list_models("classifier"):
         known = ", ".join(list_models("classifier"))
         raise UserError(f"unknown classifier architecture {r.arch!r}; known: {known}.")
-    if r.epochs < 1 or r.batch < 1:
-        raise UserError("epochs and batch must be at least 1.")
-    if not (r.lr > 0 and math.isfinite(r.lr)):
-        raise UserError(f"the learning rate must be positive, got {r.lr}.")
-    if r.schedule not in SCHEDULES:
-        raise UserError(f"unknown schedule {r.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+    check_lr(r)
+    check_schedule(r)
     if r.noise_sigma < 0:
         raise UserError(f"the noise sigma must be >= 0, got {r.noise_sigma}.")
     if not 0 <= r.label_smoothing < 1:
@@ -87,11 +87,10 @@ def _train(r, resume) -> str:
     device = torch.device("cpu")
     precision = resolve_precision(r.precision, device)
     fmt = memory_format(r.channels_last)
-    images, labels = load_training_set(r.data, r.max_train_images)
+    images, labels, val = load_sets(r)
     num_classes = r.num_classes or int(labels.max()) + 1
     if int(labels.max()) >= num_classes:
         raise UserError(f"the data has label {int(labels.max())} but --num-classes {num_classes}.")
-    val = load_training_set([r.val_data], r.max_val_images, split="test") if r.val_data else None
 
     torch.manual_seed(r.seed)
     kwargs = {**r.arch_kwargs, "num_classes": num_classes}
@@ -103,11 +102,6 @@ def _train(r, resume) -> str:
         nesterov=r.nesterov and r.momentum > 0,
         weight_decay=r.weight_decay,
     )
-    steps_per_epoch = max(len(images) // r.batch, 1)
-    warmup = int(round(r.warmup_epochs * steps_per_epoch))
-
-    def lr_fn(step: int, total: int) -> float:
-        return lr_at(step, total, r.lr, r.schedule, warmup, r.milestones, r.gamma)
 
     def prepare(batch: torch.Tensor, g: torch.Generator | None, augment: bool) -> torch.Tensor:
         if augment and (r.crop_pad > 0 or r.flip):
@@ -132,9 +126,7 @@ def _train(r, resume) -> str:
             model, val[0], val[1], r.val_batch, precision, fmt, r.noise_sigma, r.seed
         )
 
-    recipe = asdict(r)
-    recipe["data"] = [str(Path(p).resolve()) for p in r.data]
-    recipe["val_data"] = str(Path(r.val_data).resolve()) if r.val_data else None
+    recipe = recipe_json(r)
 
     def export(prog: loop.Progress, epochs_done: float) -> None:
         config = {
@@ -154,17 +146,8 @@ def _train(r, resume) -> str:
         }
         save_checkpoint(model, r.out, config)
 
-    opts = loop.LoopOptions(
-        out=Path(r.out),
-        epochs=r.epochs,
-        batch=r.batch,
-        seed=r.seed,
-        save_every_minutes=r.save_every_minutes,
-        max_steps=r.max_steps,
-        max_minutes=r.max_minutes,
-        progress=r.progress,
-        desc=r.arch,
-    )
+    lr_fn = lr_schedule(r, len(images))
+    opts = loop_options(r, desc=r.arch)
     return loop.run_loop(
         model, optimizer, images, labels, step_fn, validate, export, lr_fn, opts, recipe, resume
     )

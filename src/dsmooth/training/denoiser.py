@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -19,11 +18,17 @@ from dsmooth.models.checkpoint import save_checkpoint
 from dsmooth.training import loop
 from dsmooth.training.augment import random_crop_flip, to_float_nchw
 from dsmooth.training.classifier import build
-from dsmooth.training.data import load_training_set
 from dsmooth.training.evaluate import evaluate_denoiser
 from dsmooth.training.objectives import OBJECTIVES, SURROGATE_MODES, DenoiserObjective
 from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
-from dsmooth.training.schedule import SCHEDULES, lr_at
+from dsmooth.training.recipe import (
+    check_lr,
+    check_schedule,
+    load_sets,
+    loop_options,
+    lr_schedule,
+    recipe_json,
+)
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -82,14 +87,10 @@ def check(r: DenoiserRecipe, given: bool = False) -> None:
         raise UserError(f"unknown denoiser architecture {r.arch!r}; known: {known}.")
     if not (r.sigma > 0 and math.isfinite(r.sigma)):
         raise UserError(f"sigma must be a positive number, got {r.sigma}.")
-    if r.epochs < 1 or r.batch < 1:
-        raise UserError("epochs and batch must be at least 1.")
-    if not (r.lr > 0 and math.isfinite(r.lr)):
-        raise UserError(f"the learning rate must be positive, got {r.lr}.")
+    check_lr(r)
     if r.optimizer not in OPTIMIZERS:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {r.optimizer!r}.")
-    if r.schedule not in SCHEDULES:
-        raise UserError(f"unknown schedule {r.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+    check_schedule(r)
     if r.surrogate_mode not in SURROGATE_MODES:
         raise UserError(f"surrogate mode must be one of {', '.join(SURROGATE_MODES)}.")
     if r.objective != "mse" and not (r.classifier or r.surrogates or given):
@@ -142,8 +143,7 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
     device = torch.device("cpu")
     precision = resolve_precision(r.precision, device)
     fmt = memory_format(r.channels_last)
-    images, labels = load_training_set(r.data, r.max_train_images)
-    val = load_training_set([r.val_data], r.max_val_images, split="test") if r.val_data else None
+    images, labels, val = load_sets(r)
 
     use_surrogates = bool(r.surrogates) or bool(surrogates)
     if use_surrogates:
@@ -192,12 +192,6 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
         if isinstance(f, nn.Module):
             f.to(memory_format=fmt)
 
-    steps_per_epoch = max(len(images) // r.batch, 1)
-    warmup = int(round(r.warmup_epochs * steps_per_epoch))
-
-    def lr_fn(step: int, total: int) -> float:
-        return lr_at(step, total, r.lr, r.schedule, warmup, r.milestones, r.gamma)
-
     def step_fn(batch, y, g, step):
         if r.crop_pad > 0 or r.flip:
             batch = random_crop_flip(batch, g, r.crop_pad, r.flip)
@@ -229,9 +223,7 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
             r.seed,
         )
 
-    recipe = asdict(r)
-    recipe["data"] = [str(Path(p).resolve()) for p in r.data]
-    recipe["val_data"] = str(Path(r.val_data).resolve()) if r.val_data else None
+    recipe = recipe_json(r)
 
     def export(prog: loop.Progress, epochs_done: float) -> None:
         objective_name = r.objective + (f" + {r.mse_weight:g} mse" if r.mse_weight > 0 else "")
@@ -253,17 +245,8 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
         }
         save_checkpoint(denoiser, r.out, config)
 
-    opts = loop.LoopOptions(
-        out=Path(r.out),
-        epochs=r.epochs,
-        batch=r.batch,
-        seed=r.seed,
-        save_every_minutes=r.save_every_minutes,
-        max_steps=r.max_steps,
-        max_minutes=r.max_minutes,
-        progress=r.progress,
-        desc=f"{r.arch} {r.objective}",
-    )
+    lr_fn = lr_schedule(r, len(images))
+    opts = loop_options(r, desc=f"{r.arch} {r.objective}")
     return loop.run_loop(
         denoiser, optimizer, images, labels, step_fn, validate, export, lr_fn, opts, recipe, resume
     )

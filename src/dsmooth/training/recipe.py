@@ -1,0 +1,71 @@
+"""The recipe fields classifier and denoiser training share (data, optimisation
+schedule, run budget), turned into what the loop needs in one place, so both trainers
+check, save and resume them the same way."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from dsmooth.errors import UserError
+from dsmooth.training.data import load_training_set
+from dsmooth.training.loop import LoopOptions
+from dsmooth.training.schedule import SCHEDULES, lr_at
+
+
+def check_lr(r) -> None:
+    """Raise a UserError for bad epochs, batch size or learning rate."""
+    if r.epochs < 1 or r.batch < 1:
+        raise UserError("epochs and batch must be at least 1.")
+    if not (r.lr > 0 and math.isfinite(r.lr)):
+        raise UserError(f"the learning rate must be positive, got {r.lr}.")
+
+
+def check_schedule(r) -> None:
+    if r.schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {r.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+
+
+def load_sets(r) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Training images and labels, and the validation set (None without --val-data)."""
+    images, labels = load_training_set(r.data, r.max_train_images)
+    val = load_training_set([r.val_data], r.max_val_images, split="test") if r.val_data else None
+    return images, labels, val
+
+
+def lr_schedule(r, n_images: int) -> Callable[[int, int], float]:
+    """lr_fn(step, total_steps) for the loop, with the warm-up converted to steps."""
+    steps_per_epoch = max(n_images // r.batch, 1)
+    warmup = int(round(r.warmup_epochs * steps_per_epoch))
+
+    def lr_fn(step: int, total: int) -> float:
+        return lr_at(step, total, r.lr, r.schedule, warmup, r.milestones, r.gamma)
+
+    return lr_fn
+
+
+def recipe_json(r) -> dict:
+    """The recipe as saved with the run, with data paths made absolute (so a resume
+    started from another folder compares equal)."""
+    recipe = asdict(r)
+    recipe["data"] = [str(Path(p).resolve()) for p in r.data]
+    recipe["val_data"] = str(Path(r.val_data).resolve()) if r.val_data else None
+    return recipe
+
+
+def loop_options(r, desc: str) -> LoopOptions:
+    return LoopOptions(
+        out=Path(r.out),
+        epochs=r.epochs,
+        batch=r.batch,
+        seed=r.seed,
+        save_every_minutes=r.save_every_minutes,
+        max_steps=r.max_steps,
+        max_minutes=r.max_minutes,
+        progress=r.progress,
+        desc=desc,
+    )
