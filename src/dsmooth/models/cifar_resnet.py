@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsmooth.models import register
+from dsmooth.models.cifar_resnet_parts import CifarTrunk, ResidualBranch
 from dsmooth.models.normalize import CIFAR10_MEAN, CIFAR10_STD, NormalizedClassifier
 
 
@@ -25,52 +26,27 @@ class ShortcutA(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(ResidualBranch):
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        super().__init__(in_planes, planes, stride)
         self.shortcut = ShortcutA(planes) if stride != 1 or in_planes != planes else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.residual(x) + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(CifarTrunk):
     """The network without normalisation; parameter names match akamaster's."""
 
     def __init__(self, depth: int, num_classes: int = 10):
-        super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
-        n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.in_planes = 16
-        self.layer1 = self._stage(16, n, 1)
-        self.layer2 = self._stage(32, n, 2)
-        self.layer3 = self._stage(64, n, 2)
+        super().__init__(depth, BasicBlock)
         self.linear = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
 
-    def _stage(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (blocks - 1):
-            layers.append(BasicBlock(self.in_planes, planes, s))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.linear(out)
+        return self.linear(self.features(x))
 
 
 def cifar_resnet(

@@ -17,16 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsmooth.models import register
+from dsmooth.models.cifar_resnet_parts import CifarTrunk, ResidualBranch
 from dsmooth.models.normalize import COHEN_CIFAR10_MEAN, COHEN_CIFAR10_STD, NormalizedClassifier
 
 
-class BasicBlockB(nn.Module):
+class BasicBlockB(ResidualBranch):
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        super().__init__(in_planes, planes, stride)
         self.downsample = None
         if stride != 1 or in_planes != planes:
             self.downsample = nn.Sequential(
@@ -34,29 +31,15 @@ class BasicBlockB(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        return F.relu(self.residual(x) + shortcut)
 
 
-class CohenResNet(nn.Module):
+class CohenResNet(CifarTrunk):
     """The network without normalisation (basic blocks, depth = 6n + 2)."""
 
     def __init__(self, depth: int, num_classes: int = 10):
-        super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
-        n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        planes_in = 16
-        for i, (planes, stride) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
-            blocks = []
-            for s in [stride] + [1] * (n - 1):
-                blocks.append(BasicBlockB(planes_in, planes, s))
-                planes_in = planes
-            self.add_module(f"layer{i}", nn.Sequential(*blocks))
+        super().__init__(depth, BasicBlockB)
         self.fc = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -64,9 +47,7 @@ class CohenResNet(nn.Module):
                 nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.fc(self.features(x))
 
 
 def _make(depth: int):
