@@ -58,26 +58,10 @@ def sample_figure(args):
         return None
     if not (args.data and args.classifier):
         raise UserError("sample images need both --data and --classifier.")
-    import torch
-
-    from dsmooth.commands.visualize import class_names, denoising_grid
+    from dsmooth.commands.visualize import grid_from_args
     from dsmooth.data import load_images
-    from dsmooth.sources import load_model
 
-    data = load_images(args.data)
-    device = torch.device(args.device)
-    classifier = load_model(args.classifier, role="classifier", device=device)
-    denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
-    return denoising_grid(
-        classifier,
-        data,
-        args.indices,
-        args.sigmas,
-        denoiser=denoiser,
-        seed=args.seed,
-        names=class_names(args.class_names, data.classes),
-        device=args.device,
-    )
+    return grid_from_args(args, load_images(args.data))
 
 
 def settings(args, report) -> list[tuple[str, str]]:

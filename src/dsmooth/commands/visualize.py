@@ -13,18 +13,6 @@ import numpy as np
 
 from dsmooth.errors import UserError, brief
 
-CIFAR10_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
 MAX_IMAGES = 32
 MAX_SIGMAS = 8
 
@@ -73,6 +61,8 @@ def class_names(spec: str | None, data_classes: Sequence[str]) -> list[str] | No
     if spec is None:
         return list(data_classes) or None
     if spec.strip().lower() in ("cifar10", "cifar-10"):
+        from dsmooth.datasets import CIFAR10_CLASSES
+
         return list(CIFAR10_CLASSES)
     names = [n.strip() for n in spec.split(",")]
     if not all(names):
@@ -177,34 +167,42 @@ def denoising_grid(
     return image_grid(images, captions, columns, row_titles, colors)
 
 
-def run(args) -> int:
+def grid_from_args(args, data, num_classes: int | None = None, **classifier_options):
+    """`denoising_grid` for the --classifier/--denoiser/--indices/--sigmas/--seed/
+    --class-names/--device options (shared by visualize and report);
+    `classifier_options` go to the classifier's loader."""
     import torch
 
-    from dsmooth.commands import common, source_options
-    from dsmooth.plots import check_figure_path, save_figure
     from dsmooth.sources import load_model
 
-    check_figure_path(args.out)
-    data = common.load_data(args)
     device = torch.device(args.device)
-    classifier = load_model(
-        args.classifier,
-        role="classifier",
-        device=device,
-        **common.weights_options(args),
-        **source_options.collect(args),
-    )
+    classifier = load_model(args.classifier, role="classifier", device=device, **classifier_options)
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
-    fig = denoising_grid(
+    return denoising_grid(
         classifier,
         data,
         args.indices,
         args.sigmas,
         denoiser=denoiser,
         seed=args.seed,
-        num_classes=args.num_classes,
+        num_classes=num_classes,
         names=class_names(args.class_names, data.classes),
         device=args.device,
+    )
+
+
+def run(args) -> int:
+    from dsmooth.commands import common, source_options
+    from dsmooth.plots import check_figure_path, save_figure
+
+    check_figure_path(args.out)
+    data = common.load_data(args)
+    fig = grid_from_args(
+        args,
+        data,
+        num_classes=args.num_classes,
+        **common.weights_options(args),
+        **source_options.collect(args),
     )
     save_figure(fig, args.out)
     print(f"wrote {args.out}")
