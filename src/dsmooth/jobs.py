@@ -110,19 +110,17 @@ def certify_dataset(
     (dsmooth.sequential) and logs `n_used` after the standard columns.
     """
     columns = CERTIFY_COLUMNS if sequential is None else SEQUENTIAL_CERTIFY_COLUMNS
-    columns, rows = count_queries(
+    return _log_dataset(
         smooth,
+        data,
+        out,
         columns,
         lambda i: certify_row(smooth, data, i, n0, n, alpha, batch_size, sequential),
+        skip,
+        max_index,
+        "certify",
+        progress,
     )
-    with ResultLog(out, columns) as log:
-        return run(
-            rows,
-            log,
-            select_indices(len(data), skip, max_index),
-            "certify",
-            progress,
-        )
 
 
 def predict_dataset(
@@ -137,14 +135,32 @@ def predict_dataset(
     progress: bool = True,
 ) -> int:
     """Predict every selected image into the TSV log `out`, resuming if it exists."""
-    columns, rows = count_queries(
-        smooth, PREDICT_COLUMNS, lambda i: predict_row(smooth, data, i, n, alpha, batch_size)
+    return _log_dataset(
+        smooth,
+        data,
+        out,
+        PREDICT_COLUMNS,
+        lambda i: predict_row(smooth, data, i, n, alpha, batch_size),
+        skip,
+        max_index,
+        "predict",
+        progress,
     )
+
+
+def _log_dataset(
+    smooth: Smooth,
+    data: ImageSet,
+    out,
+    columns,
+    row,
+    skip: int,
+    max_index: int,
+    desc: str,
+    progress: bool,
+) -> int:
+    """`row(i)` for the selected images into the log `out` (with the queries column
+    when the classifier is remote); returns rows written."""
+    columns, rows = count_queries(smooth, columns, row)
     with ResultLog(out, columns) as log:
-        return run(
-            rows,
-            log,
-            select_indices(len(data), skip, max_index),
-            "predict",
-            progress,
-        )
+        return run(rows, log, select_indices(len(data), skip, max_index), desc, progress)
