@@ -49,6 +49,17 @@ class TinyConvNet(nn.Module):
         return self.fc(self.features(x))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny models gain nothing from two, and on a busy machine each
+    parallel region can wait a whole time slice for its second thread. Restored after
+    (the CLI's --threads changes it too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def image() -> torch.Tensor:
     return torch.rand(SHAPE, generator=torch.Generator().manual_seed(1))
