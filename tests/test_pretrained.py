@@ -1,0 +1,46 @@
+"""Every shipped model loads by name, has a model card, and runs on [0, 1] images."""
+
+import pytest
+import torch
+
+import dsmooth
+from dsmooth.models.pretrained import model_card
+
+SHIPPED = dsmooth.list_pretrained()
+
+
+def test_the_demo_models_are_shipped():
+    from dsmooth.commands.demo import CLASSIFIER, DENOISER
+
+    assert {CLASSIFIER, DENOISER} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_loads_by_name_with_a_card(name):
+    model = dsmooth.pretrained(name)
+    config = model.dsmooth_config
+    card = model_card(name)
+    assert card.startswith(f"# {name}") and "licence" in card.lower()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x)
+    if config["kind"] == "classifier":
+        assert y.shape == (2, config["num_classes"])
+    else:
+        assert y.shape == x.shape
+    assert dsmooth.load_model(name) is not None  # the CLI spec resolves too
+
+
+def test_demo_runs_end_to_end_on_the_shipped_models(tmp_path, capsys):
+    from dsmooth.cli import main
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--images", "2", "--n0", "10", "--n", "30", "--out-dir", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| MSE DnCNN |" in printed and "| no denoiser |" in printed
+    for log in ("certify_no_denoiser.tsv", "certify_mse_dncnn.tsv"):
+        lines = (out / log).read_text().splitlines()
+        assert lines[0].startswith("idx\tlabel\tpredict\tradius\tcorrect\ttime")
+        assert [line.split("\t")[0] for line in lines[1:]] == ["0", "1"]
+    assert (out / "curves.png").stat().st_size > 0
