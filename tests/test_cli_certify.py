@@ -38,7 +38,8 @@ def test_certify_writes_reference_columns(tiny_data_file, tiny_classifier_file, 
     assert [int(r[0]) for r in rows] == [0, 2, 4, 6, 8, 10]
     labels = np.load(tiny_data_file)["labels"]
     for r in rows:
-        idx, label, predict, radius, correct = int(r[0]), int(r[1]), int(r[2]), float(r[3]), int(r[4])
+        idx, label, predict, correct = int(r[0]), int(r[1]), int(r[2]), int(r[4])
+        radius = float(r[3])
         assert label == labels[idx]
         assert correct == int(predict == label)
         assert radius >= 0 and (predict != -1 or radius == 0)

@@ -10,9 +10,9 @@ SHIPPED = dsmooth.list_pretrained()
 
 
 def test_the_demo_models_are_shipped():
-    from dsmooth.commands.demo import CLASSIFIER, DENOISER
+    from dsmooth.commands.demo import CLASSIFIER, DENOISERS
 
-    assert {CLASSIFIER, DENOISER} <= set(SHIPPED)
+    assert {CLASSIFIER, *DENOISERS.values()} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -38,8 +38,9 @@ def test_demo_runs_end_to_end_on_the_shipped_models(tmp_path, capsys):
     argv = ["demo", "--images", "2", "--n0", "10", "--n", "30", "--out-dir", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "| MSE DnCNN |" in printed and "| no denoiser |" in printed
-    for log in ("certify_no_denoiser.tsv", "certify_mse_dncnn.tsv"):
+    for row in ("no denoiser", "MSE DnCNN", "Stab DnCNN"):
+        assert f"| {row} |" in printed
+    for log in ("certify_no_denoiser.tsv", "certify_mse_dncnn.tsv", "certify_stab_dncnn.tsv"):
         lines = (out / log).read_text().splitlines()
         assert lines[0].startswith("idx\tlabel\tpredict\tradius\tcorrect\ttime")
         assert [line.split("\t")[0] for line in lines[1:]] == ["0", "1"]
