@@ -47,6 +47,9 @@ def tiny_data_file(tmp_path) -> Path:
     """Twelve uint8 8x8 RGB images with labels in 0..2."""
     rng = np.random.default_rng(0)
     path = tmp_path / "data.npz"
-    np.savez(path, images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8),
-             labels=rng.integers(0, 3, 12))
+    np.savez(
+        path,
+        images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8),
+        labels=rng.integers(0, 3, 12),
+    )
     return path

@@ -15,9 +15,25 @@ from dsmooth.cli import main
 
 
 def certify_args(data, classifier, out, *extra):
-    return ["certify", "--data", str(data), "--classifier", str(classifier), "--sigma", "0.25",
-            "--n0", "50", "--n", "500", "--batch", "100", "--out", str(out),
-            "--no-progress", *extra]
+    return [
+        "certify",
+        "--data",
+        str(data),
+        "--classifier",
+        str(classifier),
+        "--sigma",
+        "0.25",
+        "--n0",
+        "50",
+        "--n",
+        "500",
+        "--batch",
+        "100",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def read_rows(path):
@@ -58,8 +74,7 @@ def test_rerun_appends_nothing_and_max_limits(tiny_data_file, tiny_classifier_fi
     assert out.read_text().startswith(first)
 
 
-def test_partial_trailing_row_is_dropped_on_resume(tiny_data_file, tiny_classifier_file,
-                                                    tmp_path):
+def test_partial_trailing_row_is_dropped_on_resume(tiny_data_file, tiny_classifier_file, tmp_path):
     full, cut = tmp_path / "full.tsv", tmp_path / "cut.tsv"
     main(certify_args(tiny_data_file, tiny_classifier_file, full))
     text = full.read_text()
@@ -73,23 +88,38 @@ def test_partial_trailing_row_is_dropped_on_resume(tiny_data_file, tiny_classifi
 
 def test_predict_log(tiny_data_file, tiny_classifier_file, tmp_path):
     out = tmp_path / "pred.tsv"
-    args = ["predict", "--data", str(tiny_data_file), "--classifier", str(tiny_classifier_file),
-            "--sigma", "0.25", "--n", "200", "--out", str(out), "--no-progress"]
+    args = [
+        "predict",
+        "--data",
+        str(tiny_data_file),
+        "--classifier",
+        str(tiny_classifier_file),
+        "--sigma",
+        "0.25",
+        "--n",
+        "200",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     header, rows = read_rows(out)
     assert header == ["idx", "label", "predict", "correct", "time"]
     assert len(rows) == 12
 
 
-def test_kill_and_resume_equals_uninterrupted_run(tiny_data_file, tiny_classifier_file,
-                                                   tmp_path):
+def test_kill_and_resume_equals_uninterrupted_run(tiny_data_file, tiny_classifier_file, tmp_path):
     """kill -9 a real process mid-run, rerun: same rows as one uninterrupted run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     slow = ["--n", "60000", "--batch", "1000"]
     cmd = [sys.executable, "-m", "dsmooth.cli"]
     killed = tmp_path / "killed.tsv"
-    proc = subprocess.Popen(cmd + certify_args(tiny_data_file, tiny_classifier_file, killed) + slow,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd + certify_args(tiny_data_file, tiny_classifier_file, killed) + slow,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         if killed.exists() and len(killed.read_text().splitlines()) >= 3:
@@ -99,11 +129,21 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_data_file, tiny_classifie
     proc.wait()
     n_before = len(killed.read_text().splitlines()) - 1
     assert 2 <= n_before < 12, "the process should be killed mid-run"
-    subprocess.run(cmd + certify_args(tiny_data_file, tiny_classifier_file, killed) + slow,
-                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        cmd + certify_args(tiny_data_file, tiny_classifier_file, killed) + slow,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     clean = tmp_path / "clean.tsv"
-    subprocess.run(cmd + certify_args(tiny_data_file, tiny_classifier_file, clean) + slow,
-                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        cmd + certify_args(tiny_data_file, tiny_classifier_file, clean) + slow,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     header, rows_killed = read_rows(killed)
     _, rows_clean = read_rows(clean)
     assert without_time(rows_killed, header) == without_time(rows_clean, header)
@@ -136,8 +176,9 @@ def _bad_npz(tmp_path, images, labels=None):
         ({"--data": "size"}, "the model failed on an image of shape"),
     ],
 )
-def test_bad_input_one_sentence_exit_2(change, message, tiny_data_file, tiny_classifier_file,
-                                       tmp_path, capsys):
+def test_bad_input_one_sentence_exit_2(
+    change, message, tiny_data_file, tiny_classifier_file, tmp_path, capsys
+):
     rng = np.random.default_rng(0)
     special = {
         "floats255": lambda: _bad_npz(tmp_path, rng.uniform(0, 255, (3, 8, 8, 3))),
@@ -162,20 +203,21 @@ def test_bad_input_one_sentence_exit_2(change, message, tiny_data_file, tiny_cla
     assert not out.exists()
 
 
-def test_bad_input_exit_code_from_a_real_process(tiny_data_file, tiny_classifier_file,
-                                                  tmp_path):
+def test_bad_input_exit_code_from_a_real_process(tiny_data_file, tiny_classifier_file, tmp_path):
     out = tmp_path / "out.tsv"
     args = certify_args(tiny_data_file, tiny_classifier_file, out)
     args[args.index("--sigma") + 1] = "-1"
-    proc = subprocess.run([sys.executable, "-m", "dsmooth.cli", *args], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dsmooth.cli", *args], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "dsmooth: error: sigma must be a positive number, got -1.0."
     assert not out.exists()
 
 
-def test_existing_log_with_other_columns_is_refused(tiny_data_file, tiny_classifier_file,
-                                                    tmp_path, capsys):
+def test_existing_log_with_other_columns_is_refused(
+    tiny_data_file, tiny_classifier_file, tmp_path, capsys
+):
     out = tmp_path / "out.tsv"
     out.write_text("a\tb\n1\t2\n")
     assert main(certify_args(tiny_data_file, tiny_classifier_file, out)) == 2

@@ -7,8 +7,18 @@ from statsmodels.stats.proportion import proportion_confint
 
 from dsmooth import Smooth, stats
 
-CASES = [(0, 100), (1, 100), (50, 100), (99, 100), (100, 100), (9990, 10000),
-         (65000, 100000), (99999, 100000), (3, 7), (5000, 10000)]
+CASES = [
+    (0, 100),
+    (1, 100),
+    (50, 100),
+    (99, 100),
+    (100, 100),
+    (9990, 10000),
+    (65000, 100000),
+    (99999, 100000),
+    (3, 7),
+    (5000, 10000),
+]
 
 
 @pytest.mark.parametrize("k,n", CASES)
@@ -33,8 +43,9 @@ def test_binomial_pvalue_equals_scipy(k, n):
 def _reference_certify(counts0, counts, sigma, alpha):
     """Cohen et al.'s CERTIFY on given counts (locuslab/smoothing code/core.py)."""
     c_hat = int(np.argmax(counts0))
-    p_lower = proportion_confint(int(counts[c_hat]), int(counts.sum()), alpha=2 * alpha,
-                                 method="beta")[0]
+    p_lower = proportion_confint(
+        int(counts[c_hat]), int(counts.sum()), alpha=2 * alpha, method="beta"
+    )[0]
     if p_lower < 0.5:
         return -1, 0.0
     return c_hat, sigma * norm.ppf(p_lower)
