@@ -297,3 +297,72 @@ def test_test_denoiser_identity_equals_no_denoiser(tmp_path, classifier_dir, cap
     assert r["noisy_acc"] == r["no_denoiser_noisy_acc"] and r["clean_acc"] > 0.2
     assert 11 < r["psnr"] < 14  # sigma 0.25 noise clipped to [0, 1]: ~12-13 dB
     assert "psnr" in capsys.readouterr().out
+
+
+class _Expects255(torch.nn.Module):
+    """A foreign classifier that takes [0, 255] pixels and refuses [0, 1] ones."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.amax() < 5.0):  # [0, 1] images plus noise never reach 5
+            raise ValueError("this classifier takes pixels in [0, 255]")
+        return self.inner(x / 255.0)
+
+
+@pytest.fixture
+def f255(tmp_path, classifier_dir):
+    """The small classifier behind a [0, 255] input contract, saved as TorchScript."""
+    path = tmp_path / "f255.pt"
+    torch.jit.save(torch.jit.script(_Expects255(_classifier(classifier_dir)).eval()), str(path))
+    return path
+
+
+def test_cli_states_the_classifier_input_contract(tmp_path, f255):
+    """--input-range 255 reaches the classifier that Stab trains through, and is recorded."""
+    path = f255
+    args = [
+        "train-denoiser",
+        "--objective",
+        "stab",
+        "--sigma",
+        "0.25",
+        "--classifier",
+        str(path),
+        "--data",
+        TRAIN,
+        "--max-train-images",
+        "64",
+        "--batch",
+        "32",
+        "--epochs",
+        "1",
+        "--arch-kwargs",
+        json.dumps(SMALL_DNCNN),
+        "--no-progress",
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+    ]
+    out = tmp_path / "d255"
+    assert main([*args, "--out", str(out), "--input-range", "255"]) == 0
+    recipe = json.loads((out / "config.json").read_text())["recipe"]
+    assert recipe["classifier_options"] == {"input_range": 255.0}
+    with pytest.raises(Exception, match=r"\[0, 255\]"):  # without it: [0, 1] pixels
+        main([*args, "--out", str(tmp_path / "d1")])
+
+
+def test_evaluate_and_test_denoiser_honour_the_input_contract(tmp_path, f255, capsys):
+    identity = tmp_path / "identity"
+    config = {"architecture": "dncnn", "kwargs": SMALL_DNCNN}
+    save_checkpoint(create("dncnn", **SMALL_DNCNN), identity, config)
+    data = ["--data", TEST, "--no-progress"]
+    model = ["--classifier", str(f255), "--input-range", "255"]
+    assert main(["evaluate", *model, *data, "--max", "20", "--sigma", "0.25", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 20
+    argv = ["test-denoiser", "--denoiser", str(identity), *model, *data, "--sigma", "0.25"]
+    assert main([*argv, "--max-images", "20"]) == 0
+    assert "noisy_acc" in capsys.readouterr().out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dsmooth.commands import common
+from dsmooth.commands import common, source_options
 
 
 def register(sub) -> None:
@@ -57,7 +57,11 @@ def run(args) -> int:
         raise UserError(f"{args.data}: no images selected.")
     device = torch.device(args.device)
     classifier = load_model(
-        args.classifier, role="classifier", device=device, **common.weights_options(args)
+        args.classifier,
+        role="classifier",
+        device=device,
+        **common.weights_options(args),
+        **source_options.collect(args),
     )
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
     result = evaluate_accuracy(

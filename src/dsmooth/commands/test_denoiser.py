@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 
+from dsmooth.commands import source_options
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -32,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    source_options.add(p)
     p.set_defaults(func=run)
 
 
@@ -56,7 +59,9 @@ def run(args) -> int:
     denoiser = load(args.denoiser)
     classifiers = {}
     if args.classifier:
-        classifiers["noisy"] = load_model(args.classifier, role="classifier")
+        classifiers["noisy"] = load_model(
+            args.classifier, role="classifier", **source_options.collect(args)
+        )
     common = dict(
         batch=args.batch, precision=precision, seed=args.seed, progress=not args.no_progress
     )

@@ -3,6 +3,7 @@ the MSE, Stab or Clf objective (Salman et al. 2020), white-box or through surrog
 
 from __future__ import annotations
 
+from dsmooth.commands import source_options
 from dsmooth.commands.train_classifier import (
     add_arch_kwargs,
     add_augment_options,
@@ -96,6 +97,7 @@ def register(sub) -> None:
     add_data_options(p)
     add_schedule_options(p, lr=1e-3, schedule="cosine", epochs=90)
     add_run_options(p)
+    source_options.add(p)
     p.set_defaults(func=run)
 
 
@@ -103,4 +105,5 @@ def run(args) -> int:
     from dsmooth.training.denoiser import DenoiserRecipe, train_denoiser
 
     recipe = recipe_from_args(DenoiserRecipe, args)
+    recipe.classifier_options = source_options.collect(args) or None
     return report(train_denoiser(recipe, resume=args.resume), args.out)

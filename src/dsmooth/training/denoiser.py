@@ -42,6 +42,9 @@ class DenoiserRecipe:
     arch: str | None = None  # None: the --init checkpoint's architecture, else dncnn
     arch_kwargs: dict = field(default_factory=dict)  # constructor options, e.g. depth
     classifier: str | None = None
+    # load_model options for `classifier`: its input contract (range, layout, size,
+    # normalisation; docs/sources.md). None = the defaults; surrogates take none.
+    classifier_options: dict | None = None
     surrogates: list[str] = field(default_factory=list)
     surrogate_mode: str = "round-robin"
     val_target: bool = False
@@ -107,10 +110,10 @@ def _init_arch(spec: str) -> str:
     return "dncnn"  # foreign weights: their loader names the architecture; checked later
 
 
-def _load_classifier(spec: str) -> nn.Module:
+def _load_classifier(spec: str, options: dict | None = None) -> nn.Module:
     from dsmooth.sources import load_model
 
-    return load_model(spec, role="classifier", device=torch.device("cpu"))
+    return load_model(spec, role="classifier", device=torch.device("cpu"), **(options or {}))
 
 
 def _load_denoiser_init(spec: str) -> tuple[nn.Module, dict]:
@@ -151,11 +154,13 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
         train_classifiers = surrogates
         target = None
         if r.val_target:
-            target = classifier if classifier is not None else _load_classifier(r.classifier)
+            target = classifier
+            if target is None:
+                target = _load_classifier(r.classifier, r.classifier_options)
     else:
         target = classifier
         if target is None and r.classifier:
-            target = _load_classifier(r.classifier)
+            target = _load_classifier(r.classifier, r.classifier_options)
         train_classifiers = [target] if target is not None else []
 
     torch.manual_seed(r.seed)
