@@ -223,3 +223,44 @@ def test_existing_log_with_other_columns_is_refused(
     assert main(certify_args(tiny_data_file, tiny_classifier_file, out)) == 2
     assert "choose another --out" in capsys.readouterr().err
     assert out.read_text() == "a\tb\n1\t2\n"
+
+
+def _image_folder(tmp_path, tiny_data_file):
+    """The tiny images as PNGs of mixed sizes in class subfolders, plus a corrupt file."""
+    from PIL import Image
+
+    d = np.load(tiny_data_file)
+    root = tmp_path / "folder"
+    for i, (im, label) in enumerate(zip(d["images"], d["labels"], strict=True)):
+        (root / f"class{label}").mkdir(parents=True, exist_ok=True)
+        w, h = (12, 9) if i % 2 else (10, 10)
+        Image.fromarray(im).resize((w, h)).save(root / f"class{label}" / f"{i:02d}.png")
+    last = sorted(root.iterdir())[-1]
+    (last / "zz_broken.png").write_bytes(b"not a png")  # the folder's last index
+    return root
+
+
+def test_image_folder_is_read_lazily_and_resized(tiny_data_file, tiny_classifier_file, tmp_path):
+    from dsmooth.datasets import load_dataset
+
+    folder = _image_folder(tmp_path, tiny_data_file)
+    # the eager loader (training) on the readable files gives the reference images
+    clean = tmp_path / "clean"
+    for cls in folder.iterdir():
+        (clean / cls.name).mkdir(parents=True)
+        for f in cls.glob("[0-9]*.png"):
+            (clean / cls.name / f.name).write_bytes(f.read_bytes())
+    eager = load_dataset(clean, size=8)
+    np.savez(tmp_path / "eager.npz", images=eager.images, labels=eager.labels)
+    reference = tmp_path / "reference.tsv"
+    assert main(certify_args(tmp_path / "eager.npz", tiny_classifier_file, reference)) == 0
+
+    out = tmp_path / "folder.tsv"
+    # --max 12 leaves out the broken file: an eager loader would fail, a lazy one does not
+    args = certify_args(folder, tiny_classifier_file, out, "--size", "8")
+    assert main([*args, "--max", "12"]) == 0
+    header, rows = read_rows(out)
+    assert without_time(rows, header) == without_time(read_rows(reference)[1], header)
+    assert main(args) == 2  # now the broken image is selected: one sentence, rows kept
+    assert read_rows(out)[1] == rows
+    assert main(certify_args(tiny_data_file, tiny_classifier_file, out, "--size", "8")) == 2

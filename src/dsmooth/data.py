@@ -87,31 +87,65 @@ def load_npz(path: Path) -> ImageSet:
     return ImageSet(images, labels)
 
 
-def load_folder(path: Path) -> ImageSet:
-    from PIL import Image
+class ImageFolder:
+    """An image folder read lazily: image i is decoded when it is certified.
 
+    Certifying every 100th image of a 50,000-image folder reads 500 files, and memory
+    holds one image at a time. Same interface as `ImageSet` (len, labels, classes,
+    image, batch), without `images`. With `size`, each image is resized and centre-cropped
+    to size x size (`dsmooth.datasets.resize_center_crop`); without it images keep their
+    own sizes, which a classifier with a fixed input size accepts only if they match.
+    """
+
+    def __init__(self, files: list[Path], labels, classes: list[str], size: int | None = None):
+        self.files = files
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.classes = classes
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image i as a float32 (C, H, W) tensor in [0, 1]."""
+        from PIL import Image
+
+        from dsmooth.datasets import resize_center_crop
+
+        file = self.files[i]
+        try:
+            with Image.open(file) as im:
+                im = im.convert("RGB")
+                if self.size is not None:
+                    im = resize_center_crop(im, self.size)
+                return to_chw_float(np.array(im))  # a writable copy for torch
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read image {file} ({e}).") from None
+
+    def batch(self, indices) -> torch.Tensor:
+        return torch.stack([self.image(int(i)) for i in indices])
+
+
+def load_folder(path: Path, size: int | None = None) -> ImageFolder:
+    """An image folder with one subfolder per class (sorted names are the labels)."""
     classes = sorted(d.name for d in path.iterdir() if d.is_dir())
     if not classes:
         raise UserError(f"{path} has no class subfolders (expected one folder per class).")
-    images, labels = [], []
+    files, labels = [], []
     for label, name in enumerate(classes):
         for file in sorted((path / name).iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(file) as im:
-                    images.append(np.asarray(im.convert("RGB")))
-            except Exception as e:
-                raise UserError(f"cannot read image {file} ({e}).") from None
-            labels.append(label)
-    if not images:
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(file)
+                labels.append(label)
+    if not files:
         raise UserError(f"{path} contains no images.")
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        raise UserError(
-            f"{path}: images have different sizes {sorted(shapes)[:3]}...; resize them first."
-        )
-    return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+    if size is not None and size < 1:
+        raise UserError(f"--size must be a positive number of pixels, got {size}.")
+    return ImageFolder(files, labels, classes, size)
 
 
 def _extended_spec(spec: str) -> bool:
@@ -119,17 +153,21 @@ def _extended_spec(spec: str) -> bool:
     return ".npz:" in spec or ".npz," in spec or spec.lower() == "cifar10"
 
 
-def load_images(path: str | os.PathLike) -> ImageSet:
-    """Load a dataset for certification from a `.npz` file or an image folder."""
+def load_images(path: str | os.PathLike, size: int | None = None) -> ImageSet | ImageFolder:
+    """Load a dataset for certification from a `.npz` file or an image folder (read lazily;
+    `size`: resize and centre-crop its images to size x size)."""
     p = Path(path)
     if not p.exists() and not _extended_spec(str(path)):
         raise UserError(f"data not found: {p}.")
-    if not p.exists() or (p.is_dir() and not any(d.is_dir() for d in p.iterdir())):
+    is_folder = p.is_dir() and any(d.is_dir() for d in p.iterdir())
+    if size is not None and not is_folder:
+        raise UserError("--size applies to image folders only; arrays are used as they are.")
+    if not p.exists() or (p.is_dir() and not is_folder):
         from dsmooth.datasets import load_dataset  # FILE.npz:PREFIX, a,b.npz, cifar10, npz folder
 
         return load_dataset(str(path))
-    if p.is_dir():
-        return load_folder(p)
+    if is_folder:
+        return load_folder(p, size)
     if p.suffix == ".npz":
         return load_npz(p)
     raise UserError(f"{p}: expected a .npz file or an image folder.")

@@ -65,7 +65,15 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--data",
         required=True,
-        help=".npz with uint8 'images' (N,H,W,C) and 'labels', or an image folder",
+        help=".npz with uint8 'images' (N,H,W,C) and 'labels', or an image folder (one "
+        "subfolder per class, read lazily)",
+    )
+    g.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="image folders: resize the shorter side to SIZE*8/7 and keep the centre "
+        "SIZE x SIZE crop (ImageNet: 224); default: images as they are",
     )
     g.add_argument("--skip", type=int, default=1, help="use every SKIP-th image (default 1)")
     g.add_argument(
@@ -268,7 +276,7 @@ def probe_output_size(base, data: ImageSet, device, num_classes: int) -> None:
 
 
 def load_data(args) -> ImageSet:
-    data = load_images(args.data)
+    data = load_images(args.data, getattr(args, "size", None))
     if len(data) == 0:
         raise UserError(f"{args.data} contains no images.")
     return data
