@@ -177,3 +177,25 @@ def test_server_rejects_bad_requests_with_4xx(server):
         ]["state"]
         == "AVAILABLE"
     )
+
+
+@pytest.mark.slow
+def test_ray_workers_count_queries_like_a_single_process(server, data, tmp_path):
+    """`--ray` against a model server: same rows and the same `queries` column."""
+    pytest.importorskip("ray")
+    from dsmooth.distributed import certify_dataset as certify_on_ray
+
+    npz = tmp_path / "d.npz"
+    np.savez(npz, images=data.images, labels=data.labels)
+    url = f"{server}/v2/models/small"
+    options = {"classifier": url, "data": str(npz), "sigma": SIGMA, "n0": N0, "n": N}
+    options.update(batch=BATCH, seed=3, alpha=0.01, request_size=32)
+    summary = certify_on_ray(options, tmp_path / "ray.tsv", workers=2, sort=True, progress=False)
+    assert summary.images == len(data) and summary.failures == 0
+    remote = Smooth(load_model(url, request_size=32), NUM_CLASSES, SIGMA, seed=3)
+    certify_dataset(remote, data, tmp_path / "one.tsv", N0, N, 0.01, BATCH, progress=False)
+    ray_rows, one_rows = rows(tmp_path / "ray.tsv"), rows(tmp_path / "one.tsv")
+    assert ray_rows[0] == one_rows[0] and ray_rows[0][-1] == "queries"
+    t = ray_rows[0].index("time")
+    assert [r[:t] + r[t + 1 :] for r in ray_rows[1:]] == [r[:t] + r[t + 1 :] for r in one_rows[1:]]
+    assert [int(r[-1]) for r in ray_rows[1:]] == [N0 + N] * len(data)

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from tqdm.auto import tqdm
 
 from dsmooth.errors import UserError, brief
+from dsmooth.queries import query_counter
 from dsmooth.results import CERTIFY_COLUMNS, SEQUENTIAL_CERTIFY_COLUMNS, ResultLog
 
 #: Options that must be given; everything else defaults as in `dsmooth certify`.
@@ -113,6 +114,7 @@ class CertifyWorker:
             self.data = common.load_data(self.args)
             self.smooth = common.build_smooth(self.args, self.data)
             self.sequential = common.sequential_settings(self.args)
+            self.queries = query_counter(self.smooth.base_classifier)  # remote classifiers
         except UserError as e:
             self.error = str(e)
 
@@ -122,7 +124,11 @@ class CertifyWorker:
         if self.error is not None:
             raise UserError(self.error)
         a = self.args
-        return certify_row(self.smooth, self.data, i, a.n0, a.n, a.alpha, a.batch, self.sequential)
+        before = self.queries() if self.queries else 0
+        row = certify_row(self.smooth, self.data, i, a.n0, a.n, a.alpha, a.batch, self.sequential)
+        if self.queries:  # this worker's queries for this image, retries included
+            row["queries"] = self.queries() - before
+        return row
 
     def pid(self) -> int:
         return os.getpid()
@@ -160,6 +166,10 @@ def certify_dataset(
         raise UserError(f"workers must be at least 1, got {workers}.")
     ray = import_ray()
     columns = CERTIFY_COLUMNS if sequential is None else SEQUENTIAL_CERTIFY_COLUMNS
+    from dsmooth.sources.remote import is_remote
+
+    if is_remote(opts["classifier"]):  # as the single-process log: queries spent per image
+        columns = (*columns, "queries")
     data = common.load_data(args)
     indices = select_indices(len(data), args.skip, args.max)
     del data

@@ -232,8 +232,13 @@ def client_options(options: dict) -> ClientOptions:
     )
 
 
+def is_remote(spec: str) -> bool:
+    """True for a classifier spec that names a model server (an http(s) URL)."""
+    return str(spec).startswith(("http://", "https://"))
+
+
 def resolve(spec: str, options: dict):
-    if not spec.startswith(("http://", "https://")):
+    if not is_remote(spec):
         return None
     if options.get("role", "classifier") != "classifier":
         raise UserError("a remote model can only be the classifier; the denoiser runs locally.")
