@@ -219,9 +219,9 @@ def check_sampling(args) -> None:
         raise UserError(f"skip must be at least 1, got {args.skip}.")
 
 
-def build_smooth(args, data: ImageSet) -> Smooth:
-    """Load models, infer and check num_classes, and wrap them in a Smooth."""
-    device = torch.device(args.device)
+def load_base(args, device: torch.device):
+    """f(D(.)) from --classifier (with its foreign-weights and contract flags) and the
+    optional --denoiser."""
     classifier = load_model(
         args.classifier,
         role="classifier",
@@ -230,7 +230,13 @@ def build_smooth(args, data: ImageSet) -> Smooth:
         **source_options.collect(args),
     )
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
-    base = compose(classifier, denoiser)
+    return compose(classifier, denoiser)
+
+
+def build_smooth(args, data: ImageSet) -> Smooth:
+    """Load models, infer and check num_classes, and wrap them in a Smooth."""
+    device = torch.device(args.device)
+    base = load_base(args, device)
     num_classes = args.num_classes or infer_num_classes(base, data, device)
     if args.num_classes is not None:
         probe_output_size(base, data, device, num_classes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dsmooth.commands import common, source_options
+from dsmooth.commands import common
 
 
 def register(sub) -> None:
@@ -40,11 +40,9 @@ def run(args) -> int:
     import numpy as np
     import torch
 
-    from dsmooth.base import compose
     from dsmooth.datasets import load_dataset
     from dsmooth.errors import UserError
     from dsmooth.evaluation import evaluate_accuracy
-    from dsmooth.sources import load_model
 
     if args.skip < 1:
         raise UserError(f"skip must be at least 1, got {args.skip}.")
@@ -55,17 +53,8 @@ def run(args) -> int:
     indices = np.arange(0, stop, args.skip)
     if len(indices) == 0:
         raise UserError(f"{args.data}: no images selected.")
-    device = torch.device(args.device)
-    classifier = load_model(
-        args.classifier,
-        role="classifier",
-        device=device,
-        **common.weights_options(args),
-        **source_options.collect(args),
-    )
-    denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
     result = evaluate_accuracy(
-        compose(classifier, denoiser),
+        common.load_base(args, torch.device(args.device)),
         data,
         args.sigma,
         indices,
