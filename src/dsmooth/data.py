@@ -97,11 +97,19 @@ class ImageFolder:
     own sizes, which a classifier with a fixed input size accepts only if they match.
     """
 
-    def __init__(self, files: list[Path], labels, classes: list[str], size: int | None = None):
+    def __init__(
+        self,
+        files: list[Path],
+        labels,
+        classes: list[str],
+        size: int | None = None,
+        resize: int | None = None,
+    ):
         self.files = files
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = classes
         self.size = size
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.files)
@@ -110,8 +118,8 @@ class ImageFolder:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def image(self, i: int) -> torch.Tensor:
-        """Image i as a float32 (C, H, W) tensor in [0, 1]."""
+    def array(self, i: int) -> np.ndarray:
+        """Image i as uint8 (H, W, 3), resized and cropped when the folder has a size."""
         from PIL import Image
 
         from dsmooth.datasets import resize_center_crop
@@ -121,16 +129,20 @@ class ImageFolder:
             with Image.open(file) as im:
                 im = im.convert("RGB")
                 if self.size is not None:
-                    im = resize_center_crop(im, self.size)
-                return to_chw_float(np.array(im))  # a writable copy for torch
+                    im = resize_center_crop(im, self.size, self.resize)
+                return np.array(im)  # a writable copy, for torch
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read image {file} ({e}).") from None
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image i as a float32 (C, H, W) tensor in [0, 1]."""
+        return to_chw_float(self.array(i))
 
     def batch(self, indices) -> torch.Tensor:
         return torch.stack([self.image(int(i)) for i in indices])
 
 
-def load_folder(path: Path, size: int | None = None) -> ImageFolder:
+def load_folder(path: Path, size: int | None = None, resize: int | None = None) -> ImageFolder:
     """An image folder with one subfolder per class (sorted names are the labels)."""
     classes = sorted(d.name for d in path.iterdir() if d.is_dir())
     if not classes:
@@ -145,7 +157,7 @@ def load_folder(path: Path, size: int | None = None) -> ImageFolder:
         raise UserError(f"{path} contains no images.")
     if size is not None and size < 1:
         raise UserError(f"--size must be a positive number of pixels, got {size}.")
-    return ImageFolder(files, labels, classes, size)
+    return ImageFolder(files, labels, classes, size, resize)
 
 
 def _extended_spec(spec: str) -> bool:

@@ -38,7 +38,7 @@ try:  # numpy >= 2
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct
 
-from dsmooth.data import IMAGE_SUFFIXES, ImageSet, check_images
+from dsmooth.data import ImageSet, check_images, load_folder
 from dsmooth.errors import UserError
 
 CIFAR10_CLASSES = [
@@ -232,39 +232,18 @@ def load_image_folder(
     """An image folder (one subfolder per class). With `size`, each image's shorter side is
     resized to `resize` (default: size * 8/7, i.e. 256 for 224 as in ImageNet practice)
     and the centre `size` x `size` crop is kept; without it all images must share a size."""
-    from PIL import Image
     from tqdm import tqdm
 
-    folder = Path(folder)
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    if not classes:
-        raise UserError(f"{folder} has no class subfolders (expected one folder per class).")
-    files = [
-        (f, label)
-        for label, name in enumerate(classes)
-        for f in sorted((folder / name).iterdir())
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    if not files:
-        raise UserError(f"{folder} contains no images.")
-    images = []
-    for file, _ in tqdm(files, desc="images", unit="img", disable=len(files) < 1000):
-        try:
-            with Image.open(file) as im:
-                im = im.convert("RGB")
-                if size is not None:
-                    im = resize_center_crop(im, size, resize)
-                images.append(np.asarray(im))
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read image {file} ({e}).") from None
+    listing = load_folder(Path(folder), size, resize)  # classes, labels; reads one at a time
+    n = len(listing)
+    images = [listing.array(i) for i in tqdm(range(n), desc="images", unit="img", disable=n < 1000)]
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise UserError(
             f"{folder}: images have different sizes ({len(shapes)} kinds); give a size "
             "(--size) to resize and crop them."
         )
-    labels = np.asarray([label for _, label in files], dtype=np.int64)
-    return ImageSet(np.stack(images), labels, classes)
+    return ImageSet(np.stack(images), listing.labels, listing.classes)
 
 
 def resize_center_crop(image, size: int, resize: int | None = None):
