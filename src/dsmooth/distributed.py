@@ -27,7 +27,7 @@ from types import SimpleNamespace
 from tqdm.auto import tqdm
 
 from dsmooth.errors import UserError, brief
-from dsmooth.queries import query_counter
+from dsmooth.queries import count_queries
 from dsmooth.results import CERTIFY_COLUMNS, SEQUENTIAL_CERTIFY_COLUMNS, ResultLog
 
 #: Options that must be given; everything else defaults as in `dsmooth certify`.
@@ -114,21 +114,21 @@ class CertifyWorker:
             self.data = common.load_data(self.args)
             self.smooth = common.build_smooth(self.args, self.data)
             self.sequential = common.sequential_settings(self.args)
-            self.queries = query_counter(self.smooth.base_classifier)  # remote classifiers
+            # as in a single process: a `queries` entry per row for a remote classifier
+            _, self.row = count_queries(self.smooth, (), self._certify_row)
         except UserError as e:
             self.error = str(e)
 
     def certify(self, i: int) -> dict:
-        from dsmooth.jobs import certify_row
-
         if self.error is not None:
             raise UserError(self.error)
+        return self.row(i)
+
+    def _certify_row(self, i: int) -> dict:
+        from dsmooth.jobs import certify_row
+
         a = self.args
-        before = self.queries() if self.queries else 0
-        row = certify_row(self.smooth, self.data, i, a.n0, a.n, a.alpha, a.batch, self.sequential)
-        if self.queries:  # this worker's queries for this image, retries included
-            row["queries"] = self.queries() - before
-        return row
+        return certify_row(self.smooth, self.data, i, a.n0, a.n, a.alpha, a.batch, self.sequential)
 
     def pid(self) -> int:
         return os.getpid()
