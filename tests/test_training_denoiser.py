@@ -71,6 +71,33 @@ def _recipe(tmp_path, objective, name="d", **kw) -> DenoiserRecipe:
     return DenoiserRecipe(**base)
 
 
+def train_denoiser_argv(objective: str, sigma: str, *model: str) -> list[str]:
+    """`dsmooth train-denoiser` on 64 images for one quick epoch of a small DnCNN."""
+    return [
+        "train-denoiser",
+        "--objective",
+        objective,
+        "--sigma",
+        sigma,
+        *model,
+        "--data",
+        TRAIN,
+        "--max-train-images",
+        "64",
+        "--batch",
+        "32",
+        "--epochs",
+        "1",
+        "--arch-kwargs",
+        json.dumps(SMALL_DNCNN),
+        "--no-progress",
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "objective, extra, drop",
@@ -185,34 +212,16 @@ def test_surrogates_never_call_the_target(tmp_path, classifier_dir, mode, per_st
 
 def test_cli_surrogates_do_not_even_load_the_target(tmp_path, classifier_dir):
     out = tmp_path / "q"
-    args = [
-        "train-denoiser",
-        "--objective",
+    args = train_denoiser_argv(
         "clf",
-        "--sigma",
         "0.5",
         "--classifier",
         str(tmp_path / "no-such-target"),
         "--surrogates",
         f"{classifier_dir},{classifier_dir}",
-        "--data",
-        TRAIN,
-        "--max-train-images",
-        "64",
-        "--batch",
-        "32",
-        "--epochs",
-        "1",
-        "--arch-kwargs",
-        json.dumps(SMALL_DNCNN),
         "--out",
         str(out),
-        "--no-progress",
-        "--threads",
-        "1",
-        "--precision",
-        "fp32",
-    ]
+    )
     assert main(args) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["classifier"] is None and len(config["surrogates"]) == 2
@@ -322,31 +331,7 @@ def f255(tmp_path, classifier_dir):
 
 def test_cli_states_the_classifier_input_contract(tmp_path, f255):
     """--input-range 255 reaches the classifier that Stab trains through, and is recorded."""
-    path = f255
-    args = [
-        "train-denoiser",
-        "--objective",
-        "stab",
-        "--sigma",
-        "0.25",
-        "--classifier",
-        str(path),
-        "--data",
-        TRAIN,
-        "--max-train-images",
-        "64",
-        "--batch",
-        "32",
-        "--epochs",
-        "1",
-        "--arch-kwargs",
-        json.dumps(SMALL_DNCNN),
-        "--no-progress",
-        "--threads",
-        "1",
-        "--precision",
-        "fp32",
-    ]
+    args = train_denoiser_argv("stab", "0.25", "--classifier", str(f255))
     out = tmp_path / "d255"
     assert main([*args, "--out", str(out), "--input-range", "255"]) == 0
     recipe = json.loads((out / "config.json").read_text())["recipe"]
