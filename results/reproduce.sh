@@ -8,7 +8,7 @@
 # ~20-40 img/s (25-40 min per epoch), DnCNN MSE ~10-25 img/s, Stab ~7-15 img/s,
 # certification DnCNN-17 + ResNet-110 ~25-70 samples/s, i.e. 20-55 h per 500-image log at
 # n = 10,000. On the AVX512-BF16 EPYC (bf16 native, picked by --precision auto): ResNet-110
-# ~128 img/s (6.5 min per epoch), certification ~175 samples/s (~8 h per log). A machine
+# ~150 img/s (5-6 min per epoch), certification ~175 samples/s (~8 h per log). A machine
 # with AMX bf16 or a GPU is 10-100x faster (docs/engine.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
