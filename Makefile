@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo test lint format clean reproduce
 
 venv: $(STAMP)
 
@@ -20,6 +20,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The CIFAR-10 campaign (results/cifar10/STATUS.md): continue from the committed state on
+# this host, committing results/cifar10/ every COMMIT_EVERY minutes (0: never).
+COMMIT_EVERY ?= 25
+reproduce: $(STAMP)
+	$(BIN)/python results/campaign.py run --commit-every $(COMMIT_EVERY)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

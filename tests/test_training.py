@@ -147,6 +147,17 @@ def test_resume_is_exact(tmp_path, channels_last):
     assert [{k: v for k, v in r.items() if k not in timing} for r in rows_a] == [
         {k: v for k, v in r.items() if k not in timing} for r in rows_b
     ]
+    # a clone that keeps only the state (the campaign commits no checkpoint copy) gets
+    # the finished model back by resuming, and nothing is trained again
+    (tmp_path / "part" / "model.safetensors").unlink()
+    (tmp_path / "part" / "config.json").unlink()
+    assert train_classifier(part, resume=True) == "done"
+    assert read_info(part.out)["progress"]["step"] == rows_a[-1]["step"]
+    again, config = load_checkpoint(part.out)
+    finished, _ = load_checkpoint(full.out)
+    assert config["epochs"] == 2
+    for (k, v), w in zip(again.state_dict().items(), finished.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
 
 
 @needs_cifar
@@ -159,6 +170,11 @@ def test_existing_run_needs_resume_and_same_recipe(tmp_path):
     with pytest.raises(UserError, match="lr"):
         train_classifier(r2, resume=True)
     check_same_recipe({"lr": 0.1, "threads": 1}, {"lr": 0.1, "threads": 2})  # threads may change
+    # a clone elsewhere resumes a committed run: data paths compare by file name
+    moved = {"data": ["/elsewhere/a.npz", "/elsewhere/b.npz"], "val_data": "/x/t.npz"}
+    check_same_recipe({"data": ["/here/a.npz", "/here/b.npz"], "val_data": "/y/t.npz"}, moved)
+    with pytest.raises(UserError, match="data"):
+        check_same_recipe({"data": ["/here/a.npz"], "val_data": "/y/t.npz"}, moved)
 
 
 @needs_cifar

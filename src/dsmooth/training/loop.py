@@ -3,7 +3,8 @@
 It owns what every run needs and nothing model-specific: deterministic batch order,
 per-batch generators, learning-rate schedule, progress bar, per-epoch validation,
 metrics files, the dsmooth checkpoint every epoch, and the resumable state every epoch,
-every few minutes, on Ctrl-C / SIGTERM, and when a step or time budget ends.
+every few minutes, on Ctrl-C / SIGTERM, and when a step or time budget ends. Resuming a
+finished run writes its checkpoint again from the state and trains nothing.
 
 Exact resume: batch b of epoch e always uses the permutation seeded by (seed, e) and a
 generator seeded by (seed, e, b), and the learning rate is a pure function of the step,
@@ -129,6 +130,13 @@ def run_loop(
         st.save_state(opts.out, model, optimizer, {"progress": prog.to_json(), "recipe": recipe})
         export_fn(prog, prog.epoch + prog.batch / steps_per_epoch)
 
+    if prog.epoch >= opts.epochs:
+        # A finished run resumed: nothing to train, but write the checkpoint again from
+        # the state, so a clone that keeps only train_state.safetensors gets the model.
+        export_fn(prog, prog.epoch)
+        write_metrics(opts.out, prog.history, recipe)
+        return "done"
+
     started = time.monotonic()
     last_save = started
     steps_this_call = 0
@@ -235,11 +243,22 @@ def _describe(row: dict) -> str:
 MUTABLE = {"threads", "save_every_minutes", "max_steps", "max_minutes", "progress", "out"}
 
 
+#: Recipe keys holding data paths: compared by file name, so that a clone in another
+#: folder (or on another machine) can resume a run committed elsewhere.
+PATHS = {"data", "val_data"}
+
+
+def _comparable(key: str, value):
+    if key not in PATHS or value is None:
+        return value
+    return [Path(p).name for p in value] if isinstance(value, list) else Path(value).name
+
+
 def check_same_recipe(saved: dict, current: dict) -> None:
     diff = [
         k
         for k in sorted(set(saved) | set(current))
-        if k not in MUTABLE and saved.get(k) != current.get(k)
+        if k not in MUTABLE and _comparable(k, saved.get(k)) != _comparable(k, current.get(k))
     ]
     if diff:
         shown = ", ".join(f"{k} (was {saved.get(k)!r}, now {current.get(k)!r})" for k in diff[:3])

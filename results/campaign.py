@@ -1,0 +1,713 @@
+"""The CIFAR-10 campaign: the paper's sigma = 0.25 table with models trained here.
+
+Its state lives in the repository (results/cifar10/), so any clone on any host continues
+it: each training run keeps its resumable `train_state.safetensors` and `metrics.csv`
+under runs/, each certification log grows under logs/, and `hosts.tsv` records what each
+stretch of work did on which host. Every step is a dsmooth command that resumes exactly.
+
+    python results/campaign.py status          # what is done, what remains, hours here
+    python results/campaign.py run             # measure this host, then continue
+    python results/campaign.py run --commit-every 25   # and commit the state meanwhile
+    python results/campaign.py measure         # only measure this host's rates
+
+`run` measures this host's rates first (short probes with random weights, once per
+host type, kept in rates.json), prints the remaining steps with their estimated hours,
+then works through them in order. With --commit-every it commits results/cifar10/ that
+often (results/commit_state.sh), so an abrupt stop loses at most that much compute.
+STATUS.md is rewritten after every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = ROOT / "results" / "cifar10"
+RUNS = STATE / "runs"
+LOGS = STATE / "logs"
+PRETRAINED = ROOT / "src" / "dsmooth" / "pretrained"
+DS = str(ROOT / ".venv" / "bin" / "dsmooth")
+PY = str(ROOT / ".venv" / "bin" / "python")
+DATA = Path(os.environ.get("DATA", ROOT.parent / "shared" / "data" / "cifar10"))
+TRAIN = [str(DATA / "cifar10_train_part1.npz"), str(DATA / "cifar10_train_part2.npz")]
+TEST = str(DATA / "cifar10_test.npz")
+#: the paper's 500 images (every 20th test image), bundled with the package
+BENCH = str(ROOT / "src" / "dsmooth" / "assets" / "cifar10_test_every20.npz")
+SIGMA = 0.25
+TRAIN_IMAGES = 50_000
+RADII = ["0", "0.25", "0.5", "0.75"]
+
+
+# --------------------------------------------------------------------------- host
+
+
+def host() -> str:
+    """A host *type*: CPU model plus the flags that decide our speed."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    if "amx_bf16" in flags:
+        kind = "AMX"
+    elif "avx512_bf16" in flags:
+        kind = "AVX512-BF16"
+    elif "avx512f" in flags:
+        kind = "AVX-512"
+    else:
+        kind = "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model}, {kind}, {os.cpu_count()} cores"
+
+
+def load_rates() -> dict:
+    path = STATE / "rates.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def measure() -> dict:
+    """Images/s of each training workload and samples/s of each certification pipeline
+    on this host, from the project's own benchmarks (random weights, a minute or two)."""
+    print(f"measuring this host ({host()}) ...", flush=True)
+    out = subprocess.run(
+        [
+            PY,
+            str(ROOT / "benchmarks" / "train_throughput.py"),
+            "--batch",
+            "64",
+            "--steps",
+            "3",
+            "--repeats",
+            "1",
+            "--objectives",
+            "classifier,mse,stab",
+            "--precisions",
+            "bf16,fp32",
+            "--convergence-steps",
+            "0",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rates: dict = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 5 and parts[1] == "channels_last":
+            name, _, precision, wall, _ = parts
+            key = f"train_{name}"
+            rates[key] = max(rates.get(key, 0.0), float(wall))  # auto picks the faster
+    bench = subprocess.run(
+        [
+            DS,
+            "bench",
+            "--pipelines",
+            "dncnn+cifar_resnet110",
+            "cifar_resnet110",
+            "--samples",
+            "400",
+            "--rounds",
+            "1",
+            "--peak-seconds",
+            "0.3",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    for line in bench.splitlines():  # pipeline, GFLOP/sample, (a) reference, (b) engine
+        parts = line.split()
+        if len(parts) >= 4 and parts[0] in ("dncnn+cifar_resnet110", "cifar_resnet110"):
+            key = "certify_denoised" if "+" in parts[0] else "certify_plain"
+            rates[key] = float(parts[3])
+    all_rates = load_rates()
+    all_rates[host()] = {"measured": time.strftime("%Y-%m-%d"), **rates}
+    save_json(STATE / "rates.json", all_rates)
+    return rates
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def model_ref(run: str, shipped: str) -> str:
+    """The shipped model once it ships (its state is then removed), else the run folder."""
+    if (PRETRAINED / shipped / "config.json").is_file():
+        return f"pretrained:{shipped}"
+    return str(RUNS / run)
+
+
+@dataclass
+class Train:
+    """A resumable dsmooth training run under runs/NAME."""
+
+    name: str
+    shipped: str  # the name it ships under in src/dsmooth/pretrained/
+    rate: str  # key in rates.json
+    epochs: int
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return RUNS / self.name
+
+    def progress(self) -> float:
+        """Epochs done (fractional), from the committed state or the shipped model."""
+        if (PRETRAINED / self.shipped / "config.json").is_file():
+            return float(self.epochs)
+        state = self.out / "train_state.safetensors"
+        if not state.is_file():
+            return 0.0
+        from safetensors import safe_open
+
+        with safe_open(str(state), framework="pt") as f:
+            prog = json.loads(f.metadata()["dsmooth_train_state"])["progress"]
+        per_epoch = TRAIN_IMAGES // int(self.argv[self.argv.index("--batch") + 1])
+        return prog["epoch"] + prog["batch"] / per_epoch
+
+    def done(self) -> bool:
+        return self.progress() >= self.epochs
+
+    def remaining_units(self) -> float:  # images to train on
+        return (self.epochs - self.progress()) * TRAIN_IMAGES
+
+    def describe(self) -> str:
+        return f"train {self.name}: {self.progress():.2f} / {self.epochs} epochs"
+
+    def command(self) -> list[str]:
+        return [DS, *self.argv, "--out", str(self.out), "--resume", "--save-every-minutes", "10"]
+
+
+@dataclass
+class Ship:
+    """Package a finished run as src/dsmooth/pretrained/NAME (float16 weights, config,
+    metrics, evaluation, a card to complete) and drop its training state from the tree."""
+
+    train: Train
+    evaluate: list[str]  # dsmooth command writing evaluation JSON to the path appended
+    rate: str = "none"
+
+    @property
+    def name(self) -> str:
+        return f"ship {self.train.shipped}"
+
+    @property
+    def dest(self) -> Path:
+        return PRETRAINED / self.train.shipped
+
+    def done(self) -> bool:
+        return (self.dest / "config.json").is_file()
+
+    def remaining_units(self) -> float:
+        return 0.0
+
+    def describe(self) -> str:
+        return f"ship {self.train.name} as pretrained:{self.train.shipped}: " + (
+            "shipped" if self.done() else "not yet"
+        )
+
+    def command(self) -> list[str]:
+        return self.train.command()  # needs its own run finished; re-exports the checkpoint
+
+    def ship(self, commit: bool) -> None:
+        import torch
+
+        from dsmooth.models.checkpoint import load_checkpoint, save_checkpoint
+
+        src = self.train.out
+        if not (src / "model.safetensors").is_file():  # a clone keeps only the state
+            subprocess.run(self.train.command(), check=True)
+        model, config = load_checkpoint(src)
+        tmp = self.dest.with_name(self.dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_checkpoint(model, tmp, config, dtype=torch.float16)
+        shutil.copy(src / "metrics.csv", tmp / "metrics.csv")
+        cmd = [DS, *[str(tmp) if a == "SPEC" else a for a in self.evaluate]]
+        if self.evaluate[0] == "evaluate":  # prints its JSON on stdout
+            result = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            (tmp / "evaluation.json").write_text(result)
+        else:
+            subprocess.run([*cmd, str(tmp / "evaluation.json")], check=True)
+        card = tmp / "MODEL_CARD.md"
+        card.write_text(
+            f"# {self.train.shipped}\n\nTrained by the CIFAR-10 campaign "
+            "(results/campaign.py, results/cifar10/STATUS.md) with dsmooth commands only:\n\n"
+            "```bash\ndsmooth " + " ".join(_portable(a) for a in self.train.argv) + "\n```\n\n"
+            "Stored as float16 (loading restores float32). metrics.csv: the run's epochs; "
+            "evaluation.json: measured on the shipped weights. Licence: MIT, as dsmooth.\n"
+        )
+        os.replace(tmp, self.dest)
+        shutil.rmtree(src)
+        if commit:
+            paths = [str(self.dest), str(src)]
+            subprocess.run(["git", "add", "-A", *paths], cwd=ROOT, check=True)
+            subprocess.run(
+                [
+                    "git",
+                    "commit",
+                    "-q",
+                    "-m",
+                    f"campaign: ship {self.train.shipped} "
+                    "(float16, evaluation.json, card) and remove its training state",
+                    "--",
+                    *paths,
+                ],
+                cwd=ROOT,
+                check=True,
+            )
+
+
+def _portable(arg: str) -> str:
+    """Paths in a card relative to the repository or the data folder."""
+    for base, name in ((DATA, ""), (ROOT, "")):
+        try:
+            return name + str(Path(arg).relative_to(base))
+        except ValueError:
+            continue
+    return arg
+
+
+@dataclass
+class Certify:
+    """One certification log under logs/NAME.tsv (resumed by dsmooth certify itself)."""
+
+    name: str
+    rate: str
+    images: int
+    argv: list[str]
+    prior_samples: float  # expected samples per image before the log says
+
+    @property
+    def out(self) -> Path:
+        return LOGS / f"{self.name}.tsv"
+
+    def rows(self) -> list[dict]:
+        if not self.out.is_file():
+            return []
+        with self.out.open() as fh:
+            return [r for r in csv.DictReader(fh, delimiter="\t") if r.get("time")]
+
+    def done(self) -> bool:
+        return len(self.rows()) >= self.images
+
+    def samples_per_image(self) -> float:
+        rows = self.rows()
+        if "queries" in (rows[0] if rows else {}):
+            return sum(float(r["queries"]) for r in rows) / len(rows)
+        return self.prior_samples
+
+    def remaining_units(self) -> float:  # noise samples to draw
+        return (self.images - len(self.rows())) * self.samples_per_image()
+
+    def describe(self) -> str:
+        return f"certify {self.name}: {len(self.rows())} / {self.images} images"
+
+    def command(self) -> list[str]:
+        return [DS, "certify", *self.argv, "--out", str(self.out), "--no-progress"]
+
+
+def steps() -> list:
+    r110 = Train(
+        "resnet110",
+        "cifar10-resnet110-40ep",
+        "train_classifier",
+        40,
+        [
+            "train-classifier",
+            "--arch",
+            "cifar_resnet110",
+            "--data",
+            *TRAIN,
+            "--val-data",
+            TEST,
+            "--max-val-images",
+            "2000",
+            "--epochs",
+            "40",
+            "--batch",
+            "128",
+            "--lr",
+            "0.1",
+            "--schedule",
+            "cosine",
+            "--warmup-epochs",
+            "1",
+            "--weight-decay",
+            "5e-4",
+            "--nesterov",
+        ],
+    )
+    clf = model_ref("resnet110", r110.shipped)
+    mse = Train(
+        "dncnn-mse",
+        "cifar10-dncnn-mse-0.25",
+        "train_mse",
+        10,
+        [
+            "train-denoiser",
+            "--objective",
+            "mse",
+            "--sigma",
+            str(SIGMA),
+            "--arch",
+            "dncnn",
+            "--classifier",
+            clf,
+            "--data",
+            *TRAIN,
+            "--val-data",
+            TEST,
+            "--max-val-images",
+            "500",
+            "--epochs",
+            "10",
+            "--batch",
+            "64",
+            "--lr",
+            "1e-3",
+            "--schedule",
+            "cosine",
+        ],
+    )
+    stab = Train(
+        "dncnn-stab",
+        "cifar10-dncnn-stab-0.25-resnet110",
+        "train_stab",
+        20,
+        [
+            "train-denoiser",
+            "--objective",
+            "stab",
+            "--sigma",
+            str(SIGMA),
+            "--init",
+            model_ref("dncnn-mse", mse.shipped),
+            "--classifier",
+            clf,
+            "--data",
+            *TRAIN,
+            "--val-data",
+            TEST,
+            "--max-val-images",
+            "500",
+            "--epochs",
+            "20",
+            "--batch",
+            "64",
+            "--lr",
+            "1e-4",
+            "--schedule",
+            "cosine",
+        ],
+    )
+    base = ["--data", BENCH, "--classifier", clf, "--sigma", str(SIGMA), "--alpha", "0.001"]
+    seq = ["--method", "sequential", "--radius", *RADII, "--n0", "100", "--n", "10000"]
+    cp100 = ["--n0", "100", "--n", "10000", "--max", "2000"]  # first 100 of the 500
+    den = {
+        "mse": ["--denoiser", model_ref("dncnn-mse", mse.shipped)],
+        "stab": ["--denoiser", model_ref("dncnn-stab", stab.shipped)],
+    }
+    clf_eval = [
+        "evaluate",
+        "--classifier",
+        "SPEC",
+        "--data",
+        TEST,
+        "--sigma",
+        str(SIGMA),
+        "--no-progress",
+        "--json",
+    ]
+
+    def den_eval(ship_clf: str) -> list[str]:
+        return [
+            "test-denoiser",
+            "--denoiser",
+            "SPEC",
+            "--classifier",
+            ship_clf,
+            "--sigma",
+            str(SIGMA),
+            "--data",
+            BENCH,
+            "--no-progress",
+            "--json",
+        ]
+
+    out: list = [
+        r110,
+        Ship(r110, clf_eval),
+        mse,
+        Ship(mse, den_eval(clf)),
+        stab,
+        Ship(stab, den_eval(clf)),
+    ]
+    for name, extra, rate, prior in [
+        ("no_denoiser", [], "certify_plain", 4600),
+        ("dncnn_mse", den["mse"], "certify_denoised", 1900),
+        ("dncnn_stab", den["stab"], "certify_denoised", 1900),
+    ]:
+        out.append(Certify(name, rate, 500, base + seq + extra, prior))
+    for name, extra, rate in [
+        ("no_denoiser_cp100", [], "certify_plain"),
+        ("dncnn_mse_cp100", den["mse"], "certify_denoised"),
+        ("dncnn_stab_cp100", den["stab"], "certify_denoised"),
+    ]:
+        out.append(Certify(name, rate, 100, base + cp100 + extra, 10_100))
+    return out
+
+
+def needs(step) -> list[str]:
+    """Training runs a step reads, which must have shipped first: a recipe names the
+    shipped model, never a run folder, so it stays the same across clones and resumes."""
+    if isinstance(step, Ship):
+        return [] if step.train.done() else [step.train.name]
+    text = " ".join(step.command())
+    return [
+        t.name
+        for t in steps()
+        if isinstance(t, Train) and t.name != step.name and str(t.out) in text
+    ]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def observed_rate(step) -> float | None:
+    """Images/s that training runs of `step` really made on this host type (validation
+    and saving included), from hosts.tsv; None before the first stretch here."""
+    hosts = STATE / "hosts.tsv"
+    if not isinstance(step, Train) or not hosts.is_file():
+        return None
+    images = seconds = 0.0
+    for row in csv.DictReader(hosts.open(), delimiter="\t"):
+        if row["host"] == host() and row["step"] == step.name:
+            first, last = (float(row[k].split(" /")[0]) for k in ("from", "to"))
+            images += (last - first) * TRAIN_IMAGES
+            seconds += float(row["minutes"]) * 60
+    return images / seconds if images > 0 and seconds > 0 else None
+
+
+def estimate(step, rates: dict) -> float | None:
+    """Hours left for `step` on this host: at the rate its runs made here, else at the
+    measured benchmark rate."""
+    r = observed_rate(step) or rates.get(step.rate)
+    if step.remaining_units() == 0:
+        return 0.0
+    return None if not r else step.remaining_units() / r / 3600
+
+
+def plan_lines(rates: dict) -> list[str]:
+    lines, total = [], 0.0
+    for s in steps():
+        h = estimate(s, rates)
+        total += h or 0.0
+        mark = "done" if s.done() else (f"{h:.2f} h" if h is not None else "? h")
+        lines.append(f"- [{'x' if s.done() else ' '}] {s.describe()} ({mark})")
+    lines.append(f"- remaining on this host: about {total:.1f} h")
+    return lines
+
+
+def write_status(rates_here: dict | None = None) -> str:
+    rates = load_rates()
+    here = host()
+    rates_here = rates_here or rates.get(here, {})
+    text = [
+        "# CIFAR-10 campaign: status",
+        "",
+        "Written by `results/campaign.py` after every step; `python results/campaign.py "
+        "status` prints it fresh. Continue with `make reproduce` (one command, any host).",
+        "",
+        f"## Steps (hours estimated for {here})",
+        "",
+        *plan_lines(rates_here),
+        "",
+        "## Measured rates per host type (rates.json; random weights, project benchmarks)",
+        "",
+        "| host | date | train ResNet-110 img/s | train MSE DnCNN img/s | train Stab img/s "
+        "| certify DnCNN+ResNet-110 samples/s | certify ResNet-110 samples/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for h, r in sorted(rates.items()):
+        cells = [
+            r.get(k)
+            for k in (
+                "train_classifier",
+                "train_mse",
+                "train_stab",
+                "certify_denoised",
+                "certify_plain",
+            )
+        ]
+        text.append(
+            f"| {h} | {r.get('measured', '')} | "
+            + " | ".join("" if c is None else f"{c:.0f}" for c in cells)
+            + " |"
+        )
+    text += ["", "## Stretches of work (hosts.tsv)", ""]
+    hosts = STATE / "hosts.tsv"
+    if hosts.is_file():
+        rows = hosts.read_text().splitlines()
+        text += ["| " + " | ".join(row.split("\t")) + " |" for row in rows[:1]]
+        text += ["|" + "---|" * len(rows[0].split("\t"))]
+        text += ["| " + " | ".join(row.split("\t")) + " |" for row in rows[1:]]
+    notes = STATE / "NOTES.md"
+    if notes.is_file():
+        text += ["", notes.read_text().strip()]
+    out = "\n".join(text) + "\n"
+    tmp = STATE / "STATUS.md.tmp"
+    tmp.write_text(out)
+    os.replace(tmp, STATE / "STATUS.md")
+    return out
+
+
+def record(step, before: str, seconds: float, status: str) -> None:
+    hosts = STATE / "hosts.tsv"
+    if not hosts.is_file():
+        hosts.write_text("date\thost\tstep\tfrom\tto\tminutes\tended\n")
+    with hosts.open("a") as fh:
+        fh.write(
+            f"{time.strftime('%Y-%m-%d %H:%M')}\t{host()}\t{step.name}\t{before}\t"
+            f"{step.describe().split(': ', 1)[1]}\t{seconds / 60:.1f}\t{status}\n"
+        )
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run(args) -> int:
+    rates = load_rates().get(host())
+    if rates is None or args.measure:
+        rates = measure()
+    for line in plan_lines(rates):
+        print(line)
+    write_status(rates)
+    committer = None
+    if args.commit_every:
+        env = {**os.environ, "EVERY": f"{args.commit_every:g}"}
+        committer = subprocess.Popen([str(ROOT / "results" / "commit_state.sh")], env=env)
+    try:
+        for step in steps():
+            if step.done() or (args.only and step.name not in args.only):
+                continue
+            missing = [n for n in needs(step) if not _train(n).done()]
+            if missing:
+                print(f"skip {step.name}: needs {', '.join(missing)} finished first")
+                continue
+            LOGS.mkdir(parents=True, exist_ok=True)
+            if isinstance(step, Ship):
+                print(f"+ {step.name}", flush=True)
+                step.ship(commit=bool(args.commit_every))
+                write_status(rates)
+                continue
+            before = step.describe().split(": ", 1)[1]
+            t0 = time.time()
+            cmd = step.command() + (["--threads", str(args.threads)] if args.threads else [])
+            print("+ " + " ".join(cmd), flush=True)
+            proc = subprocess.Popen(cmd)
+            try:
+                rc = proc.wait()
+            except KeyboardInterrupt:
+                proc.send_signal(signal.SIGINT)  # the run saves its state and stops
+                rc = proc.wait()
+                record(step, before, time.time() - t0, "interrupted")
+                raise
+            record(step, before, time.time() - t0, "done" if step.done() else f"rc {rc}")
+            write_status(rates)
+            if rc != 0:
+                return rc
+        if all(s.done() for s in steps()):
+            analyze()
+    finally:
+        if committer is not None:
+            committer.terminate()
+            subprocess.run(
+                [str(ROOT / "results" / "commit_state.sh")],
+                env={**os.environ, "ONCE": "1"},
+                check=False,
+            )
+    return 0
+
+
+def _train(name: str) -> Train:
+    return next(s for s in steps() if isinstance(s, Train) and s.name == name)
+
+
+def analyze() -> None:
+    for suffix, title in (("", "sequential"), ("_cp100", "cp100")):
+        labels = [
+            f"{lab}={LOGS / (n + suffix)}.tsv"
+            for lab, n in (
+                ("no denoiser", "no_denoiser"),
+                ("MSE DnCNN", "dncnn_mse"),
+                ("Stab DnCNN", "dncnn_stab"),
+            )
+        ]
+        cmd = [
+            DS,
+            "analyze",
+            "--radii",
+            *RADII,
+            "--out",
+            str(STATE / f"table_{title}.md"),
+            "--plot",
+            str(STATE / f"curves_{title}.png"),
+        ]
+        for lab in labels:
+            cmd += ["--label", lab]
+        subprocess.run(cmd, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("status", help="print (and rewrite) STATUS.md")
+    sub.add_parser("measure", help="measure this host's rates into rates.json")
+    r = sub.add_parser("run", help="measure if needed, then continue the campaign")
+    r.add_argument("--measure", action="store_true", help="measure again even if known")
+    r.add_argument(
+        "--commit-every",
+        type=float,
+        default=0,
+        help="commit results/cifar10 every this many minutes (0: never)",
+    )
+    r.add_argument("--only", nargs="+", help="run only these steps")
+    r.add_argument("--threads", type=int, help="torch threads for each step")
+    args = p.parse_args(argv)
+    if not Path(DS).exists():
+        print("campaign: run `make venv` first (.venv/bin/dsmooth is missing).", file=sys.stderr)
+        return 2
+    if args.cmd == "status":
+        print(write_status(), end="")
+    elif args.cmd == "measure":
+        print(json.dumps(measure(), indent=1))
+        write_status()
+    else:
+        try:
+            return run(args)
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+if __name__ == "__main__":
+    shutil.which("git")
+    sys.exit(main())
