@@ -193,7 +193,8 @@ class Train:
         return f"train {self.name}: {self.progress():.2f} / {self.epochs} epochs"
 
     def command(self) -> list[str]:
-        return [DS, *self.argv, "--out", str(self.out), "--resume", "--save-every-minutes", "10"]
+        # state every 4 min + a commit every 25: an abrupt stop loses at most ~29 minutes
+        return [DS, *self.argv, "--out", str(self.out), "--resume", "--save-every-minutes", "4"]
 
 
 @dataclass
@@ -275,6 +276,57 @@ class Ship:
             )
 
 
+@dataclass
+class Probes:
+    """Stab recipes compared on the same short budget (one epoch each, constant learning
+    rate, same evaluation) before the long run: runs/probe-NAME, then probes.json with
+    the noisy accuracy of f(D(x + d)) on test images 0-1,999 (one draw each, seed 1)."""
+
+    candidates: dict[str, list[str]]  # name -> train-denoiser arguments (no --out)
+    evaluate: list[str]  # test-denoiser arguments without --denoiser / --json
+    rate: str = "train_stab"
+    name: str = "stab-probes"
+
+    @property
+    def out(self) -> Path:
+        return STATE / "probes.json"
+
+    def results(self) -> dict:
+        return json.loads(self.out.read_text()) if self.out.is_file() else {}
+
+    def done(self) -> bool:
+        return set(self.results()) >= set(self.candidates)
+
+    def remaining_units(self) -> float:  # one epoch per candidate left
+        return len(set(self.candidates) - set(self.results())) * TRAIN_IMAGES
+
+    def describe(self) -> str:
+        return f"stab-probes: {len(self.results())} / {len(self.candidates)} recipes"
+
+    def command(self) -> list[str]:
+        return [DS, *(a for argv in self.candidates.values() for a in argv)]
+
+    def winner(self) -> str | None:
+        res = self.results()
+        return max(res, key=lambda k: res[k]["noisy_acc"]) if self.done() else None
+
+    def run(self, threads: int | None) -> None:
+        extra = ["--threads", str(threads)] if threads else []
+        for name, argv in self.candidates.items():
+            if name in self.results():
+                continue
+            out = RUNS / f"probe-{name}"
+            cmd = [DS, *argv, "--out", str(out), "--resume", "--save-every-minutes", "4", *extra]
+            print("+ " + " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+            report = out / "evaluation.json"
+            cmd = [DS, *self.evaluate, "--denoiser", str(out), "--json", str(report), *extra]
+            subprocess.run(cmd, check=True)
+            result = json.loads(report.read_text())
+            save_json(self.out, {**self.results(), name: {"argv": argv, **result}})
+            shutil.rmtree(out)  # a probe is kept as its number; its state is not needed
+
+
 def _portable(arg: str) -> str:
     """Paths in a card relative to the repository or the data folder."""
     for base, name in ((DATA, ""), (ROOT, "")):
@@ -309,10 +361,15 @@ class Certify:
         return len(self.rows()) >= self.images
 
     def samples_per_image(self) -> float:
+        """Mean noise samples per image so far (n_used; n0 + n for CP rows), else the prior."""
         rows = self.rows()
-        if "queries" in (rows[0] if rows else {}):
-            return sum(float(r["queries"]) for r in rows) / len(rows)
-        return self.prior_samples
+        if not rows:
+            return self.prior_samples
+        if "n_used" in rows[0]:
+            return sum(float(r["n_used"]) for r in rows) / len(rows)
+        n0, n = (int(self.argv[self.argv.index(f) + 1]) for f in ("--n0", "--n"))
+        stopped = sum(r.get("selection_only") == "1" for r in rows)
+        return (len(rows) * n0 + (len(rows) - stopped) * (n0 + n)) / len(rows)
 
     def remaining_units(self) -> float:  # noise samples to draw
         return (self.images - len(self.rows())) * self.samples_per_image()
@@ -324,154 +381,76 @@ class Certify:
         return [DS, "certify", *self.argv, "--out", str(self.out), "--no-progress"]
 
 
+def words(text: str, *more: str) -> list[str]:
+    """Arguments written as one line (legible recipes), plus any that hold spaces."""
+    return [*text.split(), *more]
+
+
 def steps() -> list:
+    data = ["--data", *TRAIN, "--val-data", TEST]
     r110 = Train(
-        "resnet110",
-        "cifar10-resnet110-40ep",
-        "train_classifier",
-        40,
-        [
-            "train-classifier",
-            "--arch",
-            "cifar_resnet110",
-            "--data",
-            *TRAIN,
-            "--val-data",
-            TEST,
-            "--max-val-images",
-            "2000",
-            "--epochs",
-            "40",
-            "--batch",
-            "128",
-            "--lr",
-            "0.1",
-            "--schedule",
-            "cosine",
-            "--warmup-epochs",
-            "1",
-            "--weight-decay",
-            "5e-4",
-            "--nesterov",
-        ],
-    )
+        "resnet110", "cifar10-resnet110-40ep", "train_classifier", 40,
+        words("train-classifier --arch cifar_resnet110", *data)
+        + words("--max-val-images 2000 --epochs 40 --batch 128 --lr 0.1 --schedule cosine"
+                " --warmup-epochs 1 --weight-decay 5e-4 --nesterov"),
+    )  # fmt: skip
     clf = model_ref("resnet110", r110.shipped)
     mse = Train(
-        "dncnn-mse",
-        "cifar10-dncnn-mse-0.25",
-        "train_mse",
-        10,
-        [
-            "train-denoiser",
-            "--objective",
-            "mse",
-            "--sigma",
-            str(SIGMA),
-            "--arch",
-            "dncnn",
-            "--classifier",
-            clf,
-            "--data",
-            *TRAIN,
-            "--val-data",
-            TEST,
-            "--max-val-images",
-            "500",
-            "--epochs",
-            "10",
-            "--batch",
-            "64",
-            "--lr",
-            "1e-3",
-            "--schedule",
-            "cosine",
-        ],
-    )
+        "dncnn-mse", "cifar10-dncnn-mse-0.25", "train_mse", 6,
+        words(f"train-denoiser --objective mse --sigma {SIGMA} --arch dncnn --classifier",
+              clf, *data)
+        + words("--max-val-images 500 --epochs 6 --batch 64 --lr 1e-3 --schedule cosine"),
+    )  # fmt: skip
+    mse_ref = model_ref("dncnn-mse", mse.shipped)
+    through = words(f"--sigma {SIGMA} --batch 64 --classifier", clf, "--data", *TRAIN)
+    one_epoch = words("--epochs 1 --schedule constant")
+    probes = Probes(
+        {
+            "stab-mse-init-lr1e-4": words("train-denoiser --objective stab --lr 1e-4 --init",
+                                          mse_ref, *through, *one_epoch),
+            "stab-mse-init-lr3e-4": words("train-denoiser --objective stab --lr 3e-4 --init",
+                                          mse_ref, *through, *one_epoch),
+            "clf-mse-init-lr1e-4": words("train-denoiser --objective clf --lr 1e-4 --init",
+                                         mse_ref, *through, *one_epoch),
+            "stab-scratch-lr1e-3": words("train-denoiser --objective stab --lr 1e-3 --arch dncnn",
+                                         *through, *one_epoch),
+        },
+        words("test-denoiser --sigma 0.25 --max-images 2000 --seed 1 --no-progress --classifier",
+              clf, "--data", TEST),
+    )  # fmt: skip
+    # The long run continues the probes' winner: its recipe for 20 epochs, cosine.
+    best = probes.winner() or "stab-mse-init-lr1e-4"
+    recipe = probes.candidates[best][: -len(one_epoch)]
     stab = Train(
-        "dncnn-stab",
-        "cifar10-dncnn-stab-0.25-resnet110",
-        "train_stab",
-        20,
-        [
-            "train-denoiser",
-            "--objective",
-            "stab",
-            "--sigma",
-            str(SIGMA),
-            "--init",
-            model_ref("dncnn-mse", mse.shipped),
-            "--classifier",
-            clf,
-            "--data",
-            *TRAIN,
-            "--val-data",
-            TEST,
-            "--max-val-images",
-            "500",
-            "--epochs",
-            "20",
-            "--batch",
-            "64",
-            "--lr",
-            "1e-4",
-            "--schedule",
-            "cosine",
-        ],
-    )
-    base = ["--data", BENCH, "--classifier", clf, "--sigma", str(SIGMA), "--alpha", "0.001"]
-    seq = ["--method", "sequential", "--radius", *RADII, "--n0", "100", "--n", "10000"]
-    cp100 = ["--n0", "100", "--n", "10000", "--max", "2000"]  # first 100 of the 500
+        "dncnn-stab", "cifar10-dncnn-stab-0.25-resnet110", "train_stab", 20,
+        recipe + ["--val-data", TEST] + words("--max-val-images 500 --epochs 20 --schedule cosine"),
+    )  # fmt: skip
+    clf_eval = words("evaluate --classifier SPEC --sigma 0.25 --no-progress --json --data", TEST)
+    den_eval = words("test-denoiser --denoiser SPEC --sigma 0.25 --no-progress --classifier",
+                     clf, "--data", BENCH, "--json")  # fmt: skip
+    out: list = [r110, Ship(r110, clf_eval), mse, Ship(mse, den_eval), probes]
+    out += [stab, Ship(stab, den_eval)]
+    # wrong-after-selection images stop there: the same certified accuracy, less compute
+    base = words(f"--sigma {SIGMA} --alpha 0.001 --stop-if-misclassified --classifier", clf)
+    base += ["--data", BENCH]
+    seq = words("--method sequential --n0 100 --n 10000 --radius", *RADII)
+    cp100 = words("--n0 100 --n 10000 --max 2000")  # the first 100 of the 500
     den = {
-        "mse": ["--denoiser", model_ref("dncnn-mse", mse.shipped)],
+        "mse": ["--denoiser", mse_ref],
         "stab": ["--denoiser", model_ref("dncnn-stab", stab.shipped)],
     }
-    clf_eval = [
-        "evaluate",
-        "--classifier",
-        "SPEC",
-        "--data",
-        TEST,
-        "--sigma",
-        str(SIGMA),
-        "--no-progress",
-        "--json",
-    ]
-
-    def den_eval(ship_clf: str) -> list[str]:
-        return [
-            "test-denoiser",
-            "--denoiser",
-            "SPEC",
-            "--classifier",
-            ship_clf,
-            "--sigma",
-            str(SIGMA),
-            "--data",
-            BENCH,
-            "--no-progress",
-            "--json",
-        ]
-
-    out: list = [
-        r110,
-        Ship(r110, clf_eval),
-        mse,
-        Ship(mse, den_eval(clf)),
-        stab,
-        Ship(stab, den_eval(clf)),
-    ]
     for name, extra, rate, prior in [
-        ("no_denoiser", [], "certify_plain", 4600),
-        ("dncnn_mse", den["mse"], "certify_denoised", 1900),
-        ("dncnn_stab", den["stab"], "certify_denoised", 1900),
+        ("no_denoiser", [], "certify_plain", 600),
+        ("dncnn_mse", den["mse"], "certify_denoised", 1300),
+        ("dncnn_stab", den["stab"], "certify_denoised", 1300),
     ]:
         out.append(Certify(name, rate, 500, base + seq + extra, prior))
-    for name, extra, rate in [
-        ("no_denoiser_cp100", [], "certify_plain"),
-        ("dncnn_mse_cp100", den["mse"], "certify_denoised"),
-        ("dncnn_stab_cp100", den["stab"], "certify_denoised"),
+    for name, extra, rate, prior in [
+        ("no_denoiser_cp100", [], "certify_plain", 1100),
+        ("dncnn_mse_cp100", den["mse"], "certify_denoised", 6700),
+        ("dncnn_stab_cp100", den["stab"], "certify_denoised", 6700),
     ]:
-        out.append(Certify(name, rate, 100, base + cp100 + extra, 10_100))
+        out.append(Certify(name, rate, 100, base + cp100 + extra, prior))
     return out
 
 
@@ -480,6 +459,10 @@ def needs(step) -> list[str]:
     shipped model, never a run folder, so it stays the same across clones and resumes."""
     if isinstance(step, Ship):
         return [] if step.train.done() else [step.train.name]
+    if isinstance(step, Train) and step.name == "dncnn-stab":
+        probes = next(p for p in steps() if isinstance(p, Probes))
+        if not probes.done():
+            return [probes.name]
     text = " ".join(step.command())
     return [
         t.name
@@ -583,9 +566,10 @@ def record(step, before: str, seconds: float, status: str) -> None:
     hosts = STATE / "hosts.tsv"
     if not hosts.is_file():
         hosts.write_text("date\thost\tstep\tfrom\tto\tminutes\tended\n")
+    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() - seconds))
     with hosts.open("a") as fh:
         fh.write(
-            f"{time.strftime('%Y-%m-%d %H:%M')}\t{host()}\t{step.name}\t{before}\t"
+            f"{started}\t{host()}\t{step.name}\t{before}\t"
             f"{step.describe().split(': ', 1)[1]}\t{seconds / 60:.1f}\t{status}\n"
         )
 
@@ -608,7 +592,7 @@ def run(args) -> int:
         for step in steps():
             if step.done() or (args.only and step.name not in args.only):
                 continue
-            missing = [n for n in needs(step) if not _train(n).done()]
+            missing = [n for n in needs(step) if n == "stab-probes" or not _train(n).done()]
             if missing:
                 print(f"skip {step.name}: needs {', '.join(missing)} finished first")
                 continue
@@ -616,6 +600,12 @@ def run(args) -> int:
             if isinstance(step, Ship):
                 print(f"+ {step.name}", flush=True)
                 step.ship(commit=bool(args.commit_every))
+                write_status(rates)
+                continue
+            if isinstance(step, Probes):
+                t0 = time.time()
+                step.run(args.threads)
+                record(step, "", time.time() - t0, "done")
                 write_status(rates)
                 continue
             before = step.describe().split(": ", 1)[1]
@@ -626,7 +616,7 @@ def run(args) -> int:
             try:
                 rc = proc.wait()
             except KeyboardInterrupt:
-                proc.send_signal(signal.SIGINT)  # the run saves its state and stops
+                proc.send_signal(signal.SIGTERM)  # the run saves its state and stops
                 rc = proc.wait()
                 record(step, before, time.time() - t0, "interrupted")
                 raise
@@ -676,6 +666,10 @@ def analyze() -> None:
         subprocess.run(cmd, check=True)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -701,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(), indent=1))
         write_status()
     else:
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl-C does
+        signal.signal(signal.SIGINT, _interrupt)  # also when started in the background
         try:
             return run(args)
         except KeyboardInterrupt:

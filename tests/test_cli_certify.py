@@ -163,8 +163,9 @@ def _bad_npz(tmp_path, images, labels=None):
     [
         ({"--sigma": "0"}, "sigma must be a positive number"),
         ({"--sigma": "-0.5"}, "sigma must be a positive number"),
-        ({"--alpha": "0"}, "alpha must be in (0, 1)"),
-        ({"--alpha": "1.5"}, "alpha must be in (0, 1)"),
+        ({"--alpha": "0"}, "alpha must be in (0, 0.5)"),
+        ({"--alpha": "1.5"}, "alpha must be in (0, 0.5)"),
+        ({"--alpha": "0.5"}, "alpha must be in (0, 0.5)"),
         ({"--n0": "0"}, "n0 must be at least 1"),
         ({"--n": "0"}, "n must be at least 1"),
         ({"--num-classes": "5"}, "returns 3 scores per image but num_classes is 5"),

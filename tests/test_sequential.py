@@ -163,9 +163,9 @@ class Recorder(Smooth):
         super().__init__(*a, **k)
         self.calls: list[tuple[int, int]] = []
 
-    def sample_counts(self, x, num, batch_size, index=0, stage=STAGE_ESTIMATE):
+    def sample_counts(self, x, num, batch_size, *, index, stage=STAGE_ESTIMATE):
         self.calls.append((stage, num))
-        return super().sample_counts(x, num, batch_size, index, stage)
+        return super().sample_counts(x, num, batch_size, index=index, stage=stage)
 
 
 def test_rounds_use_fresh_noise_stages_and_selection_stays_separate():
@@ -189,10 +189,10 @@ def test_smooth_certify_sequential_is_below_exact_radius_and_cheaper(p_a):
     sigma = 0.25
     model, x, exact_radius = model_with_pa(p_a, sigma)
     smooth = Smooth(model, 2, sigma, seed=5)
-    label, radius = smooth.certify(x, 100, 50_000, 0.001, 2048, method="sequential")
+    label, radius = smooth.certify(x, 100, 50_000, 0.001, 2048, index=0, method="sequential")
     assert label == 1 and 0.8 * exact_radius <= radius <= exact_radius
     target = 0.5 * exact_radius  # decision mode: a clearly reachable target is cheap
-    result = certify_sequential(smooth, x, 100, 0.001, 50_000, target, 2048)
+    result = certify_sequential(smooth, x, 100, 0.001, 50_000, target, 2048, index=0)
     assert result.prediction == 1 and target <= result.radius <= exact_radius
     assert result.n_used < 2_000
 
@@ -207,7 +207,7 @@ def test_sequential_result_does_not_depend_on_batch_size():
 
 def test_abstains_early_when_no_class_is_likely():
     model, x, _ = model_with_pa(0.5, 0.25)
-    result = certify_sequential(Smooth(model, 2, 0.25), x, 100, 0.001, 100_000, 0.25, 1000)
+    result = certify_sequential(Smooth(model, 2, 0.25), x, 100, 0.001, 100_000, 0.25, 1000, index=0)
     assert result.prediction == ABSTAIN and result.radius == 0.0
     assert result.n_used < 100_000
 
@@ -215,14 +215,14 @@ def test_abstains_early_when_no_class_is_likely():
 def test_method_cp_is_cohens_certify():
     model, x, _ = model_with_pa(0.9, 0.25)
     smooth = Smooth(model, 2, 0.25, seed=7)
-    counts0 = smooth.sample_counts(x, 100, 500, 2, STAGE_SELECT)
-    counts = smooth.sample_counts(x, 5_000, 500, 2, STAGE_ESTIMATE)
+    counts0 = smooth.sample_counts(x, 100, 500, index=2, stage=STAGE_SELECT)
+    counts = smooth.sample_counts(x, 5_000, 500, index=2, stage=STAGE_ESTIMATE)
     c = int(counts0.argmax())
     expected = exact.radius(0.25, exact.lower_confidence_bound(int(counts[c]), 5_000, 0.01))
     assert smooth.certify(x, 100, 5_000, 0.01, 500, index=2) == (c, expected)
     assert smooth.certify(x, 100, 5_000, 0.01, 500, index=2, method="cp") == (c, expected)
     with pytest.raises(UserError):
-        smooth.certify(x, 100, 5_000, 0.01, method="bayes")
+        smooth.certify(x, 100, 5_000, 0.01, index=2, method="bayes")
 
 
 # --- CLI ------------------------------------------------------------------------------

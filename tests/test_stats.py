@@ -66,7 +66,7 @@ class _Fixed(Smooth):
         super().__init__(lambda x: x.new_zeros(len(x), dtype=int), 4, sigma)
         self.counts_by_stage = counts_by_stage
 
-    def sample_counts(self, x, num, batch_size, index=0, stage=1):
+    def sample_counts(self, x, num, batch_size, *, index, stage=1):
         counts = np.asarray(self.counts_by_stage[stage], dtype=np.int64)
         assert counts.sum() == num
         return counts
@@ -80,8 +80,8 @@ def test_certify_and_predict_equal_reference_on_same_counts(seed):
     counts0, counts, counts_pred = (rng.multinomial(m, p) for m in (n0, n, n))
     smooth = _Fixed({0: counts0, 1: counts, 2: counts_pred}, sigma)
     x = np.zeros((1, 2, 2), np.float32)
-    label, radius = smooth.certify(x, n0, n, alpha)
+    label, radius = smooth.certify(x, n0, n, alpha, index=seed)
     ref_label, ref_radius = _reference_certify(counts0, counts, sigma, alpha)
     assert label == ref_label
     assert radius == pytest.approx(ref_radius, abs=1e-12)
-    assert smooth.predict(x, n, alpha) == _reference_predict(counts_pred, alpha)
+    assert smooth.predict(x, n, alpha, index=seed) == _reference_predict(counts_pred, alpha)

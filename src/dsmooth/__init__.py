@@ -8,7 +8,7 @@ from dsmooth.models.pretrained import list_pretrained, pretrained
 from dsmooth.smoothing import ABSTAIN, Smooth
 from dsmooth.sources import load_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ABSTAIN",

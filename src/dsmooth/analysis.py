@@ -65,9 +65,19 @@ class Log:
     radius: np.ndarray | None = None  # None for predict logs
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     name: str = ""
+    #: decision-mode sequential logs (from the provenance record): the target radii. Their
+    #: radius column means "certified at these targets", not the largest certified radius.
+    targets: tuple[float, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.idx)
+
+    def reports_at(self, radius: float) -> bool:
+        """Whether certified accuracy at `radius` is what this log measured: always, except
+        for a decision-mode log away from its targets (and 0, where it abstains or not)."""
+        if self.targets is None or radius == 0:
+            return True
+        return any(math.isclose(radius, t, rel_tol=1e-9, abs_tol=1e-12) for t in self.targets)
 
     @property
     def images(self) -> int:
@@ -91,9 +101,16 @@ class Log:
         return self.certified_count(radius) / len(self)
 
     def curve(self, radii: np.ndarray) -> np.ndarray:
-        """Certified accuracy at every radius of `radii` (vectorised)."""
+        """Certified accuracy at every radius of `radii` (vectorised; NaN where the log
+        does not report, e.g. between a decision-mode log's targets)."""
         if not len(self):
             return np.full(len(radii), np.nan)
+        if self.targets is not None:
+            out = np.full(len(radii), np.nan)
+            for k, r in enumerate(np.asarray(radii, dtype=float)):
+                if self.reports_at(float(r)):
+                    out[k] = self.certified_count(float(r)) / len(self)
+            return out
         if self.radius is None:
             return np.where(np.asarray(radii) <= 0, self.correct.mean(), np.nan)
         certified = np.sort(self.radius[self.correct == 1])
@@ -106,8 +123,10 @@ class Log:
 
     @property
     def acr(self) -> float:
-        """Average certified radius: mean of radius over images, 0 when wrong or abstained."""
-        if self.radius is None or not len(self):
+        """Average certified radius: mean of radius over images, 0 when wrong or abstained.
+        Undefined (NaN) for decision-mode logs, which stop sampling once their targets are
+        decided, so their radii are not the largest certifiable ones."""
+        if self.radius is None or not len(self) or self.targets is not None:
             return math.nan
         return float(np.where(self.correct == 1, self.radius, 0.0).mean())
 
@@ -264,9 +283,20 @@ def read_log(path: str | os.PathLike, name: str = "", warn: Warn | None = None) 
         radius=parsed.get("radius"),
         extra=extra,
         name=name or path.name,
+        targets=_decision_targets(path),
     )
     _check_values(log, where, warn)
     return _drop_duplicates(log, warn)
+
+
+def _decision_targets(path: Path) -> tuple[float, ...] | None:
+    """Target radii of a decision-mode sequential log, from its provenance record."""
+    from dsmooth.provenance import read
+
+    record = read(path) or {}
+    if record.get("method") == "sequential" and record.get("radius"):
+        return tuple(float(r) for r in record["radius"])
+    return None
 
 
 def _check_values(log: Log, where: Callable[[int], str], warn: Warn) -> None:
@@ -405,7 +435,7 @@ def envelope_cell(logs: Sequence[Log], radius: float) -> Cell:
     best: tuple[Fraction, Fraction] | None = None
     chosen: Log | None = None
     for log in logs:
-        if not len(log) or (log.radius is None and radius > 0):
+        if not len(log) or (log.radius is None and radius > 0) or not log.reports_at(radius):
             continue
         key = (log.certified_fraction(radius), log.certified_fraction(0.0))
         if best is None or key > best:
@@ -421,7 +451,7 @@ def series_cells(series: Series, radii: Sequence[float]) -> list[Cell]:
     (log,) = series.logs
     cells = []
     for r in radii:
-        if not len(log) or (log.radius is None and r > 0):
+        if not len(log) or (log.radius is None and r > 0) or not log.reports_at(r):
             cells.append(Cell(r, None, log))
         else:
             cells.append(Cell(r, log.certified_fraction(r), log, log.certified_fraction(0.0)))
@@ -437,6 +467,13 @@ def check_logs(logs: Sequence[Log], warn: Warn | None = None) -> list[Log]:
             kept.append(log)
         else:
             warn(f"{log.path} holds no rows (only a header); left out.")
+    decision = [log for log in kept if log.targets is not None]
+    if decision and len(decision) < len([log for log in kept if log.radius is not None]):
+        warn(
+            f"{', '.join(log.name for log in decision[:3])} are decision-mode sequential logs "
+            "(certified only at their target radii, no ACR) beside logs with full radii; "
+            "compare them only at the targets."
+        )
     sets = {}
     for log in kept:
         sets.setdefault(frozenset(log.idx.tolist()), []).append(log)

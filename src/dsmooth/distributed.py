@@ -28,7 +28,12 @@ from tqdm.auto import tqdm
 
 from dsmooth.errors import UserError, brief
 from dsmooth.queries import count_queries
-from dsmooth.results import CERTIFY_COLUMNS, SEQUENTIAL_CERTIFY_COLUMNS, ResultLog
+from dsmooth.results import (
+    CERTIFY_COLUMNS,
+    SELECTION_ONLY,
+    SEQUENTIAL_CERTIFY_COLUMNS,
+    ResultLog,
+)
 
 #: Options that must be given; everything else defaults as in `dsmooth certify`.
 REQUIRED = ("classifier", "data", "sigma", "out")
@@ -128,7 +133,10 @@ class CertifyWorker:
         from dsmooth.jobs import certify_row
 
         a = self.args
-        return certify_row(self.smooth, self.data, i, a.n0, a.n, a.alpha, a.batch, self.sequential)
+        stop = bool(getattr(a, "stop_if_misclassified", False))
+        return certify_row(
+            self.smooth, self.data, i, a.n0, a.n, a.alpha, a.batch, self.sequential, stop
+        )
 
     def pid(self) -> int:
         return os.getpid()
@@ -166,21 +174,24 @@ def certify_dataset(
         raise UserError(f"workers must be at least 1, got {workers}.")
     ray = import_ray()
     columns = CERTIFY_COLUMNS if sequential is None else SEQUENTIAL_CERTIFY_COLUMNS
+    if getattr(args, "stop_if_misclassified", False):
+        columns = (*columns, SELECTION_ONLY)
     from dsmooth.sources.remote import is_remote
 
     if is_remote(opts["classifier"]):  # as the single-process log: queries spent per image
         columns = (*columns, "queries")
     data = common.load_data(args)
     indices = select_indices(len(data), args.skip, args.max)
+    if not Path(args.out).parent.exists():
+        raise UserError(f"the output folder {Path(args.out).parent} does not exist.")
+    record = driver_provenance(args, opts, data, sequential)
     del data
-    log = ResultLog(args.out, columns)
-    if not log.path.parent.exists():
-        raise UserError(f"the output folder {log.path.parent} does not exist.")
+    log = ResultLog(args.out, columns, record)
     start = time.perf_counter()
     summary = Summary(0, 0, 0.0, 0)
     try:
         if log.path.exists():
-            log.open()  # resume: learn which images are done
+            log.open()  # resume: check the record, learn which images are done
         todo = [i for i in indices if i not in log.done]
         summary.skipped = len(indices) - len(todo)
         if todo:
@@ -196,6 +207,25 @@ def certify_dataset(
         sort_log(log.path)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def driver_provenance(args, opts: dict, data, sequential: dict | None) -> dict:
+    """Resolve `--precision auto` once, here, so that workers on different hosts all run
+    the same arithmetic (a mixed cluster cannot mix bf16 and fp32 rows), and build the
+    log's provenance record from the models loaded on the driver."""
+    import torch
+
+    from dsmooth.commands import common
+    from dsmooth.engine import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    opts["precision"] = args.precision = resolve_precision(args.precision, device)
+    base = common.load_base(args, torch.device("cpu"))
+    num_classes = args.num_classes or common.infer_num_classes(base, data, torch.device("cpu"))
+    compiled = bool(getattr(args, "compile", False))
+    return common.provenance_record(
+        args, base, num_classes, args.precision, device, compiled, data, "certify", sequential
+    )
 
 
 def connect(ray, address: str | None, workers: int | None) -> bool:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from dsmooth.base import module_device
 from dsmooth.data import ImageSet
 from dsmooth.errors import UserError
-from dsmooth.noise import block_seed
+from dsmooth.noise import normal
 
 #: Noise stage of evaluation draws (distinct from the certification stages 0-2, 1000+).
 STAGE_EVALUATE = 3
@@ -21,8 +21,7 @@ STAGE_EVALUATE = 3
 
 def image_noise(shape: Sequence[int], sigma: float, seed: int, index: int) -> torch.Tensor:
     """N(0, sigma^2) noise for image `index`, independent of batching."""
-    g = torch.Generator().manual_seed(block_seed(seed, index, STAGE_EVALUATE, 0))
-    return torch.randn(tuple(shape), generator=g).mul_(sigma)
+    return normal(tuple(shape), sigma, seed, index, STAGE_EVALUATE)
 
 
 def _predict(model: Callable, x: torch.Tensor) -> torch.Tensor:

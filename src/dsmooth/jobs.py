@@ -12,10 +12,12 @@ from collections.abc import Iterable
 from tqdm.auto import tqdm
 
 from dsmooth.data import ImageSet
+from dsmooth.noise import STAGE_SELECT
 from dsmooth.queries import count_queries
 from dsmooth.results import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
+    SELECTION_ONLY,
     SEQUENTIAL_CERTIFY_COLUMNS,
     ResultLog,
     format_time,
@@ -39,18 +41,34 @@ def certify_row(
     alpha: float,
     batch_size: int,
     sequential: dict | None = None,
+    stop_if_misclassified: bool = False,
 ) -> dict:
-    """One log row; `sequential` (radius, n_max, tol) selects sequential CERTIFY + n_used."""
+    """One log row; `sequential` (radius, n_max, tol) selects sequential CERTIFY + n_used.
+
+    `stop_if_misclassified` stops after selection when the selected class is not the
+    label: such an image is not certified correct at any radius whatever the estimation
+    would say, so certified accuracy is unchanged. Selection is drawn again, with the same
+    noise, inside CERTIFY for the other images (n0 more samples each).
+    """
     start = time.perf_counter()
     label = int(data.labels[i])
     extra = {}
+    if stop_if_misclassified:
+        selected = smooth.sample_counts(data.image(i), n0, batch_size, index=i, stage=STAGE_SELECT)
+        c_hat = int(selected.argmax())
+        extra[SELECTION_ONLY] = int(c_hat != label)
+        if c_hat != label:
+            row = {"idx": i, "label": label, "predict": c_hat, "radius": 0.0, "correct": 0}
+            row["time"] = format_time(time.perf_counter() - start)
+            return {**row, **({"n_used": n0} if sequential is not None else {}), **extra}
     if sequential is None:
         prediction, radius = smooth.certify(data.image(i), n0, n, alpha, batch_size, index=i)
     else:
         result = certify_sequential(
             smooth, data.image(i), n0, alpha, batch_size=batch_size, index=i, **sequential
         )
-        prediction, radius, extra = result.prediction, result.radius, {"n_used": result.n_used}
+        prediction, radius = result.prediction, result.radius
+        extra = {"n_used": result.n_used, **extra}
     return {
         "idx": i,
         "label": label,
@@ -103,23 +121,30 @@ def certify_dataset(
     max_index: int = -1,
     progress: bool = True,
     sequential: dict | None = None,
+    provenance: dict | None = None,
+    stop_if_misclassified: bool = False,
 ) -> int:
     """Certify every selected image into the TSV log `out`, resuming if it exists.
 
     `sequential` = dict(n_max=..., radius=..., tol=...) runs sequential CERTIFY
-    (dsmooth.sequential) and logs `n_used` after the standard columns.
+    (dsmooth.sequential) and logs `n_used` after the standard columns. `provenance`
+    (dsmooth.provenance) is recorded beside a new log and checked against a resumed one.
     """
     columns = CERTIFY_COLUMNS if sequential is None else SEQUENTIAL_CERTIFY_COLUMNS
+    if stop_if_misclassified:
+        columns = (*columns, SELECTION_ONLY)
+    stop = stop_if_misclassified
     return _log_dataset(
         smooth,
         data,
         out,
         columns,
-        lambda i: certify_row(smooth, data, i, n0, n, alpha, batch_size, sequential),
+        lambda i: certify_row(smooth, data, i, n0, n, alpha, batch_size, sequential, stop),
         skip,
         max_index,
         "certify",
         progress,
+        provenance,
     )
 
 
@@ -133,6 +158,7 @@ def predict_dataset(
     skip: int = 1,
     max_index: int = -1,
     progress: bool = True,
+    provenance: dict | None = None,
 ) -> int:
     """Predict every selected image into the TSV log `out`, resuming if it exists."""
     return _log_dataset(
@@ -145,6 +171,7 @@ def predict_dataset(
         max_index,
         "predict",
         progress,
+        provenance,
     )
 
 
@@ -158,9 +185,10 @@ def _log_dataset(
     max_index: int,
     desc: str,
     progress: bool,
+    provenance: dict | None = None,
 ) -> int:
     """`row(i)` for the selected images into the log `out` (with the queries column
     when the classifier is remote); returns rows written."""
     columns, rows = count_queries(smooth, columns, row)
-    with ResultLog(out, columns) as log:
+    with ResultLog(out, columns, provenance) as log:
         return run(rows, log, select_indices(len(data), skip, max_index), desc, progress)

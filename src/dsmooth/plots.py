@@ -88,7 +88,19 @@ def plot_curves(
     fig = new_figure(6.4, 4.4)
     ax = fig.add_subplot()
     for s in series:
-        ax.plot(radii, s.curve(radii), label=s.name, linewidth=1.8)
+        targets = sorted({t for log in s.logs for t in (log.targets or ())} | {0.0})
+        if all(log.targets is not None for log in s.logs):  # decision mode: its points only
+            points = np.array([t for t in targets if t <= max_radius])
+            ax.plot(
+                points,
+                s.curve(points),
+                label=f"{s.name} (at target radii)",
+                linewidth=1.2,
+                linestyle="--",
+                marker="o",
+            )
+        else:
+            ax.plot(radii, s.curve(radii), label=s.name, linewidth=1.8)
     ax.set_xlim(0.0, max_radius)
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel(r"$\ell_2$ radius (pixels in [0, 1])")

@@ -10,6 +10,7 @@ partial trailing line, which `open_log` removes before resuming.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,9 @@ CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
 #: Sequential certification adds the samples used per image (n0 + estimation).
 SEQUENTIAL_CERTIFY_COLUMNS = (*CERTIFY_COLUMNS, "n_used")
+#: `--stop-if-misclassified` adds 1 for rows that stopped after selection (selected class
+#: not the label: no estimation, radius 0, correct 0), 0 for the others.
+SELECTION_ONLY = "selection_only"
 
 
 def format_time(seconds: float) -> str:
@@ -33,23 +37,44 @@ def format_value(value) -> str:
     return str(value)
 
 
+def format_radius(radius: float) -> str:
+    """A certified radius with 6 significant digits, rounded *down*: a log must never
+    claim more than was certified (0.2499996 is written 0.249999, not 0.25)."""
+    text = f"{radius:.6g}"
+    if not math.isfinite(radius) or float(text) <= radius:
+        return text
+    digits = 5 - math.floor(math.log10(abs(radius))) if radius else 0
+    down = math.floor(radius * 10**digits) / 10**digits
+    while down > radius:  # float rounding in the product; step one unit down
+        down -= 10**-digits
+    return f"{down:.{max(digits, 0)}f}".rstrip("0").rstrip(".") if digits > 0 else f"{down:g}"
+
+
 class ResultLog:
     """Append-only TSV log; `done` holds the indices already written."""
 
-    def __init__(self, path: str | os.PathLike, columns: Sequence[str]):
+    def __init__(
+        self, path: str | os.PathLike, columns: Sequence[str], provenance: dict | None = None
+    ):
         self.path = Path(path)
         self.columns = tuple(columns)
         self.done: set[int] = set()
+        self.provenance = provenance
         self._fd: int | None = None
 
     def open(self) -> ResultLog:
-        """Create the log with its header, or resume an existing one."""
+        """Create the log with its header, or resume an existing one (after checking its
+        provenance record, when one is given: dsmooth.provenance)."""
         header = "\t".join(self.columns) + "\n"
         if self.path.parent and not self.path.parent.exists():
             raise UserError(f"the output folder {self.path.parent} does not exist.")
         if self.path.exists() and self.path.stat().st_size > 0:
             self._resume(header)
         else:
+            if self.provenance is not None:  # a new log: any older record is stale
+                from dsmooth.provenance import sidecar, write
+
+                write(sidecar(self.path), self.provenance)
             tmp = self.path.with_name(self.path.name + ".tmp")
             with open(tmp, "w") as f:
                 f.write(header)
@@ -70,6 +95,11 @@ class ResultLog:
                 "choose another --out."
             )
         complete = text.rfind("\n") + 1
+        if self.provenance is not None:  # before anything is changed
+            from dsmooth.provenance import check_or_write
+
+            body = text[first_end + 1 : complete].splitlines()
+            check_or_write(self.path, self.provenance, rows=sum(1 for x in body if x.strip()))
         if complete < len(text):  # a partial row from a killed run: drop it
             with open(self.path, "r+b") as f:
                 f.truncate(len(text[:complete].encode("utf-8")))
@@ -86,7 +116,10 @@ class ResultLog:
         missing = [c for c in self.columns if c not in row]
         if missing:
             raise ValueError(f"row lacks columns {missing}")
-        line = "\t".join(format_value(row[c]) for c in self.columns) + "\n"
+        line = "\t".join(
+            format_radius(row[c]) if c == "radius" else format_value(row[c]) for c in self.columns
+        )
+        line += "\n"
         os.write(self._fd, line.encode("utf-8"))
         os.fsync(self._fd)
         self.done.add(int(row["idx"]))

@@ -24,6 +24,7 @@ from scipy.stats import beta, norm
 
 from dsmooth.errors import UserError
 from dsmooth.noise import SEQUENTIAL_MAX_ROUNDS, STAGE_SELECT, sequential_stage
+from dsmooth.stats import check_alpha
 
 ABSTAIN = -1
 
@@ -124,8 +125,7 @@ class SequentialPlan:
 def check_plan(plan: SequentialPlan) -> None:
     if not (plan.sigma > 0) or math.isinf(plan.sigma):
         raise UserError(f"sigma must be a positive number, got {plan.sigma}.")
-    if not (0.0 < plan.alpha < 1.0):
-        raise UserError(f"alpha must be in (0, 1), got {plan.alpha}.")
+    check_alpha(plan.alpha)
     if int(plan.n_max) < 1:
         raise UserError(f"n_max must be at least 1, got {plan.n_max}.")
     if int(plan.n_first) < 1:
@@ -238,7 +238,8 @@ def certify_sequential(
     n_max: int,
     radius: float | Sequence[float] | None = None,
     batch_size: int = 64,
-    index: int = 0,
+    *,
+    index: int,
     tol: float | None = None,
 ) -> SequentialResult:
     """Select the class with n0 samples, then bound its probability sequentially.
@@ -254,11 +255,14 @@ def certify_sequential(
     check_count("batch_size", batch_size)
     radii = None if radius is None else tuple(float(r) for r in np.atleast_1d(radius))
     plan = SequentialPlan(smooth.sigma, float(alpha), int(n_max), radii, tol)
-    selection = smooth.sample_counts(x, n0, batch_size, index, STAGE_SELECT)
+    # Both stages go through Smooth.sample_counts, so the base-classifier contract (one
+    # integer label or score row per input, counts adding up to the samples) holds here too.
+    selection = smooth.sample_counts(x, n0, batch_size, index=index, stage=STAGE_SELECT)
     c_hat = int(selection.argmax())
 
     def draw(round_no: int, m: int, active: np.ndarray) -> np.ndarray:
-        counts = smooth.sample_counts(x, m, batch_size, index, sequential_stage(round_no))
+        stage = sequential_stage(round_no)
+        counts = smooth.sample_counts(x, m, batch_size, index=index, stage=stage)
         return np.full(active.shape, counts[c_hat], dtype=np.int64)
 
     out = run_sequential(plan, draw, 1)

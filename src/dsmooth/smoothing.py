@@ -47,7 +47,8 @@ class Smooth:
     """A smoothed classifier around `base_classifier` with noise level `sigma`.
 
     Randomness is derived from (seed, index, stage), so `certify(x, ..., index=i)`
-    gives the same answer whatever the batch size or the worker that runs it.
+    gives the same answer whatever the batch size or the worker that runs it. `index` is a
+    required keyword: a default would give every image the same noise.
     """
 
     ABSTAIN = ABSTAIN
@@ -64,11 +65,11 @@ class Smooth:
         self.device = module_device(base_classifier)
         self._labels = label_function(base_classifier, self.num_classes)
 
-    def predict(self, x, n: int, alpha: float, batch_size: int = 64, index: int = 0) -> int:
+    def predict(self, x, n: int, alpha: float, batch_size: int = 64, *, index: int) -> int:
         """Top class, or ABSTAIN if the top two counts do not differ at level alpha."""
         check_count("n", n)
         stats.check_alpha(alpha)
-        counts = self.sample_counts(x, n, batch_size, index, STAGE_PREDICT)
+        counts = self.sample_counts(x, n, batch_size, index=index, stage=STAGE_PREDICT)
         top2 = np.argsort(-counts, kind="stable")[:2]
         count1, count2 = int(counts[top2[0]]), int(counts[top2[1]])
         if stats.binomial_pvalue(count1, count1 + count2) > alpha:
@@ -82,7 +83,8 @@ class Smooth:
         n: int,
         alpha: float,
         batch_size: int = 64,
-        index: int = 0,
+        *,
+        index: int,
         method: str = "cp",
         radius: float | Sequence[float] | None = None,
         n_max: int | None = None,
@@ -101,25 +103,30 @@ class Smooth:
 
             check_count("n", n)
             budget = n if n_max is None else n_max
-            result = certify_sequential(self, x, n0, alpha, budget, radius, batch_size, index, tol)
+            result = certify_sequential(
+                self, x, n0, alpha, budget, radius, batch_size, index=index, tol=tol
+            )
             return result.prediction, result.radius
         if method != "cp":
             raise UserError(f"method must be 'cp' or 'sequential', got {method!r}.")
         check_count("n0", n0)
         check_count("n", n)
         stats.check_alpha(alpha)
-        counts_selection = self.sample_counts(x, n0, batch_size, index, STAGE_SELECT)
+        counts_selection = self.sample_counts(x, n0, batch_size, index=index, stage=STAGE_SELECT)
         c_hat = int(counts_selection.argmax())
-        counts_estimation = self.sample_counts(x, n, batch_size, index, STAGE_ESTIMATE)
+        counts_estimation = self.sample_counts(x, n, batch_size, index=index, stage=STAGE_ESTIMATE)
         p_lower = stats.lower_confidence_bound(int(counts_estimation[c_hat]), n, alpha)
         if p_lower < 0.5:
             return ABSTAIN, 0.0
         return c_hat, stats.radius(self.sigma, p_lower)
 
     def sample_counts(
-        self, x, num: int, batch_size: int, index: int = 0, stage: int = STAGE_ESTIMATE
+        self, x, num: int, batch_size: int, *, index: int, stage: int = STAGE_ESTIMATE
     ) -> np.ndarray:
-        """Class counts of f(x + d) over `num` noise draws (int64 array of num_classes)."""
+        """Class counts of f(x + d) over `num` noise draws (int64 array of num_classes).
+
+        The counts must add up to `num`: every bound downstream assumes n Bernoulli trials.
+        """
         check_count("batch_size", batch_size)
         x = check_image(x).to(self.device)
         stream = NoiseStream(x.shape, self.sigma, self.seed, index, stage, self.device)
@@ -130,4 +137,19 @@ class Smooth:
             batch = stream.take(m).add_(x)
             counts += torch.bincount(self._labels(batch), minlength=self.num_classes)
             remaining -= m
+        check_counts(counts, int(num), self.num_classes)
         return counts.numpy()
+
+
+def check_counts(counts, num: int, num_classes: int) -> None:
+    """A RuntimeError unless `counts` are num_classes non-negative votes adding up to num.
+
+    The base classifier's output is checked per batch (dsmooth.base.to_labels); this is
+    the last line of defence before the counts become a certificate.
+    """
+    counts = torch.as_tensor(counts)
+    if counts.shape != (num_classes,) or int(counts.min()) < 0 or int(counts.sum()) != num:
+        raise RuntimeError(
+            f"class counts {counts.tolist()} do not add up to the {num} samples drawn; "
+            "refusing to certify from them."
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dsmooth import provenance
 from dsmooth.commands import common
 from dsmooth.errors import UserError
 
@@ -58,6 +59,9 @@ def run(args) -> int:
     sequential = common.sequential_settings(args)
     data = common.load_data(args)
     smooth = common.build_smooth(args, data)
+    record = common.log_provenance(args, smooth, data, "certify", sequential)
+    provenance.check_resume(args.out, record)
+    common.report_engine(record)
     certify_dataset(
         smooth,
         data,
@@ -70,6 +74,8 @@ def run(args) -> int:
         args.max,
         progress=not args.no_progress,
         sequential=sequential,
+        provenance=record,
+        stop_if_misclassified=args.stop_if_misclassified,
     )
     if args.sorted:
         from dsmooth.distributed import sort_log

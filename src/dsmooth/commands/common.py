@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import torch
 
@@ -86,6 +87,14 @@ def add_sampling_options(p: argparse.ArgumentParser, certify: bool) -> None:
     g.add_argument("--sigma", type=float, required=True, help="noise level, in [0,1] pixel units")
     if certify:
         g.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
+        g.add_argument(
+            "--stop-if-misclassified",
+            action="store_true",
+            help="labelled benchmarks: stop an image after selection when the selected class "
+            "is not its label (it counts for nothing at any radius); its row keeps the "
+            "selected class, radius 0 and selection_only 1, and certified accuracy is "
+            "unchanged",
+        )
     g.add_argument("--n", type=int, default=100_000, help="estimation samples (default 100000)")
     g.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
     g.add_argument(
@@ -97,7 +106,42 @@ def add_sampling_options(p: argparse.ArgumentParser, certify: bool) -> None:
     g.add_argument("--seed", type=int, default=0, help="noise seed (per image: seed, index)")
     g.add_argument("--out", required=True, help="result log (TSV); an existing log is resumed")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_strict_option(g)
     add_engine_options(p)
+
+
+def add_strict_option(p) -> None:
+    """--strict: a denoiser used at another sigma than it was trained for is an error."""
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a denoiser whose checkpoint records a different sigma than --sigma "
+        "(default: one warning on stderr)",
+    )
+
+
+def check_denoiser_sigma(denoiser, sigma: float | None, strict: bool = False) -> None:
+    """Warn (or with `strict`, raise a UserError) when a dsmooth denoiser checkpoint was
+    trained for another noise level: the certificate stays valid, but D then sees noise it
+    was not trained to remove and the certified accuracy usually collapses."""
+    config = getattr(denoiser, "dsmooth_config", None)
+    if sigma is None or not isinstance(config, dict) or config.get("kind") != "denoiser":
+        return
+    trained = config.get("sigma")
+    if isinstance(trained, bool) or not isinstance(trained, (int, float)):
+        return
+    if math.isclose(float(trained), float(sigma), rel_tol=1e-6):
+        return
+    mismatch = f"the denoiser was trained for sigma {trained:g} but is used at sigma {sigma:g}"
+    if strict:
+        raise UserError(
+            f"{mismatch}; use a denoiser trained for sigma {sigma:g}, or drop --strict."
+        )
+    print(
+        f"warning: {mismatch}; certificates stay valid but are likely much weaker "
+        "(--strict makes this an error).",
+        file=sys.stderr,
+    )
 
 
 def batch_size(text: str) -> int | str:
@@ -221,7 +265,7 @@ def check_sampling(args) -> None:
 
 def load_base(args, device: torch.device):
     """f(D(.)) from --classifier (with its foreign-weights and contract flags) and the
-    optional --denoiser."""
+    optional --denoiser, checked against --sigma (and --strict) when the command has them."""
     classifier = load_model(
         args.classifier,
         role="classifier",
@@ -230,6 +274,8 @@ def load_base(args, device: torch.device):
         **source_options.collect(args),
     )
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
+    if denoiser is not None:
+        check_denoiser_sigma(denoiser, getattr(args, "sigma", None), getattr(args, "strict", False))
     return compose(classifier, denoiser)
 
 
@@ -278,7 +324,7 @@ def infer_num_classes(base, data: ImageSet, device) -> int:
 
 
 def probe_output_size(base, data: ImageSet, device, num_classes: int) -> None:
-    to_labels(_probe(base, data, device), num_classes)
+    to_labels(_probe(base, data, device), num_classes, 1)
 
 
 def load_data(args) -> ImageSet:
@@ -286,3 +332,90 @@ def load_data(args) -> ImageSet:
     if len(data) == 0:
         raise UserError(f"{args.data} contains no images.")
     return data
+
+
+def log_provenance(
+    args, smooth: Smooth, data: ImageSet, command: str, sequential: dict | None = None
+) -> dict:
+    """The provenance record of a certify/predict log (dsmooth.provenance): what decides
+    its rows, from the models and engine actually built, not from the flags' defaults."""
+    from dsmooth.engine import EngineModule
+
+    base = smooth.base_classifier
+    engine = base if isinstance(base, EngineModule) else None
+    return provenance_record(
+        args,
+        engine.model if engine is not None else base,
+        smooth.num_classes,
+        engine.precision if engine is not None else "fp32 (not a torch module)",
+        engine.device if engine is not None else smooth.device,
+        bool(engine.compile_enabled) if engine is not None else False,
+        data,
+        command,
+        sequential,
+    )
+
+
+def provenance_record(
+    args,
+    base,
+    num_classes: int,
+    precision: str,
+    device,
+    compiled: bool,
+    data: ImageSet,
+    command: str,
+    sequential: dict | None,
+) -> dict:
+    """The record from its parts (the Ray driver has no engine of its own)."""
+    from dsmooth import noise, provenance
+
+    if args.denoiser:
+        models = {
+            "classifier": provenance.describe_model(args.classifier, base.classifier),
+            "denoiser": provenance.describe_model(args.denoiser, base.denoiser),
+        }
+    else:
+        models = {"classifier": provenance.describe_model(args.classifier, base)}
+    method = "predict" if command == "predict" else ("sequential" if sequential else "cp")
+    determining = {
+        "sigma": float(args.sigma),
+        "alpha": args.alpha,
+        "n0": getattr(args, "n0", None),
+        "n": args.n,
+        "method": method,
+        "radius": (sequential or {}).get("radius"),
+        "n_max": (sequential or {}).get("n_max"),
+        "tol": (sequential or {}).get("tol"),
+        "seed": args.seed,
+        "noise_version": noise.NOISE_VERSION,
+        "num_classes": num_classes,
+        "precision": precision,
+        "device_type": torch.device(device).type,
+        "models": models,
+        "data": {"spec": str(args.data), "images": len(data)},
+        "stop_if_misclassified": bool(getattr(args, "stop_if_misclassified", False)),
+    }
+    informing = {
+        "device": str(device),
+        "engine": {
+            "asked_precision": getattr(args, "precision", None),
+            "compile": compiled,
+            "channels_last": bool(getattr(args, "channels_last", False)),
+            "batch": args.batch,
+            "threads": torch.get_num_threads(),
+        },
+    }
+    return provenance.record(command, determining, informing)
+
+
+def report_engine(record: dict) -> None:
+    """One line on stderr: how the base classifier really runs (docs/engine.md)."""
+    e = record["engine"]
+    print(
+        f"dsmooth: engine: precision {record['precision']} (asked {e['asked_precision']}), "
+        f"device {record['device']}, compile {'on' if e['compile'] else 'off'}, "
+        f"channels_last {'on' if e['channels_last'] else 'off'}, batch {e['batch']}, "
+        f"{e['threads']} threads, noise v{record['noise_version']}",
+        file=sys.stderr,
+    )

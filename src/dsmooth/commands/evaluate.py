@@ -33,6 +33,7 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     g.add_argument("--json", action="store_true", help="print the result as one JSON object")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    common.add_strict_option(g)
     p.set_defaults(func=run)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dsmooth import provenance
 from dsmooth.commands import common
 
 
@@ -24,6 +25,9 @@ def run(args) -> int:
     common.check_sampling(args)
     data = common.load_data(args)
     smooth = common.build_smooth(args, data)
+    record = common.log_provenance(args, smooth, data, "predict")
+    provenance.check_resume(args.out, record)
+    common.report_engine(record)
     predict_dataset(
         smooth,
         data,
@@ -34,5 +38,6 @@ def run(args) -> int:
         args.skip,
         args.max,
         progress=not args.no_progress,
+        provenance=record,
     )
     return 0

@@ -7,6 +7,7 @@ import json
 import math
 
 from dsmooth.commands import source_options
+from dsmooth.commands.common import add_strict_option
 
 
 def register(sub) -> None:
@@ -34,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_strict_option(p)
     source_options.add(p)
     p.set_defaults(func=run)
 
@@ -41,6 +43,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
+    from dsmooth.commands.common import check_denoiser_sigma
     from dsmooth.errors import UserError
     from dsmooth.models.loading import load
     from dsmooth.sources import load_model
@@ -57,6 +60,7 @@ def run(args) -> int:
     precision = resolve_precision(args.precision, torch.device("cpu"))
     images, labels = load_training_set([args.data], args.max_images, split=args.split)
     denoiser = load(args.denoiser)
+    check_denoiser_sigma(denoiser, args.sigma, args.strict)
     classifiers = {}
     if args.classifier:
         classifiers["noisy"] = load_model(

@@ -134,7 +134,7 @@ def denoising_grid(
         num_classes = int(shape[1]) if len(shape) == 2 else max(data.num_classes, 2)
 
     def predict(batch) -> list[int]:
-        return to_labels(_call(classifier, batch, "classifier"), num_classes).tolist()
+        return to_labels(_call(classifier, batch, "classifier"), num_classes, len(batch)).tolist()
 
     def name(c: int) -> str:
         return names[c] if names and 0 <= c < len(names) else str(c)

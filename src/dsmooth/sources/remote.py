@@ -208,6 +208,8 @@ class RemoteClassifier:
             )
         if not np.all(np.isfinite(out)):
             raise self._nonsense("non-finite values")
+        if out.ndim == 1 and np.all(out == np.round(out)):
+            out = out.astype(np.int64)  # JSON labels decode as floats; to_labels wants ints
         return out
 
     def close(self) -> None:
