@@ -235,7 +235,7 @@ class Ship:
 
         src = self.train.out
         if not (src / "model.safetensors").is_file():  # a clone keeps only the state
-            subprocess.run(self.train.command(), check=True)
+            call(self.train.command(), check=True)
         model, config = load_checkpoint(src)
         tmp = self.dest.with_name(self.dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -246,7 +246,7 @@ class Ship:
             result = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             (tmp / "evaluation.json").write_text(result)
         else:
-            subprocess.run([*cmd, str(tmp / "evaluation.json")], check=True)
+            call([*cmd, str(tmp / "evaluation.json")], check=True)
         card = tmp / "MODEL_CARD.md"
         card.write_text(
             f"# {self.train.shipped}\n\nTrained by the CIFAR-10 campaign "
@@ -259,21 +259,9 @@ class Ship:
         shutil.rmtree(src)
         if commit:
             paths = [str(self.dest), str(src)]
-            subprocess.run(["git", "add", "-A", *paths], cwd=ROOT, check=True)
-            subprocess.run(
-                [
-                    "git",
-                    "commit",
-                    "-q",
-                    "-m",
-                    f"campaign: ship {self.train.shipped} "
-                    "(float16, evaluation.json, card) and remove its training state",
-                    "--",
-                    *paths,
-                ],
-                cwd=ROOT,
-                check=True,
-            )
+            git("add", "-A", *paths)
+            message = f"campaign: ship {self.train.shipped} (float16, evaluation, card); "
+            git("commit", "-q", "-m", message + "remove its training state", "--", *paths)
 
 
 @dataclass
@@ -317,11 +305,9 @@ class Probes:
                 continue
             out = RUNS / f"probe-{name}"
             cmd = [DS, *argv, "--out", str(out), "--resume", "--save-every-minutes", "4", *extra]
-            print("+ " + " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True)
+            call(cmd, check=True)
             report = out / "evaluation.json"
-            cmd = [DS, *self.evaluate, "--denoiser", str(out), "--json", str(report), *extra]
-            subprocess.run(cmd, check=True)
+            call([DS, *self.evaluate, "--denoiser", str(out), "--json", str(report), *extra], True)
             result = json.loads(report.read_text())
             save_json(self.out, {**self.results(), name: {"argv": argv, **result}})
             shutil.rmtree(out)  # a probe is kept as its number; its state is not needed
@@ -589,38 +575,38 @@ def run(args) -> int:
         env = {**os.environ, "EVERY": f"{args.commit_every:g}"}
         committer = subprocess.Popen([str(ROOT / "results" / "commit_state.sh")], env=env)
     try:
-        for step in steps():
-            if step.done() or (args.only and step.name not in args.only):
-                continue
-            missing = [n for n in needs(step) if n == "stab-probes" or not _train(n).done()]
-            if missing:
-                print(f"skip {step.name}: needs {', '.join(missing)} finished first")
-                continue
+        tried: set[str] = set()
+        while True:  # steps are rebuilt each time: a shipped model changes later commands
+            todo = [
+                s
+                for s in steps()
+                if not s.done() and s.name not in tried and (not args.only or s.name in args.only)
+            ]
+            step = next((s for s in todo if not _missing(s)), None)
+            if step is None:
+                for s in todo:
+                    print(f"skip {s.name}: needs {', '.join(_missing(s))} finished first")
+                break
+            tried.add(step.name)
             LOGS.mkdir(parents=True, exist_ok=True)
-            if isinstance(step, Ship):
-                print(f"+ {step.name}", flush=True)
-                step.ship(commit=bool(args.commit_every))
-                write_status(rates)
-                continue
-            if isinstance(step, Probes):
-                t0 = time.time()
-                step.run(args.threads)
-                record(step, "", time.time() - t0, "done")
-                write_status(rates)
-                continue
             before = step.describe().split(": ", 1)[1]
             t0 = time.time()
-            cmd = step.command() + (["--threads", str(args.threads)] if args.threads else [])
-            print("+ " + " ".join(cmd), flush=True)
-            proc = subprocess.Popen(cmd)
             try:
-                rc = proc.wait()
+                if isinstance(step, Ship):
+                    print(f"+ {step.name}", flush=True)
+                    step.ship(commit=bool(args.commit_every))
+                    rc = 0
+                elif isinstance(step, Probes):
+                    step.run(args.threads)
+                    rc = 0
+                else:
+                    extra = ["--threads", str(args.threads)] if args.threads else []
+                    rc = call(step.command() + extra)
             except KeyboardInterrupt:
-                proc.send_signal(signal.SIGTERM)  # the run saves its state and stops
-                rc = proc.wait()
                 record(step, before, time.time() - t0, "interrupted")
                 raise
-            record(step, before, time.time() - t0, "done" if step.done() else f"rc {rc}")
+            if not isinstance(step, Ship):
+                record(step, before, time.time() - t0, "done" if step.done() else f"rc {rc}")
             write_status(rates)
             if rc != 0:
                 return rc
@@ -635,6 +621,35 @@ def run(args) -> int:
                 check=False,
             )
     return 0
+
+
+def _missing(step) -> list[str]:
+    return [n for n in needs(step) if n == "stab-probes" or not _train(n).done()]
+
+
+def call(cmd: list[str], check: bool = False) -> int:
+    """Run one dsmooth command; Ctrl-C or SIGTERM of the campaign reaches it as SIGTERM,
+    on which a training run saves its state and a certification keeps its rows."""
+    print("+ " + " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        raise
+    if check and rc != 0:
+        raise SystemExit(f"campaign: {cmd[1]} failed (exit {rc}); see above.")
+    return rc
+
+
+def git(*argv: str) -> None:
+    """A git command on the campaign's paths, retried while another holds the index lock."""
+    for attempt in range(6):
+        if subprocess.run(["git", *argv], cwd=ROOT).returncode == 0:
+            return
+        time.sleep(5 * (attempt + 1))
+    raise SystemExit(f"campaign: git {argv[0]} failed; commit results/cifar10 by hand.")
 
 
 def _train(name: str) -> Train:

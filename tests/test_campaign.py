@@ -96,6 +96,7 @@ def test_a_finished_run_ships_as_float16_and_its_state_goes(campaign, tmp_path, 
         return type("Done", (), {"stdout": out.getvalue(), "returncode": rc})()
 
     monkeypatch.setattr(campaign.subprocess, "run", fake_run)
+    monkeypatch.setattr(campaign, "call", lambda cmd, check=False: fake_run(cmd).returncode)
     campaign.Ship(run, clf_eval).ship(commit=False)
     dest = tmp_path / "pretrained" / "tiny-shipped"
     model, config = load_checkpoint(dest)
