@@ -35,9 +35,18 @@ PROBE = 'import sys\nprint("PYTHON " + sys.prefix)'
 
 
 def _repo_status() -> str:
-    """Untracked and modified files of the work tree (to check nothing is written there)."""
+    """Untracked and modified files of the work tree (to check nothing is written there),
+    except the CIFAR-10 campaign's state, which its own job may be updating meanwhile."""
     out = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=all"],
+        [
+            "git",
+            "status",
+            "--porcelain",
+            "--untracked-files=all",
+            "--",
+            ".",
+            ":(exclude)results/cifar10",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

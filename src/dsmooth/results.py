@@ -95,19 +95,34 @@ class ResultLog:
                 "choose another --out."
             )
         complete = text.rfind("\n") + 1
+        done = self._complete_rows(text[first_end + 1 : complete], first_line=2)
         if self.provenance is not None:  # before anything is changed
             from dsmooth.provenance import check_or_write
 
-            body = text[first_end + 1 : complete].splitlines()
-            check_or_write(self.path, self.provenance, rows=sum(1 for x in body if x.strip()))
+            check_or_write(self.path, self.provenance, rows=len(done))
         if complete < len(text):  # a partial row from a killed run: drop it
             with open(self.path, "r+b") as f:
                 f.truncate(len(text[:complete].encode("utf-8")))
                 f.flush()
                 os.fsync(f.fileno())
-        for line in text[first_end + 1 : complete].splitlines():
-            if line.strip():
-                self.done.add(int(line.split("\t", 1)[0]))
+        self.done = set(done)
+
+    def _complete_rows(self, body: str, first_line: int) -> list[int]:
+        """Indices of the complete rows, refusing (before anything is changed) a row that
+        is not one: a wrong number of fields, or an index that is not a whole number. A
+        row is only counted as done if `dsmooth analyze` could read it."""
+        indices = []
+        for n, line in enumerate(body.split("\n"), start=first_line):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r").split("\t")
+            if len(fields) != len(self.columns) or not fields[0].strip().isdigit():
+                raise UserError(
+                    f"{self.path}, line {n} is not a complete row ({len(fields)} fields, "
+                    f"the header has {len(self.columns)}); remove that line to resume."
+                )
+            indices.append(int(fields[0]))
+        return indices
 
     def append(self, row: dict) -> None:
         """Write one complete row (all columns) and make it durable."""
