@@ -30,10 +30,19 @@ class Composed(nn.Module):
         return self.classifier(x)
 
 
-def compose(classifier: Callable, denoiser: Callable | None = None) -> Callable:
-    """The base classifier f(D(.)) that denoised smoothing certifies."""
+def compose(
+    classifier: Callable, denoiser: Callable | None = None, sigma: float | None = None
+) -> Callable:
+    """The base classifier f(D(.)) that denoised smoothing certifies.
+
+    With `sigma`, a sigma-aware denoiser (one with `for_sigma(sigma)`, e.g. a diffusion
+    model choosing its timestep) is set up for that certification noise level first.
+    """
     if denoiser is None:
         return classifier
+    if sigma is not None and callable(getattr(denoiser, "for_sigma", None)):
+        chosen = denoiser.for_sigma(sigma)
+        denoiser = denoiser if chosen is None else chosen
     if isinstance(classifier, nn.Module) and isinstance(denoiser, nn.Module):
         return Composed(classifier, denoiser)
 

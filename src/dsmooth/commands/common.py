@@ -276,7 +276,7 @@ def load_base(args, device: torch.device):
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
     if denoiser is not None:
         check_denoiser_sigma(denoiser, getattr(args, "sigma", None), getattr(args, "strict", False))
-    return compose(classifier, denoiser)
+    return compose(classifier, denoiser, sigma=getattr(args, "sigma", None))
 
 
 def build_smooth(args, data: ImageSet) -> Smooth:
@@ -406,6 +406,10 @@ def provenance_record(
             "threads": torch.get_num_threads(),
         },
     }
+    denoiser = getattr(base, "denoiser", None) if args.denoiser else None
+    if getattr(denoiser, "timestep", None) is not None:  # a diffusion denoiser's t*
+        informing["denoiser_timestep"] = int(denoiser.timestep)
+        informing["denoiser_steps"] = int(getattr(denoiser, "steps", 1))
     return provenance.record(command, determining, informing)
 
 

@@ -60,6 +60,8 @@ def run(args) -> int:
     precision = resolve_precision(args.precision, torch.device("cpu"))
     images, labels = load_training_set([args.data], args.max_images, split=args.split)
     denoiser = load(args.denoiser)
+    if callable(getattr(denoiser, "for_sigma", None)):  # a diffusion model picks its timestep
+        denoiser.for_sigma(args.sigma)
     check_denoiser_sigma(denoiser, args.sigma, args.strict)
     classifiers = {}
     if args.classifier:

@@ -155,6 +155,8 @@ def denoising_grid(
         panels.append(hwc(noisy))
         preds.append(predict(noisy))
         if denoiser is not None:
+            if callable(getattr(denoiser, "for_sigma", None)):  # a diffusion model's timestep
+                denoiser.for_sigma(sigma)
             denoised = _to_image_tensor(_call(denoiser, noisy, "denoiser"), noisy)
             columns.append(f"D(x + d), σ={sigma:g}")
             panels.append(hwc(denoised))

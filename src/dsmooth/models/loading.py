@@ -4,6 +4,8 @@ Spec forms, tried in order:
 - a dsmooth checkpoint (folder with model.safetensors + config.json, or a `.safetensors`
   file with a dsmooth config);
 - `pretrained:NAME`, or a bare NAME of a shipped model (`dsmooth.list_pretrained()`);
+- `diffusers:PATH` (a diffusers DDPM folder, or `diffusers:PATH?steps=K`): a diffusion
+  denoiser (dsmooth.models.diffusion, docs/diffusion.md);
 - foreign weights `PATH` (`.pt/.pth/.th/.bin/.ckpt/.tar`, or `.safetensors` without a
   dsmooth config) with `arch=`, or written `ARCH:PATH` (e.g. `cifar_resnet20:r20.th`);
   the official denoised-smoothing checkpoints name their own architecture.
@@ -24,6 +26,7 @@ from dsmooth.models.foreign import STATE_DICT_SUFFIXES, import_weights, is_torch
 from dsmooth.models.pretrained import pretrained_path
 
 PRETRAINED_PREFIX = "pretrained:"
+DIFFUSERS_PREFIX = "diffusers:"
 
 
 def split_spec(spec: str, arch: str | None = None) -> tuple[str, str | None]:
@@ -46,6 +49,12 @@ def load_with_config(
     device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, dict] | None:
     """(module in eval mode, config), or None when `spec` is none of the forms above."""
+    if str(spec).startswith(DIFFUSERS_PREFIX) and not Path(spec).exists():
+        from dsmooth.models.diffusion import load_spec
+
+        if arch is not None or mean is not None or std is not None:
+            raise UserError("--arch/--mean/--std do not apply to a diffusers denoiser.")
+        return load_spec(str(spec), device)
     spec, arch = split_spec(str(spec), arch)
     path = Path(spec)
     foreign_options = arch is not None or mean is not None or std is not None
