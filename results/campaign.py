@@ -604,6 +604,7 @@ def run(args) -> int:
                     rc = call(step.command() + extra)
             except KeyboardInterrupt:
                 record(step, before, time.time() - t0, "interrupted")
+                write_status(rates)
                 raise
             if not isinstance(step, Ship):
                 record(step, before, time.time() - t0, "done" if step.done() else f"rc {rc}")
