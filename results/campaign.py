@@ -721,5 +721,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    shutil.which("git")
     sys.exit(main())
