@@ -380,11 +380,21 @@ def steps() -> list:
         + words("--max-val-images 2000 --epochs 40 --batch 128 --lr 0.1 --schedule cosine"
                 " --warmup-epochs 1 --weight-decay 5e-4 --nesterov"),
     )  # fmt: skip
-    clf = model_ref("resnet110", r110.shipped)
+    clf40 = model_ref("resnet110", r110.shipped)
+    # 40 epochs gave 89.92%, under the 90% bar: a warm restart (a short cosine cycle from
+    # the 40-epoch weights) gives the classifier that Stab trains through and all three
+    # logs certify. The MSE DnCNN only validated through the 40-epoch model.
+    r110ft = Train(
+        "resnet110-ft", "cifar10-resnet110-50ep", "train_classifier", 10,
+        words("train-classifier --arch cifar_resnet110 --init", clf40, *data)
+        + words("--max-val-images 2000 --epochs 10 --batch 128 --lr 0.02 --schedule cosine"
+                " --weight-decay 5e-4 --nesterov"),
+    )  # fmt: skip
+    clf = model_ref("resnet110-ft", r110ft.shipped)
     mse = Train(
         "dncnn-mse", "cifar10-dncnn-mse-0.25", "train_mse", 6,
         words(f"train-denoiser --objective mse --sigma {SIGMA} --arch dncnn --classifier",
-              clf, *data)
+              clf40, *data)
         + words("--max-val-images 500 --epochs 6 --batch 64 --lr 1e-3 --schedule cosine"),
     )  # fmt: skip
     mse_ref = model_ref("dncnn-mse", mse.shipped)
@@ -412,10 +422,13 @@ def steps() -> list:
         recipe + ["--val-data", TEST] + words("--max-val-images 500 --epochs 20 --schedule cosine"),
     )  # fmt: skip
     clf_eval = words("evaluate --classifier SPEC --sigma 0.25 --no-progress --json --data", TEST)
-    den_eval = words("test-denoiser --denoiser SPEC --sigma 0.25 --no-progress --classifier",
-                     clf, "--data", BENCH, "--json")  # fmt: skip
-    out: list = [r110, Ship(r110, clf_eval), mse, Ship(mse, den_eval), probes]
-    out += [stab, Ship(stab, den_eval)]
+    def den_eval(classifier: str) -> list[str]:
+        return words("test-denoiser --denoiser SPEC --sigma 0.25 --no-progress --classifier",
+                     classifier, "--data", BENCH, "--json")  # fmt: skip
+
+    out: list = [r110, Ship(r110, clf_eval), mse, Ship(mse, den_eval(clf40))]
+    out += [r110ft, Ship(r110ft, clf_eval), probes]
+    out += [stab, Ship(stab, den_eval(clf))]
     # wrong-after-selection images stop there: the same certified accuracy, less compute
     base = words(f"--sigma {SIGMA} --alpha 0.001 --stop-if-misclassified --classifier", clf)
     base += ["--data", BENCH]

@@ -178,6 +178,38 @@ def test_existing_run_needs_resume_and_same_recipe(tmp_path):
 
 
 @needs_cifar
+def test_init_continues_the_given_classifier(tmp_path):
+    """--init starts from the checkpoint's weights, not a fresh initialisation: with a
+    zero learning rate (constant schedule), the result is the checkpoint itself."""
+    first = _recipe(tmp_path, "first", epochs=1, max_train_images=64, noise_sigma=0.0)
+    assert train_classifier(first) == "done"
+    warm = _recipe(
+        tmp_path,
+        "warm",
+        epochs=1,
+        max_train_images=64,
+        init=first.out,
+        lr=1e-12,
+        schedule="constant",
+        noise_sigma=0.0,
+        label_smoothing=0.0,
+        seed=5,
+    )
+    assert train_classifier(warm) == "done"
+    a, _ = load_checkpoint(first.out)
+    b, config = load_checkpoint(warm.out)
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        if v.is_floating_point() and "running" not in k:
+            assert torch.allclose(v, w, atol=1e-6), k
+    assert config["recipe"]["init"] == first.out
+    bad = _recipe(tmp_path, "bad", epochs=1, init=first.out, arch="cifar_resnet20")
+    with pytest.raises(UserError, match="architecture|--arch"):
+        train_classifier(bad)
+    with pytest.raises(UserError, match="classes"):
+        train_classifier(_recipe(tmp_path, "bad2", epochs=1, init=first.out, num_classes=12))
+
+
+@needs_cifar
 def test_divergence_is_a_user_error_and_keeps_nothing_half_written(tmp_path):
     r = _recipe(tmp_path, epochs=1, max_train_images=64, lr=1e30, noise_sigma=0.0)
     with pytest.raises(UserError, match="diverged"):

@@ -166,6 +166,12 @@ def register(sub) -> None:
     )
     p.add_argument("--num-classes", type=int, default=None, help="default: max label + 1")
     add_arch_kwargs(p)
+    p.add_argument(
+        "--init",
+        default=None,
+        help="classifier checkpoint to continue from (a warm restart with a new schedule, "
+        "e.g. a short low-LR cosine cycle); same --arch and classes",
+    )
     add_data_options(p)
     add_schedule_options(p, lr=0.1, schedule="cosine", epochs=90)
     g = p.add_argument_group("classifier")

@@ -33,6 +33,7 @@ class ClassifierRecipe:
     out: str
     arch_kwargs: dict = field(default_factory=dict)  # constructor options, e.g. depth
     val_data: str | None = None
+    init: str | None = None  # a classifier checkpoint to continue from (warm restart)
     epochs: int = 90
     batch: int = 128
     lr: float = 0.1
@@ -93,8 +94,12 @@ def _train(r, resume) -> str:
         raise UserError(f"the data has label {int(labels.max())} but --num-classes {num_classes}.")
 
     torch.manual_seed(r.seed)
-    kwargs = {**r.arch_kwargs, "num_classes": num_classes}
-    model = build(r.arch, kwargs).to(device, memory_format=fmt)
+    if r.init:
+        model, kwargs = _load_init(r, num_classes)
+    else:
+        kwargs = {**r.arch_kwargs, "num_classes": num_classes}
+        model = build(r.arch, kwargs)
+    model = model.to(device, memory_format=fmt)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=r.lr,
@@ -151,6 +156,31 @@ def _train(r, resume) -> str:
     return loop.run_loop(
         model, optimizer, images, labels, step_fn, validate, export, lr_fn, opts, recipe, resume
     )
+
+
+def _load_init(r: ClassifierRecipe, num_classes: int) -> tuple[torch.nn.Module, dict]:
+    """The --init checkpoint's module and constructor options, checked against the run:
+    a warm restart continues the same network, so architecture and classes must match."""
+    from dsmooth.models.loading import load_with_config
+
+    found = load_with_config(r.init)
+    if found is None:
+        raise UserError(f"cannot load the classifier to continue from {r.init!r}.")
+    model, config = found
+    if config.get("kind", "classifier") != "classifier":
+        raise UserError(f"--init {r.init} holds a {config.get('kind')}, not a classifier.")
+    if config.get("architecture") != r.arch:
+        raise UserError(
+            f"--init holds a {config.get('architecture')!r} classifier but --arch is {r.arch!r}."
+        )
+    if r.arch_kwargs:
+        raise UserError("--arch-kwargs do not apply with --init (the checkpoint has them).")
+    kwargs = dict(config.get("kwargs", {}))
+    if kwargs.get("num_classes", num_classes) != num_classes:
+        raise UserError(
+            f"--init has {kwargs['num_classes']} classes but the run has {num_classes}."
+        )
+    return model.train(), kwargs
 
 
 def build(arch: str, kwargs: dict) -> torch.nn.Module:
