@@ -14,6 +14,17 @@ from torch import nn
 # CPU, and no test pays a torch.compile); tests/test_engine.py covers compile and bf16.
 os.environ.setdefault("DSMOOTH_COMPILE", "0")
 os.environ.setdefault("DSMOOTH_PRECISION", "fp32")
+# ... on torch, unless a test asks for OpenVINO (tests/test_openvino_backend.py), with any
+# OpenVINO graph cache in a folder of the test run's own.
+os.environ.setdefault("DSMOOTH_BACKEND", "torch")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _graph_cache(tmp_path_factory):
+    if "DSMOOTH_CACHE" not in os.environ:
+        os.environ["DSMOOTH_CACHE"] = str(tmp_path_factory.mktemp("dsmooth-cache"))
+    yield
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

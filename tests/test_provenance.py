@@ -36,7 +36,7 @@ def test_log_records_what_determines_its_rows(
     assert len(rec["models"]["classifier"]["sha256"]) == 64
     assert rec["data"]["images"] == 12 and rec["dsmooth_version"]
     err = capsys.readouterr().err
-    assert "dsmooth: engine: precision fp32" in err and "noise v2" in err
+    assert "dsmooth: engine: torch fp32" in err and "noise v2" in err
 
 
 @pytest.mark.parametrize(

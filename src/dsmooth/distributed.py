@@ -220,12 +220,21 @@ def driver_provenance(args, opts: dict, data, sequential: dict | None) -> dict:
 
     device = resolve_device(args.device)
     opts["precision"] = args.precision = resolve_precision(args.precision, device)
+    if args.precision == "int8":
+        raise UserError(
+            "--precision int8 is calibrated per process, so a cluster could mix classifiers; "
+            "use fp32 or bf16 with --workers."
+        )
+    # auto would measure on each worker, and hosts may choose differently: torch it is
+    backend = getattr(args, "backend", "auto")
+    opts["backend"] = args.backend = "torch" if backend == "auto" else backend
     base = common.load_base(args, torch.device("cpu"))
     num_classes = args.num_classes or common.infer_num_classes(base, data, torch.device("cpu"))
     compiled = bool(getattr(args, "compile", False))
     return common.provenance_record(
-        args, base, num_classes, args.precision, device, compiled, data, "certify", sequential
-    )
+        args, base, num_classes, args.precision, device, compiled, data, "certify", sequential,
+        backend=args.backend,
+    )  # fmt: skip
 
 
 def connect(ray, address: str | None, workers: int | None) -> bool:

@@ -12,6 +12,9 @@
   already compiled, and falls back to eager with one warning if compilation fails,
 - runs under `torch.inference_mode`.
 
+With `backend="openvino"` (or `auto`, when OpenVINO measures faster on this host) the
+module runs through `dsmooth.openvino_backend` instead, in fp32, bf16 or int8.
+
 Anything else (black-box callables) passes through unchanged. Noise generation and
 counting stay in `Smooth`; the engine only changes how f is evaluated.
 """
@@ -32,7 +35,12 @@ from torch import nn
 
 from dsmooth.errors import UserError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+BACKENDS = ("auto", "torch", "openvino")
+
+#: Below this many noise samples in a run, compiling (14-35 s once) costs more than it
+#: saves, and `auto` backend does not spend seconds measuring: eager torch it is.
+COMPILE_MIN_SAMPLES = 20_000
 
 #: Batch sizes `--batch auto` chooses from (small batches often win on CPUs: cache).
 BATCH_CANDIDATES = (16, 32, 64, 128, 256)
@@ -43,23 +51,49 @@ def default_precision() -> str:
     return os.environ.get("DSMOOTH_PRECISION", "auto")
 
 
-def default_compile() -> bool:
-    """The --compile default: off when $DSMOOTH_COMPILE is 0/false/no/off, else on.
+def default_compile() -> bool | None:
+    """The --compile default: off when $DSMOOTH_COMPILE is 0/false/no/off, on when it is
+    1/true/yes/on, else None: decided by the size of the run (`for_work`).
 
     The test suite sets DSMOOTH_COMPILE=0 so CLI tests do not pay a compilation each.
     """
-    return os.environ.get("DSMOOTH_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
+    value = os.environ.get("DSMOOTH_COMPILE", "").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    return None
+
+
+def default_backend() -> str:
+    """The --backend default: $DSMOOTH_BACKEND if set, else auto."""
+    return os.environ.get("DSMOOTH_BACKEND", "auto")
 
 
 @dataclass(frozen=True)
 class EngineOptions:
     """How to run the base classifier; the defaults are the fast path."""
 
-    precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the hardware has it)
+    precision: str = "auto"  # fp32 | bf16 | int8 | auto (bf16 where the hardware has it)
     compile: bool = True  # torch.compile with freezing, eager fallback on failure
     channels_last: bool = True
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    backend: str = "auto"  # torch | openvino | auto (measured; needs the image shape)
+
+
+def for_work(options: EngineOptions, samples: int) -> EngineOptions:
+    """`options` settled for a run of about `samples` noise samples: compile=None becomes
+    on only when the run is long enough to repay it, and a short run skips the backend
+    measurement (eager torch: nothing to convert, compile or measure)."""
+    from dataclasses import replace
+
+    large = samples >= COMPILE_MIN_SAMPLES
+    compile_ = large if options.compile is None else options.compile
+    backend = options.backend
+    if backend == "auto" and not large:
+        backend = "torch"
+    return replace(options, compile=compile_, backend=backend)
 
 
 @lru_cache(maxsize=1)
@@ -89,7 +123,8 @@ def native_bf16(device: torch.device | str) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """'fp32' or 'bf16' for a requested precision (auto: bf16 only where native)."""
+    """'fp32', 'bf16' or 'int8' for a requested precision (auto: bf16 only where native;
+    never int8, which is a different classifier and only runs when asked for)."""
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     if precision == "auto":
@@ -125,6 +160,8 @@ class EngineModule(nn.Module):
     sampling run reuses the compiled graph instead of paying for a recompilation.
     """
 
+    backend = "torch"
+
     def __init__(
         self,
         model: nn.Module,
@@ -135,6 +172,8 @@ class EngineModule(nn.Module):
         self.options = options
         self.device = resolve_device(options.device)
         self.precision = resolve_precision(options.precision, self.device)
+        if self.precision == "int8":
+            raise UserError("--precision int8 runs on OpenVINO; use --backend openvino or auto.")
         self.report = report
         set_threads(options.threads)
         model = model.eval().to(self.device)
@@ -226,14 +265,146 @@ def accelerate(
     model: Callable,
     options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen dataclass)
     report: Callable[[str], None] | None = None,
+    image_shape: Sequence[int] | None = None,
+    calibration=None,
 ) -> Callable:
-    """`model` wrapped in an EngineModule, or unchanged if it is not an nn.Module."""
+    """`model` made fast: an EngineModule (torch) or an OpenVINOEngine, or unchanged if
+    it is not an nn.Module.
+
+    OpenVINO needs `image_shape` (C, H, W) to convert the graph, and int8 needs
+    `calibration` (an `openvino_backend.Calibration`). A missing or failing OpenVINO
+    falls back to torch with one warning; `auto` measures both and keeps the faster.
+    """
+    if options.backend not in BACKENDS:
+        raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {options.backend!r}.")
     if not isinstance(model, nn.Module):
         set_threads(options.threads)
         return model
-    if isinstance(model, EngineModule):
+    if isinstance(model, EngineModule) or getattr(model, "backend", None) == "openvino":
         return model
+    device = resolve_device(options.device)
+    precision = resolve_precision(options.precision, device)
+    backend = options.backend
+    if precision == "int8" and backend == "torch":
+        raise UserError("--precision int8 runs on OpenVINO; use --backend openvino or auto.")
+    if precision == "int8":
+        backend = "openvino"
+    if backend != "torch" and device.type != "cpu":
+        if backend == "openvino":
+            raise UserError("the OpenVINO backend runs on the CPU; use --backend torch on GPUs.")
+        backend = "torch"
+    if backend != "torch" and image_shape is None:
+        if backend == "openvino":
+            raise ValueError("the OpenVINO backend needs image_shape to convert the model")
+        backend = "torch"
+    if backend == "openvino":
+        return _openvino_or_torch(model, options, precision, report, image_shape, calibration)
+    if backend == "auto":
+        return _measured_choice(model, options, precision, report, image_shape)
     return EngineModule(model, options, report)
+
+
+def _openvino(model, options, precision, report, image_shape, calibration):
+    from dsmooth.openvino_backend import OpenVINOEngine
+
+    set_threads(options.threads)
+    return OpenVINOEngine(
+        model, tuple(image_shape), precision, options.threads, calibration, report=report
+    )
+
+
+def _torch_fallback(model, options, reason: str, report):
+    from dataclasses import replace
+
+    warnings.warn(
+        f"dsmooth: {reason}; running the base classifier on torch instead.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    precision = options.precision if options.precision != "int8" else "auto"
+    return EngineModule(model, replace(options, precision=precision), report)
+
+
+def _openvino_or_torch(model, options, precision, report, image_shape, calibration):
+    from dsmooth.openvino_backend import unavailable
+
+    reason = unavailable()
+    if reason is not None:
+        return _torch_fallback(model, options, reason, report)
+    try:
+        return _openvino(model, options, precision, report, image_shape, calibration)
+    except UserError:
+        raise
+    except Exception as e:  # a graph OpenVINO cannot convert or compile
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        return _torch_fallback(model, options, f"OpenVINO failed ({type(e).__name__}: {first})",
+                               report)  # fmt: skip
+
+
+def _measured_choice(model, options, precision, report, image_shape):
+    """Torch and OpenVINO at `precision`, each measured for a few seconds on this host as
+    it would run (compiled torch included); the faster one, said in one line. The choice
+    is remembered per model, input, host and options (backend_choices.json in the cache)."""
+    from dsmooth.openvino_backend import (
+        choice_key,
+        module_fingerprint,
+        recall,
+        remember,
+        unavailable,
+    )
+
+    torch_engine = EngineModule(model, options, report)
+    reason = unavailable()
+    if reason is not None:
+        _say(report, f"dsmooth: backend auto: torch ({reason.split(' (')[0]})")
+        return torch_engine
+    fingerprint = module_fingerprint(model)
+    key = choice_key(fingerprint, image_shape, precision, options) if fingerprint else None
+    earlier = recall(key) if key else None
+    if earlier is not None and earlier["backend"] == "torch":
+        _say(report, f"dsmooth: backend auto: torch ({_rates(earlier)}, measured earlier here)")
+        return torch_engine
+    try:
+        ov_engine = _openvino(model, options, precision, report, image_shape, None)
+    except Exception as e:
+        _say(report, f"dsmooth: backend auto: torch (OpenVINO failed: {type(e).__name__})")
+        return torch_engine
+    if earlier is not None:
+        _say(report, f"dsmooth: backend auto: openvino ({_rates(earlier)}, measured earlier here)")
+        return ov_engine
+    x = torch.rand((64, *image_shape), generator=torch.Generator().manual_seed(0))
+    rates = {
+        "torch": measure_throughput(torch_engine, x, 2.0),
+        "openvino": measure_throughput(ov_engine, x, 2.0),
+    }
+    winner = max(rates, key=rates.get)
+    choice = {"backend": winner, "precision": precision, "rates": rates}
+    if key:
+        remember(key, choice)
+    _say(report, f"dsmooth: backend auto: {winner} ({_rates(choice)}, just measured)")
+    return ov_engine if winner == "openvino" else torch_engine
+
+
+def _rates(choice: dict) -> str:
+    r = choice["rates"]
+    return f"{choice['precision']}: openvino {r['openvino']:.0f}/s vs torch {r['torch']:.0f}/s"
+
+
+def _say(report, message: str) -> None:
+    if report is not None:
+        report(message)
+
+
+def is_engine(model) -> bool:
+    """True for what `accelerate` returns around an nn.Module (torch or OpenVINO)."""
+    return isinstance(model, EngineModule) or getattr(model, "backend", None) == "openvino"
+
+
+def backend_of(model) -> str:
+    """'torch' or 'openvino' for an engine; 'none' for a callable the engine leaves alone."""
+    if isinstance(model, EngineModule):
+        return "torch"
+    return getattr(model, "backend", "none")
 
 
 def measure_throughput(
@@ -311,7 +482,7 @@ def count_flops(model: Callable, image_shape: Sequence[int]) -> float:
     Counted with forward hooks on one sample: the layers that dominate CNN inference;
     pointwise ops, pooling and normalisation are left out (as in the usual figures).
     """
-    inner = model.model if isinstance(model, EngineModule) else model
+    inner = getattr(model, "model", model) if is_engine(model) else model
     total = 0.0
 
     def hook(module, inputs, output):

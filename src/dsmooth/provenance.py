@@ -38,6 +38,8 @@ DETERMINING = (
     "noise_version",
     "num_classes",
     "precision",
+    "backend",
+    "calibration",
     "device_type",
     "models",
     "data",
@@ -56,6 +58,8 @@ _FLAGS = {
     "tol": "--tol",
     "seed": "--seed",
     "precision": "--precision",
+    "backend": "--backend",
+    "calibration": "--calibration-images",
     "device_type": "--device",
     "stop_if_misclassified": "--stop-if-misclassified",
 }
@@ -128,6 +132,14 @@ def _comparable(key: str, value):
 def differences(saved: dict, current: dict) -> list[str]:
     out = []
     for key in DETERMINING:
+        if key == "backend":
+            # fp32 computes the same function on either backend (up to summation order, as
+            # batch size and threads do); logs made before engine v2 ran on torch
+            if saved.get("precision") == current.get("precision") == "fp32":
+                continue
+            if (saved.get(key) or "torch") != (current.get(key) or "torch"):
+                out.append(key)
+            continue
         a, b = _comparable(key, saved.get(key)), _comparable(key, current.get(key))
         if a != b:
             out.append(key)

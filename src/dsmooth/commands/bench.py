@@ -7,21 +7,26 @@ weights on 32x32 images:
 (a) the reference implementation's loop (locuslab/smoothing `Smooth._sample_noise`,
     `.cuda()` replaced by the CPU): fp32 eager, batch 400, `torch.randn_like` noise,
     argmax, counts with a Python loop over samples;
-(b) `Smooth.sample_counts` through the engine (`dsmooth.engine`) with the chosen options.
+(b) `Smooth.sample_counts` through the torch engine (`dsmooth.engine`) with the chosen
+    options;
+(c) the same through the OpenVINO backend at the same precision (fp32, or bf16 where
+    OpenVINO has it natively), and (d) OpenVINO int8 (NNCF, calibrated on 64 random
+    images plus noise), when OpenVINO is installed (`--no-openvino` skips them).
 
-It prints samples/s, the ratio b/a, FLOPs per sample (convolutions and linear layers,
+It prints samples/s, the ratios to (a) and to (b), FLOPs per sample (convolutions and linear layers,
 counted with hooks), achieved GFLOP/s, and that as a fraction of the matmul peaks measured
 in the same run (the fp32 peak again in each pipeline's rounds, under the same load).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import ceil
 
 import numpy as np
@@ -71,6 +76,13 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--peak-seconds", type=float, default=1.0, help="time per matmul peak (default 1)"
+    )
+    p.add_argument(
+        "--openvino",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the OpenVINO backend at the torch engine's precision and in int8 "
+        "(default on where OpenVINO is installed)",
     )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--out", default=None, help="also write the report to this file")
@@ -151,6 +163,7 @@ class PipelineResult:
     precision: str
     compiled: bool
     fp32_peak: float  # GFLOP/s, measured in the same interleaved rounds
+    openvino: dict[str, float] = field(default_factory=dict)  # precision -> samples/s
 
     @property
     def ratio(self) -> float:
@@ -159,12 +172,11 @@ class PipelineResult:
 
 def bench_pipeline(spec: str, args, report: Callable[[str], None]) -> PipelineResult:
     from dsmooth import engine
-    from dsmooth.commands.common import engine_options
     from dsmooth.smoothing import Smooth
 
     reference = build_pipeline(spec)
     flops = engine.count_flops(reference, IMAGE_SHAPE)
-    fast = engine.accelerate(copy.deepcopy(reference), engine_options(args))
+    fast = engine.accelerate(copy.deepcopy(reference), torch_engine_options(args))
     batch = args.batch
     if batch == "auto":
         batch = engine.choose_batch_size(fast, IMAGE_SHAPE, report=report)
@@ -176,7 +188,11 @@ def bench_pipeline(spec: str, args, report: Callable[[str], None]) -> PipelineRe
     compile_seconds = sum(getattr(fast, "compile_seconds", {}).values())
     compiled = bool(getattr(fast, "compile_enabled", False))
     reference_sample_noise(reference, x, min(args.reference_batch, args.samples), 400, args.sigma)
+    others = openvino_paths(reference, args, fast, report) if args.openvino else {}
+    for s in others.values():
+        s.sample_counts(x, batch, batch, index=0)  # warm-up
     t_ref = t_eng = 0.0
+    t_other = dict.fromkeys(others, 0.0)
     peaks = []
     for r in range(args.rounds):
         peaks.append(matmul_peak(torch.float32, args.peak_size, args.peak_seconds)[0])
@@ -186,6 +202,10 @@ def bench_pipeline(spec: str, args, report: Callable[[str], None]) -> PipelineRe
         start = time.perf_counter()
         smooth.sample_counts(x, args.samples, batch, index=r + 1)
         t_eng += time.perf_counter() - start
+        for name, s in others.items():
+            start = time.perf_counter()
+            s.sample_counts(x, args.samples, batch, index=r + 1)
+            t_other[name] += time.perf_counter() - start
     total = args.samples * args.rounds
     result = PipelineResult(
         spec,
@@ -197,12 +217,87 @@ def bench_pipeline(spec: str, args, report: Callable[[str], None]) -> PipelineRe
         getattr(fast, "precision", "fp32"),
         compiled,
         float(np.mean(peaks)),
+        {name: total / t for name, t in t_other.items()},
     )
+    extra = "".join(f", openvino {k} {v:.1f}/s" for k, v in result.openvino.items())
     report(
         f"{spec}: reference {result.reference_rate:.1f}/s, engine {result.engine_rate:.1f}/s "
-        f"(x{result.ratio:.2f})"
+        f"(x{result.ratio:.2f}){extra}"
     )
     return result
+
+
+def torch_engine_options(args):
+    """(b): the torch engine with the given flags; compile on unless --no-compile (a
+    benchmark is the long run that compilation pays for)."""
+    from dataclasses import replace
+
+    from dsmooth.commands.common import engine_options
+
+    options = engine_options(args)
+    return replace(options, backend="torch", compile=options.compile is not False)
+
+
+def openvino_paths(reference, args, fast, report) -> dict:
+    """Smooth objects over the OpenVINO backend: the torch engine's precision where
+    OpenVINO has it (else fp32), and int8; empty when OpenVINO is not installed."""
+    from dsmooth import engine, openvino_backend
+    from dsmooth.smoothing import Smooth
+
+    if openvino_backend.unavailable() is not None or torch.device(args.device).type != "cpu":
+        return {}
+    out = {}
+    precision = getattr(fast, "precision", "fp32")
+    g = torch.Generator().manual_seed(1)
+    calibration = openvino_backend.Calibration(
+        torch.rand((64, *IMAGE_SHAPE), generator=g), args.sigma
+    )
+    for p in dict.fromkeys([precision, "int8"]):
+        options = engine.EngineOptions(precision=p, backend="openvino", threads=args.threads)
+        try:
+            ov = engine.accelerate(copy.deepcopy(reference), options, report, IMAGE_SHAPE,
+                                   calibration if p == "int8" else None)  # fmt: skip
+        except Exception as e:  # e.g. no native bf16 in OpenVINO: measure fp32 instead
+            report(f"dsmooth bench: openvino {p} skipped ({e})")
+            continue
+        if engine.backend_of(ov) == "openvino":
+            out[p] = Smooth(ov, NUM_CLASSES, args.sigma, seed=0)
+    return out
+
+
+def openvino_int8_peak(size: int = 1024, min_seconds: float = 1.0) -> float | None:
+    """GOP/s of a size x size int8 matmul run by OpenVINO (an NNCF-quantised linear layer
+    on a batch of `size` rows), or None without OpenVINO and NNCF."""
+    import warnings
+
+    from dsmooth import openvino_backend
+
+    if openvino_backend.unavailable() is not None:
+        return None
+    try:
+        import nncf
+        import openvino as ov
+    except Exception:
+        return None
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(size, size, bias=False).eval()
+    x = torch.randn(size, size, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = ov.convert_model(layer, example_input=x)
+        graph = nncf.quantize(graph, nncf.Dataset([x[:16].numpy()]), subset_size=1)
+    compiled = ov.Core().compile_model(
+        graph,
+        "CPU",
+        {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"},
+    )
+    arr = x.numpy()
+    compiled(arr)
+    calls, start = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < min_seconds:
+        compiled(arr)
+        calls += 1
+    return 2 * size**3 * calls / (time.perf_counter() - start) / 1e9
 
 
 def load_average() -> str:
@@ -240,11 +335,15 @@ def format_report(results: list[PipelineResult], peaks: dict, context: dict) -> 
         "are depressed; (a) and (b) run in interleaved rounds, so the ratio b/a is the "
         "side-by-side comparison.",
         f"matmul peak at start: fp32 {fp32_peak:.1f} GFLOP/s ({fp32_size}^2), bf16 "
-        f"{bf16_peak:.1f} GFLOP/s ({bf16_size}^2); '% fp32 pk' uses the fp32 peak measured "
-        "again in each pipeline's interleaved rounds (same load as (a) and (b))",
+        f"{bf16_peak:.1f} GFLOP/s ({bf16_size}^2), int8 (OpenVINO) "
+        + (f"{peaks['int8']:.1f} GOP/s (1024^2)" if peaks.get("int8") else "not measured")
+        + "; '% fp32 pk' uses the fp32 peak measured again in each pipeline's interleaved "
+        "rounds (same load as (a) and (b))",
         f"(a) reference: fp32 eager NCHW, batch {context['reference_batch']}, randn_like, "
         "Python counting loop",
-        f"(b) engine: {context['engine']}",
+        f"(b) torch engine: {context['engine']}",
+        "(c) OpenVINO at (b)'s precision where OpenVINO has it natively, else fp32; (d) "
+        "OpenVINO int8 (NNCF, 64 random calibration images); same batch, same noise",
         f"samples per side: {context['samples']} x {context['rounds']} rounds",
         "",
         f"{'pipeline':<24}{'GFLOP/smp':>10}{'(a) smp/s':>11}{'(b) smp/s':>11}{'b/a':>7}"
@@ -267,12 +366,26 @@ def format_report(results: list[PipelineResult], peaks: dict, context: dict) -> 
                 f"the reference: {'MET' if met else 'NOT MET'}; at 100% of the best measured "
                 f"matmul peak this machine could do at most {best / r.gflop:.0f} samples/s"
             )
+    ov_rows = [r for r in results if r.openvino]
+    ov_lines: list[str] = []
+    if ov_rows:
+        ov_lines = ["", f"{'pipeline':<24}{'backend':<18}{'smp/s':>9}{'x (a)':>8}{'x (b)':>8}"
+                  f"{'% fp32 pk':>10}{'% bf16 pk':>10}{'% int8 pk':>10}"]  # fmt: skip
+    for r in ov_rows:
+        for p, rate in r.openvino.items():
+            achieved = r.gflop * rate
+            int8 = f"{100 * achieved / peaks['int8']:>10.1f}" if peaks.get("int8") else f"{'':>10}"
+            ov_lines.append(
+                f"{r.spec:<24}{'openvino ' + p:<18}{rate:>9.1f}{rate / r.reference_rate:>8.2f}"
+                f"{rate / r.engine_rate:>8.2f}{100 * achieved / r.fp32_peak:>10.1f}"
+                f"{100 * achieved / bf16_peak:>10.1f}{int8}"
+            )
+    lines += ov_lines
     return "\n".join(lines)
 
 
 def run(args) -> int:
     from dsmooth import engine
-    from dsmooth.commands.common import engine_options
     from dsmooth.errors import UserError
     from dsmooth.smoothing import check_count
 
@@ -285,13 +398,14 @@ def run(args) -> int:
     for spec in args.pipelines:  # fail before measuring anything
         build_pipeline(spec)
     report = engine.stderr_report
-    options = engine_options(args)
+    options = torch_engine_options(args)
     engine.set_threads(options.threads)
     load_start = load_average()
     report("dsmooth bench: measuring the matmul peaks ...")
     peaks = {
         "fp32": matmul_peak(torch.float32, args.peak_size, args.peak_seconds),
         "bf16": matmul_peak(torch.bfloat16, args.peak_size, args.peak_seconds),
+        "int8": openvino_int8_peak(1024, args.peak_seconds) if args.openvino else None,
     }
     results = [bench_pipeline(spec, args, report) for spec in args.pipelines]
     precision = engine.resolve_precision(options.precision, engine.resolve_device(options.device))

@@ -164,14 +164,31 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         choices=engine.PRECISIONS,
         default=engine.default_precision(),
         help="arithmetic inside the base classifier; auto = bf16 where the hardware has it "
-        "(AMX/AVX512-BF16 CPU, CUDA), else fp32. Noise is always float32 (default auto)",
+        "(AMX/AVX512-BF16 CPU, CUDA), else fp32; int8 (OpenVINO, calibrated on noisy "
+        "images of --data) only when asked. Noise is always float32 (default auto)",
+    )
+    g.add_argument(
+        "--backend",
+        choices=engine.BACKENDS,
+        default=engine.default_backend(),
+        help="what runs a PyTorch base classifier: torch (bf16/inductor), openvino, or auto: "
+        "measure both for a few seconds on this host and keep the faster, remembered per "
+        "model and host (default auto; runs under 20000 samples use torch)",
+    )
+    g.add_argument(
+        "--calibration-images",
+        type=int,
+        default=300,
+        help="int8: the first N images of --data, plus noise at --sigma from its own seeded "
+        "stream, calibrate the quantisation (default 300)",
     )
     g.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=engine.default_compile(),
         help="torch.compile the base classifier (freezing), once per process and batch shape; "
-        "falls back to eager with a warning if compilation fails (default on)",
+        "falls back to eager with a warning if compilation fails (default: on for runs of "
+        f"{engine.COMPILE_MIN_SAMPLES} noise samples or more, where it repays its 15-35 s)",
     )
     g.add_argument(
         "--channels-last",
@@ -195,7 +212,28 @@ def engine_options(args):
         channels_last=getattr(args, "channels_last", defaults.channels_last),
         device=getattr(args, "device", defaults.device),
         threads=getattr(args, "threads", defaults.threads),
+        backend=getattr(args, "backend", defaults.backend),
     )
+
+
+def planned_samples(args, data: ImageSet) -> int:
+    """About how many noise samples the run draws (at most): images x (n0 + n or n_max)."""
+    stop = len(data) if getattr(args, "max", -1) < 0 else min(args.max, len(data))
+    images = len(range(0, stop, max(1, getattr(args, "skip", 1))))
+    n = max(args.n, getattr(args, "n_max", None) or 0)
+    return images * (getattr(args, "n0", 0) + n)
+
+
+def calibration_for(args, data: ImageSet, precision: str):
+    """int8's calibration set: the first --calibration-images images at --sigma, or None."""
+    if precision != "int8":
+        return None
+    from dsmooth.openvino_backend import Calibration
+
+    count = getattr(args, "calibration_images", 300)
+    check_count("calibration-images", count)
+    images = torch.stack([data.image(i) for i in range(min(count, len(data)))])
+    return Calibration(images, float(args.sigma), int(args.seed))
 
 
 def add_sequential_options(p: argparse.ArgumentParser) -> None:
@@ -293,7 +331,15 @@ def build_smooth(args, data: ImageSet) -> Smooth:
         )
     from dsmooth import engine
 
-    base = engine.accelerate(base, engine_options(args), report=engine.stderr_report)
+    options = engine.for_work(engine_options(args), planned_samples(args, data))
+    precision = engine.resolve_precision(options.precision, device)
+    base = engine.accelerate(
+        base,
+        options,
+        report=engine.stderr_report,
+        image_shape=tuple(data.image(0).shape),
+        calibration=calibration_for(args, data, precision),
+    )
     if getattr(args, "batch", None) == "auto":
         args.batch = engine.choose_batch_size(
             base, tuple(data.image(0).shape), report=engine.stderr_report
@@ -339,10 +385,10 @@ def log_provenance(
 ) -> dict:
     """The provenance record of a certify/predict log (dsmooth.provenance): what decides
     its rows, from the models and engine actually built, not from the flags' defaults."""
-    from dsmooth.engine import EngineModule
+    from dsmooth.engine import backend_of, is_engine
 
     base = smooth.base_classifier
-    engine = base if isinstance(base, EngineModule) else None
+    engine = base if is_engine(base) else None
     return provenance_record(
         args,
         engine.model if engine is not None else base,
@@ -353,6 +399,9 @@ def log_provenance(
         data,
         command,
         sequential,
+        backend=backend_of(base),
+        calibration=getattr(engine, "calibration", None),
+        graph_cache=getattr(engine, "cache", None),
     )
 
 
@@ -366,6 +415,9 @@ def provenance_record(
     data: ImageSet,
     command: str,
     sequential: dict | None,
+    backend: str = "torch",
+    calibration: dict | None = None,
+    graph_cache: str | None = None,
 ) -> dict:
     """The record from its parts (the Ray driver has no engine of its own)."""
     from dsmooth import noise, provenance
@@ -391,6 +443,8 @@ def provenance_record(
         "noise_version": noise.NOISE_VERSION,
         "num_classes": num_classes,
         "precision": precision,
+        "backend": backend,
+        "calibration": calibration,
         "device_type": torch.device(device).type,
         "models": models,
         "data": {"spec": str(args.data), "images": len(data)},
@@ -400,6 +454,8 @@ def provenance_record(
         "device": str(device),
         "engine": {
             "asked_precision": getattr(args, "precision", None),
+            "asked_backend": getattr(args, "backend", None),
+            "graph_cache": graph_cache,
             "compile": compiled,
             "channels_last": bool(getattr(args, "channels_last", False)),
             "batch": args.batch,
@@ -417,7 +473,8 @@ def report_engine(record: dict) -> None:
     """One line on stderr: how the base classifier really runs (docs/engine.md)."""
     e = record["engine"]
     print(
-        f"dsmooth: engine: precision {record['precision']} (asked {e['asked_precision']}), "
+        f"dsmooth: engine: {record.get('backend', 'torch')} {record['precision']} "
+        f"(asked {e.get('asked_backend')} {e['asked_precision']}), "
         f"device {record['device']}, compile {'on' if e['compile'] else 'off'}, "
         f"channels_last {'on' if e['channels_last'] else 'off'}, batch {e['batch']}, "
         f"{e['threads']} threads, noise v{record['noise_version']}",
