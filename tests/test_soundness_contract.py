@@ -230,3 +230,38 @@ def test_sequential_doc_says_p_at_most_one_half():
     text = " ".join((REPO / "docs" / "sequential.md").read_text().split())
     assert "not the top class, then p <= 1/2" in text
     assert "then p < 1/2" not in text
+
+
+def test_grayscale_images_through_an_rgb_model_are_refused(tmp_path, capsys):
+    """A Normalize layer broadcasts 1 -> 3 channels, so grayscale images would run
+    through an RGB classifier with one noise draw shared by all three channels; the
+    declared input (first convolution, ONNX/Keras input shape) must match the data."""
+    import numpy as np
+    import torch
+
+    from dsmooth.cli import main
+    from dsmooth.models import create
+    from dsmooth.models.checkpoint import save_checkpoint
+    from dsmooth.sources.contract import declared_channels
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "resnet"
+    save_checkpoint(
+        create("cifar_resnet20", num_classes=3),
+        ckpt,
+        {"architecture": "cifar_resnet20", "kwargs": {"num_classes": 3}},
+    )
+    gray = tmp_path / "gray.npz"
+    rng = np.random.default_rng(0)
+    np.savez(gray, images=rng.integers(0, 256, (4, 8, 8, 1), dtype=np.uint8), labels=[0, 1, 2, 0])
+    out = tmp_path / "log.tsv"
+    argv = ["certify", "--data", str(gray), "--classifier", str(ckpt), "--sigma", "0.25"]
+    assert main([*argv, "--n0", "5", "--n", "10", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "1 channel but the classifier takes 3" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(["evaluate", "--data", str(gray), "--classifier", str(ckpt)]) == 2
+    assert "1 channel but the classifier takes 3" in capsys.readouterr().err
+    assert declared_channels(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3))) == 1
+    assert declared_channels(torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3)))) == 2
+    assert declared_channels(torch.nn.Linear(3, 2)) is None

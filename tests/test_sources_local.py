@@ -23,6 +23,7 @@ from byoc_models import NUM_CLASSES, LabelHead, build
 from safetensors.torch import save_file
 
 from dsmooth.base import to_labels
+from dsmooth.errors import UserError
 from dsmooth.export import export
 from dsmooth.models.checkpoint import save_checkpoint
 from dsmooth.noise import NoiseStream
@@ -170,3 +171,14 @@ def test_contract_round_trip_through_a_foreign_convention(noisy, reference, tmp_
     assert torch.equal(got, reference)
     options["channel_order"] = "RGB"  # a wrong contract gives other answers
     assert not torch.equal(labels_of(path, noisy, **options), reference)
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "torchscript", "onnx"])
+def test_each_source_declares_its_input_channels(kind, files):
+    """What the grayscale-through-RGB check reads (tests/test_soundness_contract.py)."""
+    from dsmooth.sources.contract import check_channels, declared_channels
+
+    model = load_model(str(files[kind]))
+    assert declared_channels(model) == 3
+    with pytest.raises(UserError, match="1 channel but the classifier takes 3"):
+        check_channels(model, 1, "classifier")

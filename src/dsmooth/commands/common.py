@@ -301,9 +301,10 @@ def check_sampling(args) -> None:
         raise UserError(f"skip must be at least 1, got {args.skip}.")
 
 
-def load_base(args, device: torch.device):
+def load_base(args, device: torch.device, channels: int | None = None):
     """f(D(.)) from --classifier (with its foreign-weights and contract flags) and the
-    optional --denoiser, checked against --sigma (and --strict) when the command has them."""
+    optional --denoiser, checked against --sigma (and --strict) when the command has them,
+    and against the images' `channels` when given."""
     classifier = load_model(
         args.classifier,
         role="classifier",
@@ -314,13 +315,19 @@ def load_base(args, device: torch.device):
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
     if denoiser is not None:
         check_denoiser_sigma(denoiser, getattr(args, "sigma", None), getattr(args, "strict", False))
+    if channels is not None:
+        from dsmooth.sources.contract import check_channels
+
+        check_channels(classifier, channels, "classifier")
+        if denoiser is not None:
+            check_channels(denoiser, channels, "denoiser")
     return compose(classifier, denoiser, sigma=getattr(args, "sigma", None))
 
 
 def build_smooth(args, data: ImageSet) -> Smooth:
     """Load models, infer and check num_classes, and wrap them in a Smooth."""
     device = torch.device(args.device)
-    base = load_base(args, device)
+    base = load_base(args, device, channels=int(data.image(0).shape[0]))
     num_classes = args.num_classes or infer_num_classes(base, data, device)
     if args.num_classes is not None:
         probe_output_size(base, data, device, num_classes)

@@ -55,7 +55,7 @@ def run(args) -> int:
     if len(indices) == 0:
         raise UserError(f"{args.data}: no images selected.")
     result = evaluate_accuracy(
-        common.load_base(args, torch.device(args.device)),
+        common.load_base(args, torch.device(args.device), int(data.image(0).shape[0])),
         data,
         args.sigma,
         indices,

@@ -114,6 +114,37 @@ def detect_layout(shape: Sequence) -> str | None:
     return None
 
 
+def declared_channels(model) -> int | None:
+    """The channels a model's input takes, where the model says: the declared input
+    shape of a source that reads one (ONNX, Keras), else the first convolution of a torch
+    module; None when nothing says (a linear model, a remote server)."""
+    shape = getattr(model, "input_shape", None)
+    contract = getattr(model, "contract", None)
+    if isinstance(shape, (tuple, list)) and len(shape) == 4 and contract is not None:
+        d = shape[3] if contract.layout == "NHWC" else shape[1]
+        return d if isinstance(d, int) and d > 0 else None
+    if isinstance(model, torch.nn.Module):
+        for m in model.modules():
+            conv = isinstance(m, torch.nn.Conv2d) or getattr(m, "original_name", "") == "Conv2d"
+            weight = getattr(m, "weight", None) if conv else None
+            if isinstance(weight, torch.Tensor) and weight.ndim == 4:
+                return int(weight.shape[1]) * int(getattr(m, "groups", 1) or 1)
+    return None
+
+
+def check_channels(model, channels: int, role: str) -> None:
+    """A UserError when images with `channels` channels would reach a model built for
+    another number: a Normalize layer broadcasts 1 -> 3, so grayscale images would run
+    through an RGB classifier with all three channels sharing one noise draw."""
+    want = declared_channels(model)
+    if want is not None and want != channels:
+        raise UserError(
+            f"the images have {channels} channel{'s' if channels != 1 else ''} but the "
+            f"{role} takes {want}; convert the images (e.g. grayscale to RGB) or use a "
+            f"{role} for {channels}-channel input."
+        )
+
+
 def parse_size(text: str | None) -> tuple[int, int] | None:
     """`224x224` or `224` -> (224, 224)."""
     if text is None or text == "":

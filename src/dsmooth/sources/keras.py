@@ -91,6 +91,7 @@ def load(
     if contract.dtype != "float32":
         raise UserError("Keras models run white-box on float inputs; drop --input-dtype uint8.")
     module = KerasClassifier(model, contract, image_output)
+    module.input_shape = shape
     for p in module.parameters():
         p.requires_grad_(False)
     return module.to(device).eval()

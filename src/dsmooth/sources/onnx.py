@@ -53,6 +53,7 @@ class OnnxClassifier:
         if len(inputs) != 1:
             raise UserError(f"{path} has {len(inputs)} inputs; dsmooth feeds one image batch.")
         self.input = inputs[0]
+        self.input_shape = tuple(self.input.shape)
         self.dtype = _NUMPY_TYPES.get(self.input.type)
         if self.dtype is None:
             raise UserError(
