@@ -37,7 +37,7 @@ from dsmooth.errors import UserError
 PRECISIONS = ("fp32", "bf16", "int8")
 #: Calibration images for int8 when the caller does not say (NNCF's default is 300).
 CALIBRATION_IMAGES = 300
-_GRAPH_FORMAT = 1  # bump when what a cache entry holds changes
+_GRAPH_FORMAT = 2  # bump when what a cache entry holds changes
 
 
 def unavailable() -> str | None:
@@ -328,7 +328,16 @@ class OpenVINOEngine:
                 f"{calibration.sigma:g} (cached after) ..."
             )
         dataset = nncf.Dataset([noisy[i : i + 1] for i in range(len(noisy))])
-        return nncf.quantize(graph, dataset, subset_size=len(noisy))
+        # NNCF's defaults (symmetric activations, fast bias correction) agreed with fp32 on
+        # 79% of noisy draws through the Stab DnCNN + ResNet-20; the mixed preset
+        # (asymmetric activations) with full bias correction on 93% (AVX2 host, 640 draws)
+        return nncf.quantize(
+            graph,
+            dataset,
+            subset_size=len(noisy),
+            preset=nncf.QuantizationPreset.MIXED,
+            fast_bias_correction=False,
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.image_shape:
