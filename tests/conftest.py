@@ -64,3 +64,20 @@ def tiny_data_file(tmp_path) -> Path:
         labels=rng.integers(0, 3, 12),
     )
     return path
+
+
+@pytest.fixture
+def conv_checkpoint(tmp_path) -> Path:
+    """A dsmooth checkpoint of a 3-class CIFAR ResNet-20: an nn.Module source, so the
+    engine can compile or convert it, with a first convolution that takes 3 channels."""
+    from dsmooth.models import create
+    from dsmooth.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path / "resnet"
+    save_checkpoint(
+        create("cifar_resnet20", num_classes=3),
+        path,
+        {"architecture": "cifar_resnet20", "kwargs": {"num_classes": 3}},
+    )
+    return path

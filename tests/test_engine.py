@@ -224,22 +224,6 @@ def test_bad_engine_options_are_user_errors():
 # --- the CLI: engine flags, --batch auto, compile fallback ---------------------------------
 
 
-@pytest.fixture
-def conv_checkpoint(tmp_path):
-    """A dsmooth checkpoint (an nn.Module source, so the engine can compile it)."""
-    from dsmooth.models import create
-    from dsmooth.models.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path / "resnet"
-    save_checkpoint(
-        create("cifar_resnet20", num_classes=3),
-        path,
-        {"architecture": "cifar_resnet20", "kwargs": {"num_classes": 3}},
-    )
-    return path
-
-
 def _certify(data, classifier, out, *extra):
     argv = ["certify", "--data", str(data), "--classifier", str(classifier), "--out", str(out)]
     argv += ["--sigma", "0.25", "--n0", "10", "--n", "60", "--alpha", "0.01", "--max", "3"]

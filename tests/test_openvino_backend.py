@@ -185,15 +185,11 @@ def test_resuming_across_backends_is_refused_only_where_the_arithmetic_differs()
     assert differences(calibrated, {**calibrated, "calibration": {"images": 9}}) == ["calibration"]
 
 
-def test_cli_openvino_fp32_log_equals_torch_and_int8_is_recorded(tiny_data_file, tmp_path, capsys):
-    from dsmooth.models import create
-    from dsmooth.models.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    ckpt = tmp_path / "resnet"
-    model = create("cifar_resnet20", num_classes=3)
-    save_checkpoint(model, ckpt, {"architecture": "cifar_resnet20", "kwargs": {"num_classes": 3}})
-    argv = ["certify", "--data", str(tiny_data_file), "--classifier", str(ckpt), "--sigma", "0.25"]
+def test_cli_openvino_fp32_log_equals_torch_and_int8_is_recorded(
+    tiny_data_file, conv_checkpoint, tmp_path, capsys
+):
+    argv = ["certify", "--data", str(tiny_data_file), "--classifier", str(conv_checkpoint)]
+    argv += ["--sigma", "0.25"]
     argv += ["--n0", "10", "--n", "60", "--alpha", "0.01", "--max", "3", "--no-progress"]
     rows = {}
     for name, flags in {

@@ -232,7 +232,7 @@ def test_sequential_doc_says_p_at_most_one_half():
     assert "then p < 1/2" not in text
 
 
-def test_grayscale_images_through_an_rgb_model_are_refused(tmp_path, capsys):
+def test_grayscale_images_through_an_rgb_model_are_refused(conv_checkpoint, tmp_path, capsys):
     """A Normalize layer broadcasts 1 -> 3 channels, so grayscale images would run
     through an RGB classifier with one noise draw shared by all three channels; the
     declared input (first convolution, ONNX/Keras input shape) must match the data."""
@@ -240,17 +240,9 @@ def test_grayscale_images_through_an_rgb_model_are_refused(tmp_path, capsys):
     import torch
 
     from dsmooth.cli import main
-    from dsmooth.models import create
-    from dsmooth.models.checkpoint import save_checkpoint
     from dsmooth.sources.contract import declared_channels
 
-    torch.manual_seed(0)
-    ckpt = tmp_path / "resnet"
-    save_checkpoint(
-        create("cifar_resnet20", num_classes=3),
-        ckpt,
-        {"architecture": "cifar_resnet20", "kwargs": {"num_classes": 3}},
-    )
+    ckpt = conv_checkpoint
     gray = tmp_path / "gray.npz"
     rng = np.random.default_rng(0)
     np.savez(gray, images=rng.integers(0, 256, (4, 8, 8, 1), dtype=np.uint8), labels=[0, 1, 2, 0])

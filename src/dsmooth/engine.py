@@ -108,6 +108,21 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (else what the platform says)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def native_bf16(device: torch.device | str) -> bool:
     """True where bf16 matmuls run in hardware (AMX or AVX512-BF16 CPUs, bf16 GPUs).
 

@@ -180,17 +180,11 @@ class GraphCache:
 
 def _host() -> str:
     """The CPU model and the flags that decide which backend is faster."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from dsmooth.engine import _cpu_flags, cpu_model
+
+    flags = _cpu_flags()
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
-    return f"{model} [{' '.join(f for f in wanted if f in flags)}] x{os.cpu_count()}"
+    return f"{cpu_model()} [{' '.join(f for f in wanted if f in flags)}] x{os.cpu_count()}"
 
 
 def choice_key(fingerprint: str, image_shape, precision: str, options) -> str:

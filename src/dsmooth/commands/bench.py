@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -307,17 +306,6 @@ def load_average() -> str:
         return "n/a"
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def format_report(results: list[PipelineResult], peaks: dict, context: dict) -> str:
     from dsmooth.engine import native_bf16
 
@@ -411,7 +399,7 @@ def run(args) -> int:
     precision = engine.resolve_precision(options.precision, engine.resolve_device(options.device))
     compiled = all(r.compiled for r in results)
     context = {
-        "cpu": cpu_name(),
+        "cpu": engine.cpu_model(),
         "load_start": load_start,
         "reference_batch": args.reference_batch,
         "samples": args.samples,
