@@ -323,8 +323,9 @@ class OpenVINOEngine:
             )
         dataset = nncf.Dataset([noisy[i : i + 1] for i in range(len(noisy))])
         # NNCF's defaults (symmetric activations, fast bias correction) agreed with fp32 on
-        # 79% of noisy draws through the Stab DnCNN + ResNet-20; the mixed preset
-        # (asymmetric activations) with full bias correction on 93% (AVX2 host, 640 draws)
+        # 83% of noisy draws through the Stab DnCNN + ResNet-20; the mixed preset
+        # (asymmetric activations) with full bias correction on 93%
+        # (benchmarks/results/precision_agreement_stab_resnet20_avx2.txt)
         return nncf.quantize(
             graph,
             dataset,
