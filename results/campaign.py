@@ -439,9 +439,11 @@ def steps() -> list:
     out += [stab, Ship(stab, den_eval(clf))]
     # wrong-after-selection images stop there: the same certified accuracy, less compute.
     # fp32 on every host: a log may continue on another host type, and fp32 is the same f
-    # on torch and OpenVINO (auto keeps the faster), where bf16 would not be.
+    # on torch and OpenVINO (auto keeps the faster), where bf16 would not be. Lattice noise
+    # (the default for these uint8 images, named so that no default can change a log):
+    # certificates exact in floating point (docs/certification.md).
     base = words(f"--sigma {SIGMA} --alpha 0.001 --stop-if-misclassified --precision fp32"
-                 " --classifier", clf)  # fmt: skip
+                 " --noise lattice --classifier", clf)  # fmt: skip
     base += ["--data", BENCH]
     seq = words("--method sequential --n0 100 --n 10000 --radius", *RADII)
     cp100 = words("--n0 100 --n 10000 --max 2000")  # the first 100 of the 500

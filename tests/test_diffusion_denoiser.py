@@ -112,13 +112,13 @@ def test_timestep_follows_sigma_and_unreachable_sigmas_are_user_errors():
     for s, t in zip((0.12, 0.25, 0.5, 1.0), ts, strict=True):
         assert abs(ratio(alphas, t) - 2 * s) <= abs(ratio(alphas, t + 1) - 2 * s)
         assert abs(ratio(alphas, t) - 2 * s) <= abs(ratio(alphas, t - 1) - 2 * s)
-    top = ratio(alphas, len(alphas) - 1)
-    assert timestep_for_sigma(alphas, 1.05 * top / 2) == len(alphas) - 1  # within tolerance
+    top, bottom = ratio(alphas, len(alphas) - 1), ratio(alphas, 0)
+    assert timestep_for_sigma(alphas, 0.97 * bottom / 2) == 0  # within tolerance
     for bad in (0.001, 2 * top, 0.0, -0.25, math.nan):
         with pytest.raises(UserError, match="sigma"):
             timestep_for_sigma(alphas, bad)
     with pytest.raises(UserError, match=r"reaches \(sigma 0\.005 to 78\.7"):
-        DiffusionDenoiser(PointEps(alphas, torch.zeros(1)), alphas, sigma=100.0)
+        DiffusionDenoiser(PointEps(alphas, torch.zeros(1)), alphas, sigma=0.001)
 
 
 def test_denoiser_without_sigma_refuses_to_run():
@@ -311,3 +311,39 @@ def test_visualize_sets_the_timestep_per_sigma(
     argv += ["--denoiser", f"diffusers:{ddpm_folder}", "--indices", "0", "--sigmas", "0.12", "0.5"]
     assert main([*argv, "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_serve_and_export_need_sigma_for_a_diffusion_denoiser(
+    ddpm_folder, tiny_classifier_file, tmp_path, capsys
+):
+    spec = f"diffusers:{ddpm_folder}"
+    out = tmp_path / "d.pt"
+    export = ["export", "--denoiser", spec, "--format", "torchscript", "--out", str(out)]
+    serve = ["serve", "--classifier", str(tiny_classifier_file), "--denoiser", spec]
+    for argv in (export, serve):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "give --sigma" in err[0], err
+    assert main([*export, "--sigma", "-1"]) == 2
+    assert not out.exists()
+
+
+def test_export_with_sigma_writes_the_denoiser_at_its_timestep(ddpm_folder, tmp_path):
+    out = tmp_path / "d.pt"
+    argv = ["export", "--denoiser", f"diffusers:{ddpm_folder}", "--format", "torchscript"]
+    argv += ["--out", str(out), "--input-shape", "3,8,8", "--sigma", "0.5"]
+    assert main(argv) == 0
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = load_diffusers(ddpm_folder, sigma=0.5)(x)
+    assert torch.allclose(torch.jit.load(str(out))(x), expected, atol=1e-5)
+
+
+def test_bench_builds_the_ddpm_cifar10_unet_with_random_weights():
+    pytest.importorskip("diffusers")
+    from dsmooth.commands.bench import DDPM, build_pipeline
+
+    pipeline = build_pipeline(f"{DDPM}+cifar_resnet20", sigma=0.5)
+    unet = pipeline.denoiser.model
+    assert 35.5e6 < sum(p.numel() for p in unet.parameters()) < 36e6
+    assert pipeline.denoiser.timestep == timestep_for_sigma(linear_alphas(), 0.5)

@@ -36,7 +36,8 @@ def test_log_records_what_determines_its_rows(
     assert len(rec["models"]["classifier"]["sha256"]) == 64
     assert rec["data"]["images"] == 12 and rec["dsmooth_version"]
     err = capsys.readouterr().err
-    assert "dsmooth: engine: torch fp32" in err and "noise v2" in err
+    assert "dsmooth: engine: torch fp32" in err and "noise v2 lattice" in err
+    assert rec["noise"] == "lattice"  # uint8 data: --noise auto draws lattice noise
 
 
 @pytest.mark.parametrize(
@@ -47,6 +48,7 @@ def test_log_records_what_determines_its_rows(
         (["--n", "400"], "--n "),
         (["--seed", "3"], "--seed"),
         (["--method", "sequential"], "--method"),
+        (["--noise", "gaussian"], "--noise"),
     ],
 )
 def test_resume_with_other_settings_is_refused(
@@ -90,6 +92,38 @@ def test_a_log_without_record_resumes_with_a_warning(
     assert "no provenance record" in capsys.readouterr().err
     assert json.loads(sidecar(out).read_text())["rows_before_record"] == 4
     assert len(read_rows(out)[1]) == 12
+
+
+def test_a_record_from_before_lattice_noise_resumes_only_with_gaussian_noise(
+    tiny_data_file, tiny_classifier_file, tmp_path, capsys
+):
+    """Records written before --noise existed have no `noise` key: their rows used float
+    noise, so they resume with --noise gaussian and not with lattice noise."""
+    out = tmp_path / "log.tsv"
+    old = [*certify_args(tiny_data_file, tiny_classifier_file, out), "--noise", "gaussian"]
+    assert main([*old, "--max", "4"]) == 0
+    record = json.loads(sidecar(out).read_text())
+    del record["noise"]
+    sidecar(out).write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(certify_args(tiny_data_file, tiny_classifier_file, out)) == 2  # auto: lattice
+    err = capsys.readouterr().err
+    assert "--noise (log: 'gaussian', now: 'lattice')" in err
+    assert main(old) == 0
+    assert len(read_rows(out)[1]) == 12
+
+
+def test_lattice_noise_on_float_images_is_refused(tiny_classifier_file, tmp_path, capsys):
+    data = tmp_path / "float.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, images=rng.random((4, 8, 8, 3), dtype=np.float32), labels=np.zeros(4, int))
+    out = tmp_path / "log.tsv"
+    args = [*certify_args(data, tiny_classifier_file, out), "--noise", "lattice"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs 8-bit images" in err[0] and not out.exists()
+    assert main(certify_args(data, tiny_classifier_file, out, "--max", "1")) == 0  # auto
+    assert json.loads(sidecar(out).read_text())["noise"] == "gaussian"
 
 
 def test_a_stale_record_of_a_deleted_log_is_replaced(

@@ -126,7 +126,7 @@ def test_cli_certify_and_predict_against_server(server, data, tmp_path, capsys):
     common += ["--batch", str(BATCH), "--no-progress", "--alpha", "0.01"]
     args = ["certify", "--classifier", url, *common, "--n0", str(N0), "--request-size", "32"]
     assert main([*args, "--out", str(tmp_path / "c.tsv"), "--concurrency", "3"]) == 0
-    local = Smooth(build(), NUM_CLASSES, SIGMA, seed=3)
+    local = Smooth(build(), NUM_CLASSES, SIGMA, seed=3, noise="lattice")  # uint8 data: auto
     certify_dataset(local, data, tmp_path / "l.tsv", N0, N, 0.01, BATCH, progress=False)
     assert [r[:5] for r in rows(tmp_path / "c.tsv")[1:]] == [
         r[:5] for r in rows(tmp_path / "l.tsv")[1:]
@@ -157,7 +157,7 @@ def test_query_budget_stops_cleanly_and_rerun_resumes(server, data, tmp_path, ca
     assert main([*args, "--max-queries", str(per_image + 1)]) == 0
     final = rows(out)
     assert [int(r[0]) for r in final[1:]] == [0, 1, 2]
-    local = Smooth(build(), NUM_CLASSES, SIGMA, seed=3)
+    local = Smooth(build(), NUM_CLASSES, SIGMA, seed=3, noise="lattice")  # uint8 data: auto
     certify_dataset(local, data, tmp_path / "l.tsv", N0, N, 0.01, BATCH, progress=False)
     assert [r[:5] for r in final[1:]] == [r[:5] for r in rows(tmp_path / "l.tsv")[1:]]
 
@@ -195,7 +195,7 @@ def test_ray_workers_count_queries_like_a_single_process(server, data, tmp_path)
     options.update(batch=BATCH, seed=3, alpha=0.01, request_size=32)
     summary = certify_on_ray(options, tmp_path / "ray.tsv", workers=2, sort=True, progress=False)
     assert summary.images == len(data) and summary.failures == 0
-    remote = Smooth(load_model(url, request_size=32), NUM_CLASSES, SIGMA, seed=3)
+    remote = Smooth(load_model(url, request_size=32), NUM_CLASSES, SIGMA, seed=3, noise="lattice")
     certify_dataset(remote, data, tmp_path / "one.tsv", N0, N, 0.01, BATCH, progress=False)
     ray_rows, one_rows = rows(tmp_path / "ray.tsv"), rows(tmp_path / "one.tsv")
     assert ray_rows[0] == one_rows[0] and ray_rows[0][-1] == "queries"

@@ -25,6 +25,11 @@ class ImageSet:
     images: np.ndarray
     labels: np.ndarray
     classes: list[str] = field(default_factory=list)
+    #: Image files relative to the folder (when read from one): logged with each row.
+    files: list[str] | None = None
+    #: Labels are the ranks of the subfolder names, which only `match_classes` makes the
+    #: classifier's labels.
+    labels_from_folders: bool = False
 
     def __len__(self) -> int:
         return len(self.images)
@@ -97,6 +102,8 @@ class ImageFolder:
     own sizes, which a classifier with a fixed input size accepts only if they match.
     """
 
+    labels_from_folders = True
+
     def __init__(
         self,
         files: list[Path],
@@ -105,7 +112,8 @@ class ImageFolder:
         size: int | None = None,
         resize: int | None = None,
     ):
-        self.files = files
+        self.paths = files
+        self.files = [f"{p.parent.name}/{p.name}" for p in files]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = classes
         self.size = size
@@ -124,7 +132,7 @@ class ImageFolder:
 
         from dsmooth.datasets import resize_center_crop
 
-        file = self.files[i]
+        file = self.paths[i]
         try:
             with Image.open(file) as im:
                 im = im.convert("RGB")
@@ -158,6 +166,55 @@ def load_folder(path: Path, size: int | None = None, resize: int | None = None) 
     if size is not None and size < 1:
         raise UserError(f"--size must be a positive number of pixels, got {size}.")
     return ImageFolder(files, labels, classes, size, resize)
+
+
+def parse_class_names(spec: str, flag: str = "--class-names") -> list[str]:
+    """'cifar10' or comma-separated class names, in label order."""
+    if spec.strip().lower() in ("cifar10", "cifar-10"):
+        from dsmooth.datasets import CIFAR10_CLASSES
+
+        return list(CIFAR10_CLASSES)
+    names = [n.strip() for n in spec.split(",")]
+    if not all(names):
+        raise UserError(f"{flag} has an empty name: {spec!r}.")
+    if len(set(names)) != len(names):
+        raise UserError(f"{flag} names a class twice: {spec!r}.")
+    return names
+
+
+def match_classes(data, num_classes: int, names: list[str] | None = None) -> None:
+    """Make the data's labels the classifier's: an image folder's subfolders are matched
+    to `names` (the classifier's classes in label order) by name; without names they
+    must be exactly as many as the classifier's classes, or their sorted ranks would be
+    silently wrong labels (a folder holding 5 of 10 classes makes "cat" label 2)."""
+    from_folders = getattr(data, "labels_from_folders", False)
+    if names is not None:
+        if len(names) != num_classes:
+            raise UserError(
+                f"--class-names lists {len(names)} classes but the classifier has {num_classes}."
+            )
+        if from_folders:
+            folded = {n.casefold(): i for i, n in enumerate(names)}
+            unknown = [c for c in data.classes if c.casefold() not in folded]
+            if unknown:
+                raise UserError(
+                    f"class subfolder(s) {', '.join(unknown[:5])} are not among --class-names "
+                    f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})."
+                )
+            ranks = np.array([folded[c.casefold()] for c in data.classes], dtype=np.int64)
+            data.labels = ranks[data.labels]
+            data.labels_from_folders = False
+        elif len(data.labels) and int(data.labels.max()) >= len(names):
+            raise UserError(f"the data has label {int(data.labels.max())} beyond --class-names.")
+        data.classes = list(names)
+        return
+    if from_folders and len(data.classes) != num_classes:
+        raise UserError(
+            f"the data has {len(data.classes)} class subfolders but the classifier has "
+            f"{num_classes} classes, so the folders' sorted order cannot be its labels; give "
+            "the classifier's classes in label order with --class-names (e.g. cifar10), and "
+            "the subfolders are matched to them by name."
+        )
 
 
 def _extended_spec(spec: str) -> bool:

@@ -243,7 +243,9 @@ def load_image_folder(
             f"{folder}: images have different sizes ({len(shapes)} kinds); give a size "
             "(--size) to resize and crop them."
         )
-    return ImageSet(np.stack(images), listing.labels, listing.classes)
+    return ImageSet(
+        np.stack(images), listing.labels, listing.classes, listing.files, labels_from_folders=True
+    )
 
 
 def resize_center_crop(image, size: int, resize: int | None = None):

@@ -161,7 +161,7 @@ def certify_dataset(
     sorted by index at the end.
     """
     from dsmooth.commands import common
-    from dsmooth.jobs import select_indices
+    from dsmooth.jobs import select_indices, with_file_column
 
     opts = certify_options(options, out)
     for key in ("data", "classifier", "denoiser"):  # workers may run in another folder
@@ -181,6 +181,7 @@ def certify_dataset(
     if is_remote(opts["classifier"]):  # as the single-process log: queries spent per image
         columns = (*columns, "queries")
     data = common.load_data(args)
+    columns = with_file_column(args.out, columns, data)
     indices = select_indices(len(data), args.skip, args.max)
     if not Path(args.out).parent.exists():
         raise UserError(f"the output folder {Path(args.out).parent} does not exist.")
@@ -210,9 +211,9 @@ def certify_dataset(
 
 
 def driver_provenance(args, opts: dict, data, sequential: dict | None) -> dict:
-    """Resolve `--precision auto` once, here, so that workers on different hosts all run
-    the same arithmetic (a mixed cluster cannot mix bf16 and fp32 rows), and build the
-    log's provenance record from the models loaded on the driver."""
+    """Resolve `--precision auto` (and `--noise auto`) once, here, so that workers on
+    different hosts all run the same arithmetic (a mixed cluster cannot mix bf16 and fp32
+    rows), and build the log's provenance record from the models loaded on the driver."""
     import torch
 
     from dsmooth.commands import common
@@ -228,12 +229,13 @@ def driver_provenance(args, opts: dict, data, sequential: dict | None) -> dict:
     # auto would measure on each worker, and hosts may choose differently: torch it is
     backend = getattr(args, "backend", "auto")
     opts["backend"] = args.backend = "torch" if backend == "auto" else backend
+    opts["noise"] = args.noise = common.resolve_noise(args, data)
     base = common.load_base(args, torch.device("cpu"))
     num_classes = args.num_classes or common.infer_num_classes(base, data, torch.device("cpu"))
     compiled = bool(getattr(args, "compile", False))
     return common.provenance_record(
         args, base, num_classes, args.precision, device, compiled, data, "certify", sequential,
-        backend=args.backend,
+        backend=args.backend, noise_mode=args.noise,
     )  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from dsmooth.base import module_device
 from dsmooth.data import ImageSet
 from dsmooth.errors import UserError
-from dsmooth.noise import normal
+from dsmooth.noise import check_sigma, normal
 
 #: Noise stage of evaluation draws (distinct from the certification stages 0-2, 1000+).
 STAGE_EVALUATE = 3
@@ -49,8 +49,8 @@ def evaluate_accuracy(
     """{'n', 'clean_correct', 'clean_accuracy'} and, with sigma, the same for noisy inputs
     x + N(0, sigma^2) (one draw per image, seeded by (seed, index); not clipped, as in
     smoothing)."""
-    if sigma is not None and not sigma > 0:
-        raise UserError(f"sigma must be a positive number, got {sigma}.")
+    if sigma is not None:
+        check_sigma(sigma)
     if batch < 1:
         raise UserError(f"batch must be at least 1, got {batch}.")
     if isinstance(model, torch.nn.Module):

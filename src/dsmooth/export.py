@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from dsmooth.errors import UserError
+from dsmooth.errors import UserError, brief
 
 FORMATS = ("onnx", "torchscript", "keras")
 #: Largest |exported - original| allowed, times max(1, max |original|).
@@ -42,8 +42,15 @@ def max_error(expected: np.ndarray, got: np.ndarray) -> float:
 
 
 def reference(model: nn.Module, inputs: np.ndarray) -> np.ndarray:
+    """The PyTorch outputs, or a UserError when the model does not take such inputs."""
     with torch.inference_mode():
-        return model(torch.from_numpy(inputs)).float().numpy()
+        try:
+            return model(torch.from_numpy(inputs)).float().numpy()
+        except Exception as e:
+            raise UserError(
+                f"the model fails on images of shape {tuple(inputs.shape[1:])} ({brief(e)}); "
+                "give its input shape with --input-shape C,H,W."
+            ) from None
 
 
 def sample_inputs(shape: tuple[int, int, int], n: int = 4, seed: int = 0) -> np.ndarray:

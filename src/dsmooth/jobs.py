@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -60,7 +61,8 @@ def certify_row(
         if c_hat != label:
             row = {"idx": i, "label": label, "predict": c_hat, "radius": 0.0, "correct": 0}
             row["time"] = format_time(time.perf_counter() - start)
-            return {**row, **({"n_used": n0} if sequential is not None else {}), **extra}
+            used = {"n_used": n0} if sequential is not None else {}
+            return {**row, **used, **extra, **file_of(data, i)}
     if sequential is None:
         prediction, radius = smooth.certify(data.image(i), n0, n, alpha, batch_size, index=i)
     else:
@@ -77,6 +79,7 @@ def certify_row(
         "correct": int(prediction == label),
         "time": format_time(time.perf_counter() - start),
         **extra,
+        **file_of(data, i),
     }
 
 
@@ -92,7 +95,35 @@ def predict_row(
         "predict": prediction,
         "correct": int(prediction == label),
         "time": format_time(time.perf_counter() - start),
+        **file_of(data, i),
     }
+
+
+#: Image-folder data: each row names its image (subfolder/file), to trace it back.
+FILE = "file"
+
+
+def file_of(data, i: int) -> dict:
+    """{"file": name} for data read from an image folder, else {} (a row dict ignores
+    keys that are not columns of its log)."""
+    files = getattr(data, "files", None)
+    if not files:
+        return {}
+    return {FILE: " ".join(str(files[i]).split())}  # no tab or newline inside a field
+
+
+def with_file_column(out, columns: tuple, data) -> tuple:
+    """The log's columns, plus `file` for image-folder data, unless the log exists from a
+    version without that column (it then resumes as it was written)."""
+    if not getattr(data, "files", None):
+        return tuple(columns)
+    path = Path(out)
+    if path.is_file():
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            header = fh.readline().rstrip("\r\n").split("\t")
+        if header == list(columns):
+            return tuple(columns)
+    return (*columns, FILE)
 
 
 def run(rows, log: ResultLog, indices: Iterable[int], desc: str, progress: bool = True) -> int:
@@ -190,5 +221,6 @@ def _log_dataset(
     """`row(i)` for the selected images into the log `out` (with the queries column
     when the classifier is remote); returns rows written."""
     columns, rows = count_queries(smooth, columns, row)
+    columns = with_file_column(out, columns, data)
     with ResultLog(out, columns, provenance) as log:
         return run(rows, log, select_indices(len(data), skip, max_index), desc, progress)

@@ -17,8 +17,12 @@ version 1, so logs record `NOISE_VERSION`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+
+from dsmooth.errors import UserError
 
 #: Changes whenever the noise an image sees changes; recorded with every result log.
 NOISE_VERSION = 2
@@ -35,6 +39,25 @@ STAGE_PREDICT = 2
 #: sequential certification (dsmooth.sequential), so no round reuses another's noise.
 SEQUENTIAL_FIRST_STAGE = 1000
 SEQUENTIAL_MAX_ROUNDS = 1000
+
+
+#: Above this, sigma is surely in the wrong units: noise ten times the whole pixel range.
+MAX_SIGMA = 10.0
+
+
+def check_sigma(sigma, name: str = "sigma") -> float:
+    """sigma as a float, or a UserError: it must be positive and finite, and in [0, 1]
+    pixel units (0.25 is 64/255), so a 0-255 value such as 64 is refused with a hint."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise UserError(f"{name} must be a positive number, got {sigma}.")
+    if not math.isfinite(sigma):
+        raise UserError(f"{name} must be a positive number, got {sigma}.")
+    if sigma > MAX_SIGMA:
+        raise UserError(
+            f"{name} {sigma:g} is far beyond the pixel range: sigma is in [0, 1] pixel units "
+            f"(0.25 is 64/255); if {sigma:g} is in 0-255 units, use {sigma / 255:.4g}."
+        )
+    return float(sigma)
 
 
 def sequential_stage(round_no: int) -> int:

@@ -2,7 +2,7 @@
 
 `LOG.json` (next to `LOG`, e.g. `run.tsv.json`) holds every parameter that determines the
 log's rows: the command, sigma, alpha, n0, n, the method and its targets / n_max / tol,
-the seed, the noise version, the models with checksums of their weights, the resolved
+the seed, the noise version and mode, the models with checksums of their weights, the resolved
 precision and device, and the data; plus what only informs (dsmooth and torch versions,
 the engine options, the host). Resuming a log with parameters that would produce other
 rows is an error that names the difference, so one log never mixes two experiments.
@@ -36,6 +36,7 @@ DETERMINING = (
     "tol",
     "seed",
     "noise_version",
+    "noise",
     "num_classes",
     "precision",
     "backend",
@@ -43,6 +44,7 @@ DETERMINING = (
     "device_type",
     "models",
     "data",
+    "class_names",
     "stop_if_misclassified",
 )
 
@@ -57,10 +59,12 @@ _FLAGS = {
     "n_max": "--n-max",
     "tol": "--tol",
     "seed": "--seed",
+    "noise": "--noise",
     "precision": "--precision",
     "backend": "--backend",
     "calibration": "--calibration-images",
     "device_type": "--device",
+    "class_names": "--class-names",
     "stop_if_misclassified": "--stop-if-misclassified",
 }
 
@@ -140,6 +144,10 @@ def differences(saved: dict, current: dict) -> list[str]:
             if (saved.get(key) or "torch") != (current.get(key) or "torch"):
                 out.append(key)
             continue
+        if key == "noise":  # logs made before lattice noise existed used float noise
+            if (saved.get(key) or "gaussian") != (current.get(key) or "gaussian"):
+                out.append(key)
+            continue
         a, b = _comparable(key, saved.get(key)), _comparable(key, current.get(key))
         if a != b:
             out.append(key)
@@ -152,7 +160,10 @@ def _describe(key: str, saved: dict, current: dict) -> str:
         roles = sorted(r for r in set(a) | set(b) if a.get(r) != b.get(r))
         return "the " + " and ".join(roles or ["models"]) + " (other weights)"
     flag = _FLAGS.get(key, key)
-    return f"{flag} (log: {saved.get(key)!r}, now: {current.get(key)!r})"
+    before, now = saved.get(key), current.get(key)
+    if key == "noise":
+        before, now = before or "gaussian", now or "gaussian"
+    return f"{flag} (log: {before!r}, now: {now!r})"
 
 
 def check_or_write(log: str | os.PathLike, current: dict, rows: int) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.stats import beta, norm
 
 from dsmooth.errors import UserError
-from dsmooth.noise import SEQUENTIAL_MAX_ROUNDS, STAGE_SELECT, sequential_stage
+from dsmooth.noise import SEQUENTIAL_MAX_ROUNDS, STAGE_SELECT, check_sigma, sequential_stage
 from dsmooth.stats import check_alpha
 
 ABSTAIN = -1
@@ -123,8 +123,7 @@ class SequentialPlan:
 
 
 def check_plan(plan: SequentialPlan) -> None:
-    if not (plan.sigma > 0) or math.isinf(plan.sigma):
-        raise UserError(f"sigma must be a positive number, got {plan.sigma}.")
+    check_sigma(plan.sigma)
     check_alpha(plan.alpha)
     if int(plan.n_max) < 1:
         raise UserError(f"n_max must be at least 1, got {plan.n_max}.")

@@ -7,7 +7,6 @@ maps a float [0, 1] NCHW batch to labels or scores, and returns numbers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -16,9 +15,14 @@ import torch
 from dsmooth import stats
 from dsmooth.base import label_function, module_device
 from dsmooth.errors import UserError
-from dsmooth.noise import STAGE_ESTIMATE, STAGE_PREDICT, STAGE_SELECT, NoiseStream
+from dsmooth.noise import STAGE_ESTIMATE, STAGE_PREDICT, STAGE_SELECT, NoiseStream, check_sigma
 
 ABSTAIN = -1
+
+#: How noise is drawn (docs/certification.md): "gaussian" adds float noise to x, as Cohen
+#: et al. do; "lattice" adds the Gaussian rounded to the 1/255 lattice, sampled exactly,
+#: which is sound in floating point for 8-bit images (dsmooth.lattice).
+NOISE_MODES = ("gaussian", "lattice")
 
 
 def check_image(x) -> torch.Tensor:
@@ -48,16 +52,27 @@ class Smooth:
 
     Randomness is derived from (seed, index, stage), so `certify(x, ..., index=i)`
     gives the same answer whatever the batch size or the worker that runs it. `index` is a
-    required keyword: a default would give every image the same noise.
+    required keyword: a default would give every image the same noise. With
+    `noise="lattice"` the images must be 8-bit (every pixel m / 255), and the certificate
+    is exact in floating point for f after rounding to that lattice (dsmooth.lattice).
     """
 
     ABSTAIN = ABSTAIN
 
-    def __init__(self, base_classifier: Callable, num_classes: int, sigma: float, seed: int = 0):
-        if not (sigma > 0) or math.isinf(sigma):
-            raise UserError(f"sigma must be a positive number, got {sigma}.")
+    def __init__(
+        self,
+        base_classifier: Callable,
+        num_classes: int,
+        sigma: float,
+        seed: int = 0,
+        noise: str = "gaussian",
+    ):
+        sigma = check_sigma(sigma)
         if int(num_classes) < 2:
             raise UserError(f"num_classes must be at least 2, got {num_classes}.")
+        if noise not in NOISE_MODES:
+            raise UserError(f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}.")
+        self.noise = noise
         self.base_classifier = base_classifier
         self.num_classes = int(num_classes)
         self.sigma = float(sigma)
@@ -129,12 +144,25 @@ class Smooth:
         """
         check_count("batch_size", batch_size)
         x = check_image(x).to(self.device)
-        stream = NoiseStream(x.shape, self.sigma, self.seed, index, stage, self.device)
+        if self.noise == "lattice":
+            from dsmooth.lattice import LatticeNoiseStream, from_levels, to_levels
+
+            levels = to_levels(x).to(torch.int32)
+            stream = LatticeNoiseStream(x.shape, self.sigma, self.seed, index, stage, self.device)
+
+            def noisy(m: int) -> torch.Tensor:
+                return from_levels(stream.take(m).to(torch.int32).add_(levels))
+        else:
+            stream = NoiseStream(x.shape, self.sigma, self.seed, index, stage, self.device)
+
+            def noisy(m: int) -> torch.Tensor:
+                return stream.take(m).add_(x)
+
         counts = torch.zeros(self.num_classes, dtype=torch.int64)
         remaining = int(num)
         while remaining > 0:
             m = min(batch_size, remaining)
-            batch = stream.take(m).add_(x)
+            batch = noisy(m)
             counts += torch.bincount(self._labels(batch), minlength=self.num_classes)
             remaining -= m
         check_counts(counts, int(num), self.num_classes)

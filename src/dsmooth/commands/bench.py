@@ -54,7 +54,9 @@ def register(sub) -> None:
         nargs="+",
         default=DEFAULT_PIPELINES,
         metavar="[DENOISER+]CLASSIFIER",
-        help=f"registry architectures (default: {' '.join(DEFAULT_PIPELINES)})",
+        help="registry architectures, or ddpm_cifar10 as the denoiser (google/ddpm-cifar10-32's "
+        f"UNet, random weights; needs the [diffusion] extra) (default: "
+        f"{' '.join(DEFAULT_PIPELINES)})",
     )
     p.add_argument(
         "--samples", type=int, default=800, help="noise samples per side per round (default 800)"
@@ -118,7 +120,12 @@ def reference_sample_noise(
 # --- measurements -----------------------------------------------------------------------
 
 
-def build_pipeline(spec: str) -> torch.nn.Module:
+#: A denoiser name that is not a registry architecture: the UNet of google/ddpm-cifar10-32
+#: with random weights, one-shot at t* for --sigma (docs/diffusion.md).
+DDPM = "ddpm_cifar10"
+
+
+def build_pipeline(spec: str, sigma: float = 0.25) -> torch.nn.Module:
     """`dncnn+cifar_resnet110` -> Composed(classifier, denoiser) with random weights."""
     from dsmooth.base import compose
     from dsmooth.errors import UserError
@@ -129,7 +136,13 @@ def build_pipeline(spec: str) -> torch.nn.Module:
         raise UserError(f"a pipeline is [DENOISER+]CLASSIFIER, got {spec!r}.")
     torch.manual_seed(0)
     classifier = create(parts[-1])
-    denoiser = create(parts[0]) if len(parts) == 2 else None
+    denoiser = None
+    if len(parts) == 2 and parts[0] == DDPM:
+        from dsmooth.models.diffusion import random_ddpm_cifar10
+
+        denoiser = random_ddpm_cifar10(sigma)
+    elif len(parts) == 2:
+        denoiser = create(parts[0])
     return compose(classifier, denoiser).eval().requires_grad_(False)
 
 
@@ -173,7 +186,7 @@ def bench_pipeline(spec: str, args, report: Callable[[str], None]) -> PipelineRe
     from dsmooth import engine
     from dsmooth.smoothing import Smooth
 
-    reference = build_pipeline(spec)
+    reference = build_pipeline(spec, args.sigma)
     flops = engine.count_flops(reference, IMAGE_SHAPE)
     fast = engine.accelerate(copy.deepcopy(reference), torch_engine_options(args))
     batch = args.batch
@@ -374,17 +387,16 @@ def format_report(results: list[PipelineResult], peaks: dict, context: dict) -> 
 
 def run(args) -> int:
     from dsmooth import engine
-    from dsmooth.errors import UserError
+    from dsmooth.noise import check_sigma
     from dsmooth.smoothing import check_count
 
     for name in ("samples", "rounds", "reference_batch", "peak_size"):
         check_count(name.replace("_", "-"), getattr(args, name))
     if args.batch != "auto":
         check_count("batch", args.batch)
-    if not (args.sigma > 0):
-        raise UserError(f"sigma must be a positive number, got {args.sigma}.")
+    check_sigma(args.sigma)
     for spec in args.pipelines:  # fail before measuring anything
-        build_pipeline(spec)
+        build_pipeline(spec, args.sigma)
     report = engine.stderr_report
     options = torch_engine_options(args)
     engine.set_threads(options.threads)

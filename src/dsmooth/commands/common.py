@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
+import numpy as np
 import torch
 
 from dsmooth.base import compose, to_labels
 from dsmooth.commands import source_options
-from dsmooth.data import ImageSet, load_images
+from dsmooth.data import ImageSet, load_images, match_classes, parse_class_names
 from dsmooth.errors import UserError, brief
-from dsmooth.smoothing import Smooth, check_count
+from dsmooth.noise import check_sigma
+from dsmooth.smoothing import NOISE_MODES, Smooth, check_count
 from dsmooth.sources import load_model
 from dsmooth.stats import check_alpha
 
@@ -80,6 +83,24 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max", type=int, default=-1, help="stop before this image index (default: all)"
     )
+    add_class_names_option(g)
+
+
+def add_class_names_option(g) -> None:
+    g.add_argument(
+        "--class-names",
+        default=None,
+        help="the classifier's classes in label order, comma-separated, or 'cifar10': an "
+        "image folder's subfolders are matched to them by name (needed when the folder "
+        "holds only some of the classes; default: the sorted subfolder names, which must "
+        "then be as many as the classifier's classes)",
+    )
+
+
+def align_labels(args, data, num_classes: int) -> None:
+    """The data's labels in the classifier's label order (dsmooth.data.match_classes)."""
+    spec = getattr(args, "class_names", None)
+    match_classes(data, num_classes, parse_class_names(spec) if spec else None)
 
 
 def add_sampling_options(p: argparse.ArgumentParser, certify: bool) -> None:
@@ -104,6 +125,15 @@ def add_sampling_options(p: argparse.ArgumentParser, certify: bool) -> None:
         help="noise samples per forward pass, or 'auto' to measure the fastest (default 64)",
     )
     g.add_argument("--seed", type=int, default=0, help="noise seed (per image: seed, index)")
+    g.add_argument(
+        "--noise",
+        choices=("auto", *NOISE_MODES),
+        default="auto",
+        help="gaussian: float noise added to x (Cohen et al.); lattice: the Gaussian rounded "
+        "to the 1/255 grid and sampled exactly, which makes the certificate sound in "
+        "floating point for 8-bit images (docs/certification.md); auto: lattice for 8-bit "
+        "data (uint8 npz, image folders), else gaussian (default auto)",
+    )
     g.add_argument("--out", required=True, help="result log (TSV); an existing log is resumed")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_strict_option(g)
@@ -118,6 +148,36 @@ def add_strict_option(p) -> None:
         help="refuse a denoiser whose checkpoint records a different sigma than --sigma "
         "(default: one warning on stderr)",
     )
+
+
+def add_denoiser_sigma_option(p) -> None:
+    """--sigma for commands that run f(D(.)) outside certification (serve, export)."""
+    p.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help="the noise level the denoiser will see ([0, 1] pixel units): required for a "
+        "diffusion denoiser, which picks its timestep from it; checked against a dsmooth "
+        "denoiser's training sigma otherwise",
+    )
+
+
+def prepare_denoiser(denoiser, sigma: float | None, strict: bool = False):
+    """The denoiser set up for --sigma: positive if given, required by a sigma-aware
+    denoiser (a diffusion model picks its timestep), compared with a checkpoint's sigma."""
+    if sigma is not None:
+        check_sigma(sigma)
+    if denoiser is None:
+        return None
+    if sigma is None and callable(getattr(denoiser, "for_sigma", None)):
+        raise UserError(
+            "this denoiser picks its denoising step from the noise level: give --sigma "
+            "(the sigma the served or exported model will see)."
+        )
+    check_denoiser_sigma(denoiser, sigma, strict)
+    if sigma is not None and callable(getattr(denoiser, "for_sigma", None)):
+        denoiser = denoiser.for_sigma(sigma) or denoiser
+    return denoiser
 
 
 def check_denoiser_sigma(denoiser, sigma: float | None, strict: bool = False) -> None:
@@ -165,7 +225,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         default=engine.default_precision(),
         help="arithmetic inside the base classifier; auto = bf16 where the hardware has it "
         "(AMX/AVX512-BF16 CPU, CUDA), else fp32; int8 (OpenVINO, calibrated on noisy "
-        "images of --data) only when asked. Noise is always float32 (default auto)",
+        "images of --data) only when asked; noise is added in float32 before it (default auto)",
     )
     g.add_argument(
         "--backend",
@@ -287,8 +347,7 @@ def sequential_settings(args) -> dict | None:
 
 
 def check_sampling(args) -> None:
-    if not (args.sigma > 0):
-        raise UserError(f"sigma must be a positive number, got {args.sigma}.")
+    check_sigma(args.sigma)
     check_alpha(args.alpha)
     if getattr(args, "n0", 1) < 1:
         check_count("n0", args.n0)
@@ -299,6 +358,18 @@ def check_sampling(args) -> None:
         check_count("threads", args.threads)
     if args.skip < 1:
         raise UserError(f"skip must be at least 1, got {args.skip}.")
+    check_out_folder(args.out)
+
+
+def check_out_folder(out) -> None:
+    """A UserError, before anything is loaded or printed, when the log cannot be created."""
+    from pathlib import Path
+
+    folder = Path(out).parent
+    if not folder.is_dir():
+        raise UserError(f"the output folder {folder} does not exist.")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"the output folder {folder} is not writable.")
 
 
 def load_base(args, device: torch.device, channels: int | None = None):
@@ -326,11 +397,14 @@ def load_base(args, device: torch.device, channels: int | None = None):
 
 def build_smooth(args, data: ImageSet) -> Smooth:
     """Load models, infer and check num_classes, and wrap them in a Smooth."""
-    device = torch.device(args.device)
+    from dsmooth.engine import resolve_device
+
+    device = resolve_device(args.device)
     base = load_base(args, device, channels=int(data.image(0).shape[0]))
     num_classes = args.num_classes or infer_num_classes(base, data, device)
     if args.num_classes is not None:
         probe_output_size(base, data, device, num_classes)
+    align_labels(args, data, num_classes)
     if len(data.labels) and int(data.labels.max()) >= num_classes:
         raise UserError(
             f"the data has label {int(data.labels.max())} but the classifier has "
@@ -351,7 +425,28 @@ def build_smooth(args, data: ImageSet) -> Smooth:
         args.batch = engine.choose_batch_size(
             base, tuple(data.image(0).shape), report=engine.stderr_report
         )
-    return Smooth(base, num_classes, args.sigma, seed=args.seed)
+    return Smooth(base, num_classes, args.sigma, seed=args.seed, noise=resolve_noise(args, data))
+
+
+def resolve_noise(args, data) -> str:
+    """--noise auto is lattice for 8-bit data and gaussian otherwise; asking for lattice
+    noise on float data is refused, since only 8-bit images sit on the lattice."""
+    asked = getattr(args, "noise", "gaussian")
+    eight_bit = is_eight_bit(data)
+    if asked == "auto":
+        return "lattice" if eight_bit else "gaussian"
+    if asked == "lattice" and not eight_bit:
+        raise UserError(
+            f"--noise lattice needs 8-bit images, but {args.data} holds float images; "
+            "use --noise gaussian, or store the images as uint8."
+        )
+    return asked
+
+
+def is_eight_bit(data) -> bool:
+    """Whether every image is m / 255 by construction: uint8 arrays and image files."""
+    images = getattr(data, "images", None)
+    return images is None or images.dtype == np.uint8
 
 
 def _probe(base, data: ImageSet, device):
@@ -409,6 +504,7 @@ def log_provenance(
         backend=backend_of(base),
         calibration=getattr(engine, "calibration", None),
         graph_cache=getattr(engine, "cache", None),
+        noise_mode=smooth.noise,
     )
 
 
@@ -425,6 +521,7 @@ def provenance_record(
     backend: str = "torch",
     calibration: dict | None = None,
     graph_cache: str | None = None,
+    noise_mode: str = "gaussian",
 ) -> dict:
     """The record from its parts (the Ray driver has no engine of its own)."""
     from dsmooth import noise, provenance
@@ -448,6 +545,7 @@ def provenance_record(
         "tol": (sequential or {}).get("tol"),
         "seed": args.seed,
         "noise_version": noise.NOISE_VERSION,
+        "noise": noise_mode,
         "num_classes": num_classes,
         "precision": precision,
         "backend": backend,
@@ -455,6 +553,7 @@ def provenance_record(
         "device_type": torch.device(device).type,
         "models": models,
         "data": {"spec": str(args.data), "images": len(data)},
+        "class_names": getattr(args, "class_names", None),
         "stop_if_misclassified": bool(getattr(args, "stop_if_misclassified", False)),
     }
     informing = {
@@ -484,6 +583,7 @@ def report_engine(record: dict) -> None:
         f"(asked {e.get('asked_backend')} {e['asked_precision']}), "
         f"device {record['device']}, compile {'on' if e['compile'] else 'off'}, "
         f"channels_last {'on' if e['channels_last'] else 'off'}, batch {e['batch']}, "
-        f"{e['threads']} threads, noise v{record['noise_version']}",
+        f"{e['threads']} threads, noise v{record['noise_version']} "
+        f"{record.get('noise', 'gaussian')}",
         file=sys.stderr,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from dsmooth.commands import common
+from dsmooth.noise import check_sigma
 
 
 def register(sub) -> None:
@@ -27,6 +28,7 @@ def register(sub) -> None:
     g.add_argument("--size", type=int, default=None, help="image folders: resize+crop to SIZE")
     g.add_argument("--skip", type=int, default=1, help="use every SKIP-th image (default 1)")
     g.add_argument("--max", type=int, default=-1, help="stop before this index (default: all)")
+    common.add_class_names_option(g)
     g = p.add_argument_group("evaluation")
     g.add_argument("--sigma", type=float, default=None, help="also report accuracy under noise")
     g.add_argument("--batch", type=int, default=256, help="images per forward pass (256)")
@@ -39,23 +41,26 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import numpy as np
-    import torch
 
     from dsmooth.datasets import load_dataset
+    from dsmooth.engine import resolve_device
     from dsmooth.errors import UserError
     from dsmooth.evaluation import evaluate_accuracy
 
     if args.skip < 1:
         raise UserError(f"skip must be at least 1, got {args.skip}.")
-    if args.sigma is not None and not args.sigma > 0:
-        raise UserError(f"sigma must be a positive number, got {args.sigma}.")
+    if args.sigma is not None:
+        check_sigma(args.sigma)
     data = load_dataset(args.data, args.split, args.size)
     stop = len(data) if args.max < 0 else min(args.max, len(data))
     indices = np.arange(0, stop, args.skip)
     if len(indices) == 0:
         raise UserError(f"{args.data}: no images selected.")
+    device = resolve_device(args.device)
+    base = common.load_base(args, device, int(data.image(0).shape[0]))
+    common.align_labels(args, data, common.infer_num_classes(base, data, device))
     result = evaluate_accuracy(
-        common.load_base(args, torch.device(args.device), int(data.image(0).shape[0])),
+        base,
         data,
         args.sigma,
         indices,

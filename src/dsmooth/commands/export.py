@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dsmooth.commands import common
 from dsmooth.errors import UserError
 
 
@@ -22,6 +23,7 @@ def register(sub) -> None:
         default=None,
         help="classifier to export behind the denoiser (any PyTorch source)",
     )
+    common.add_denoiser_sigma_option(p)
     p.add_argument("--format", required=True, choices=("onnx", "torchscript", "keras"), dest="fmt")
     p.add_argument("--out", required=True, help="output file (.onnx, .pt, .keras)")
     p.add_argument(
@@ -43,16 +45,20 @@ def run(args) -> int:
     from dsmooth.base import compose
     from dsmooth.commands.serve import parse_shape
     from dsmooth.export import export, report_text
+    from dsmooth.noise import check_sigma
     from dsmooth.sources import load_model
 
     if not args.denoiser and not args.classifier:
         raise UserError("give --denoiser, --classifier, or both.")
+    if args.sigma is not None:
+        check_sigma(args.sigma)
     shape = parse_shape(args.input_shape)
     denoiser = load_model(args.denoiser, role="denoiser") if args.denoiser else None
     classifier = load_model(args.classifier, role="classifier") if args.classifier else None
     for name, m in (("denoiser", denoiser), ("classifier", classifier)):
         if m is not None and not isinstance(m, nn.Module):
             raise UserError(f"the {name} is black-box here; only PyTorch models can be exported.")
+    denoiser = common.prepare_denoiser(denoiser, args.sigma)
     model = denoiser if classifier is None else compose(classifier, denoiser)
     check_tf = False if args.no_tensorflow_check else None
     print(report_text(export(model, args.out, args.fmt, shape, check_tf)))

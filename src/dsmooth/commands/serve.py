@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsmooth.commands import source_options
+from dsmooth.commands import common, source_options
 from dsmooth.errors import UserError
 
 
@@ -20,6 +20,7 @@ def register(sub) -> None:
     g.add_argument("--classifier", required=True, help="any classifier dsmooth can load")
     g.add_argument("--denoiser", default=None, help="optional denoiser in front of it")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    common.add_denoiser_sigma_option(g)
     source_options.add(p)
     s = p.add_argument_group("server")
     s.add_argument("--name", default="dsmooth", help="model name in the URLs (default dsmooth)")
@@ -47,21 +48,21 @@ def parse_shape(text: str | None) -> tuple[int, int, int] | None:
 
 
 def run(args) -> int:
-    import torch
 
     from dsmooth.base import compose
+    from dsmooth.engine import resolve_device
     from dsmooth.serve import serve
     from dsmooth.sources import load_model
 
     shape = parse_shape(args.input_shape)
     if args.max_batch < 1:
         raise UserError(f"--max-batch must be at least 1, got {args.max_batch}.")
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     classifier = load_model(
         args.classifier, role="classifier", device=device, **source_options.collect(args)
     )
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
-    model = compose(classifier, denoiser)
+    model = compose(classifier, common.prepare_denoiser(denoiser, args.sigma))
     serve(model, args.name, args.host, args.port, shape, args.max_batch, _announce)
     return 0
 

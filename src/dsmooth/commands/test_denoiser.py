@@ -4,10 +4,10 @@ a data split, next to the no-denoiser baseline f(x + d) and clean accuracy f(x).
 from __future__ import annotations
 
 import json
-import math
 
 from dsmooth.commands import source_options
 from dsmooth.commands.common import add_strict_option
+from dsmooth.noise import check_sigma
 
 
 def register(sub) -> None:
@@ -51,8 +51,7 @@ def run(args) -> int:
     from dsmooth.training.evaluate import evaluate_denoiser
     from dsmooth.training.precision import resolve_precision
 
-    if not (args.sigma > 0 and math.isfinite(args.sigma)):
-        raise UserError(f"sigma must be a positive number, got {args.sigma}.")
+    check_sigma(args.sigma)
     if args.batch < 1:
         raise UserError(f"batch must be at least 1, got {args.batch}.")
     if args.threads:

@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from dsmooth.data import parse_class_names
 from dsmooth.errors import UserError, brief
+from dsmooth.noise import check_sigma
 
 MAX_IMAGES = 32
 MAX_SIGMAS = 8
@@ -60,14 +62,7 @@ def register(sub) -> None:
 def class_names(spec: str | None, data_classes: Sequence[str]) -> list[str] | None:
     if spec is None:
         return list(data_classes) or None
-    if spec.strip().lower() in ("cifar10", "cifar-10"):
-        from dsmooth.datasets import CIFAR10_CLASSES
-
-        return list(CIFAR10_CLASSES)
-    names = [n.strip() for n in spec.split(",")]
-    if not all(names):
-        raise UserError(f"--class-names has an empty name: {spec!r}.")
-    return names
+    return parse_class_names(spec)
 
 
 def _call(model: Callable, x, what: str):
@@ -122,9 +117,8 @@ def denoising_grid(
     bad = [i for i in indices if not 0 <= i < len(data)]
     if bad:
         raise UserError(f"image index {bad[0]} is outside 0..{len(data) - 1}.")
-    bad_sigma = [s for s in sigmas if not (s > 0 and np.isfinite(s))]
-    if bad_sigma:
-        raise UserError(f"sigma must be a positive number, got {bad_sigma[0]}.")
+    for s in sigmas:
+        check_sigma(s)
     device = torch.device(device)
     x = data.batch(indices).to(device)
     labels = [int(data.labels[i]) for i in indices]
@@ -173,11 +167,10 @@ def grid_from_args(args, data, num_classes: int | None = None, **classifier_opti
     """`denoising_grid` for the --classifier/--denoiser/--indices/--sigmas/--seed/
     --class-names/--device options (shared by visualize and report);
     `classifier_options` go to the classifier's loader."""
-    import torch
-
+    from dsmooth.engine import resolve_device
     from dsmooth.sources import load_model
 
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     classifier = load_model(args.classifier, role="classifier", device=device, **classifier_options)
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
     return denoising_grid(

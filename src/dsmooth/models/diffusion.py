@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dsmooth.errors import UserError, brief
+from dsmooth.noise import check_sigma
 
 #: How far (relatively) 2 * sigma may lie outside the schedule's noise range and still be
 #: served by its nearest end; beyond it no timestep carries the certification noise.
@@ -49,8 +50,7 @@ def timestep_for_sigma(
 ) -> int:
     """The timestep whose noise ratio is closest to 2 * sigma, or a UserError when 2 * sigma
     lies outside the schedule's range by more than `tolerance` (relative)."""
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise UserError(f"sigma must be a positive number, got {sigma}.")
+    check_sigma(sigma)
     ratios = noise_ratios(alphas_cumprod)
     lo, hi = float(ratios.min()), float(ratios.max())
     target = 2.0 * float(sigma)
@@ -254,6 +254,34 @@ def load_diffusers(
     prediction = getattr(scheduler.config, "prediction_type", "epsilon") or "epsilon"
     model = DiffusionDenoiser(unet, alphas, sigma, steps, prediction)
     return model.to(device).eval()
+
+
+#: The UNet of google/ddpm-cifar10-32 (Ho et al. 2020, 35.7M parameters), as diffusers
+#: configures it: the denoiser of Carlini et al.'s CIFAR-10 results.
+DDPM_CIFAR10_UNET = {
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": (128, 256, 256, 256),
+    "layers_per_block": 2,
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    "downsample_padding": 0,
+    "flip_sin_to_cos": False,
+    "freq_shift": 1,
+    "norm_eps": 1e-6,
+    "dropout": 0.1,
+}
+
+
+def random_ddpm_cifar10(sigma: float, seed: int = 0) -> DiffusionDenoiser:
+    """google/ddpm-cifar10-32's architecture and schedule (linear betas 1e-4..0.02, 1000
+    steps) with random weights: what one noise sample costs, without the download."""
+    diffusers = _diffusers()
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DModel(**DDPM_CIFAR10_UNET)
+    alphas = diffusers.DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+    return DiffusionDenoiser(unet, alphas, sigma).eval()
 
 
 def load_spec(spec: str, device: str | torch.device = "cpu") -> tuple[DiffusionDenoiser, dict]:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from dsmooth.errors import UserError
 from dsmooth.models import create, list_models
 from dsmooth.models.checkpoint import save_checkpoint
+from dsmooth.noise import check_sigma
 from dsmooth.training import loop
 from dsmooth.training.augment import random_crop_flip, to_float_nchw
 from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
@@ -68,8 +69,8 @@ def check(r: ClassifierRecipe) -> None:
         raise UserError(f"unknown classifier architecture {r.arch!r}; known: {known}.")
     check_lr(r)
     check_schedule(r)
-    if r.noise_sigma < 0:
-        raise UserError(f"the noise sigma must be >= 0, got {r.noise_sigma}.")
+    if r.noise_sigma != 0:  # 0: no noise augmentation
+        check_sigma(r.noise_sigma, "the noise sigma")
     if not 0 <= r.label_smoothing < 1:
         raise UserError(f"label smoothing must be in [0, 1), got {r.label_smoothing}.")
     if r.weight_decay < 0 or r.momentum < 0:

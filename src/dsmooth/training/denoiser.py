@@ -5,7 +5,6 @@ surrogate classifiers only (the query-access setting)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +14,7 @@ from torch import nn
 from dsmooth.errors import UserError
 from dsmooth.models import list_models
 from dsmooth.models.checkpoint import save_checkpoint
+from dsmooth.noise import check_sigma
 from dsmooth.training import loop
 from dsmooth.training.augment import random_crop_flip, to_float_nchw
 from dsmooth.training.classifier import build
@@ -88,8 +88,7 @@ def check(r: DenoiserRecipe, given: bool = False) -> None:
     if r.arch not in list_models("denoiser"):
         known = ", ".join(list_models("denoiser"))
         raise UserError(f"unknown denoiser architecture {r.arch!r}; known: {known}.")
-    if not (r.sigma > 0 and math.isfinite(r.sigma)):
-        raise UserError(f"sigma must be a positive number, got {r.sigma}.")
+    check_sigma(r.sigma)
     check_lr(r)
     if r.optimizer not in OPTIMIZERS:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {r.optimizer!r}.")

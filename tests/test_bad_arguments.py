@@ -1,0 +1,232 @@
+"""Every subcommand, a table of mistakes: exit code 2, one sentence, no traceback, and no
+output file left behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import LinearClassifier
+
+from dsmooth.cli import build_parser, main
+
+CKPT = "pretrained:cifar10-resnet20-akamaster"  # a shipped dsmooth checkpoint
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    rng = np.random.default_rng(0)
+    np.savez(
+        root / "d.npz",
+        images=rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+        labels=rng.integers(0, 3, 4),
+    )
+    np.savez(root / "gray.npz", images=rng.integers(0, 256, (4, 8, 8), dtype=np.uint8),
+             labels=np.zeros(4, int))  # fmt: skip
+    torch.jit.save(torch.jit.script(LinearClassifier(3 * 8 * 8, 3).eval()), str(root / "c.pt"))
+    (root / "pickle.pt").write_bytes(b"\x80\x04K\x01.")  # a pickle, not a model
+    (root / "log.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n1\t8\t6\n")
+    return root
+
+
+def certify(*extra):
+    base = ["certify", "--data", "{d}/d.npz", "--classifier", "{d}/c.pt", "--sigma", "0.25"]
+    return [*base, "--n0", "10", "--n", "20", "--out", "{out}", *extra]
+
+
+def predict(*extra):
+    base = ["predict", "--data", "{d}/d.npz", "--classifier", "{d}/c.pt", "--sigma", "0.25"]
+    return [*base, "--n", "20", "--out", "{out}", *extra]
+
+
+def _replace(argv, flag, value):
+    """argv with `flag`'s value replaced."""
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = value
+    return argv
+
+
+def _swap(argv, old, new):
+    """argv with the argument `old` replaced by `new`."""
+    return [new if a == old else a for a in argv]
+
+
+CASES = {
+    "certify": [
+        _replace(certify(), "--sigma", "64"),  # 0-255 units
+        _replace(certify(), "--sigma", "-1"),
+        _replace(certify(), "--sigma", "nan"),
+        certify("--alpha", "0.5"),
+        certify("--n", "0"),
+        certify("--batch", "0"),
+        certify("--skip", "0"),
+        certify("--device", "cuda"),
+        certify("--mean", "0.5,0.5"),  # foreign-weights flag on a TorchScript model
+        _swap(certify("--input-range", "255"), "{d}/c.pt", CKPT),
+        _swap(certify(), "{d}/d.npz", "{d}/gray.npz"),  # 1 channel into a 3-channel model
+        _swap(certify(), "{d}/d.npz", "{d}/missing.npz"),
+        _swap(certify(), "{d}/c.pt", "{d}/pickle.pt"),
+        _swap(certify(), "{out}", "/proc/nonexistent/log.tsv"),
+        certify("--noise", "lattice", "--method", "sequential", "--radius", "-1"),
+        certify("--workers", "2"),  # without --ray
+        certify("--class-names", "a,b"),
+    ],
+    "predict": [
+        _replace(predict(), "--sigma", "300"),
+        predict("--alpha", "1.5"),
+        predict("--device", "nosuchdevice"),
+        _swap(predict(), "{d}/c.pt", "nosucharch:{d}/c.pt"),
+    ],
+    "demo": [["demo", "--threads", "0"], ["demo", "--images", "0"]],
+    "train-classifier": [
+        ["train-classifier", "--arch", "nosuch", "--data", "{d}/d.npz", "--out", "{out}"],
+        [
+            "train-classifier",
+            "--arch",
+            "cifar_resnet20",
+            "--data",
+            "{d}/d.npz",
+            "--out",
+            "{out}",
+            "--epochs",
+            "0",
+        ],
+        [
+            "train-classifier",
+            "--arch",
+            "cifar_resnet20",
+            "--data",
+            "{d}/d.npz",
+            "--out",
+            "{out}",
+            "--noise-sigma",
+            "64",
+        ],
+    ],  # fmt: skip
+    "train-denoiser": [
+        [
+            "train-denoiser",
+            "--arch",
+            "dncnn",
+            "--data",
+            "{d}/d.npz",
+            "--sigma",
+            "64",
+            "--out",
+            "{out}",
+        ],
+        [
+            "train-denoiser",
+            "--arch",
+            "dncnn",
+            "--data",
+            "{d}/d.npz",
+            "--sigma",
+            "0.25",
+            "--objective",
+            "stab",
+            "--out",
+            "{out}",
+        ],  # stab needs a classifier
+        [
+            "train-denoiser",
+            "--arch",
+            "dncnn",
+            "--data",
+            "{d}/d.npz",
+            "--sigma",
+            "0.25",
+            "--out",
+            "/proc/nonexistent/run",
+        ],
+    ],  # fmt: skip
+    "test-denoiser": [
+        ["test-denoiser", "--denoiser", "{d}/missing", "--data", "{d}/d.npz", "--sigma", "0.25"],
+        ["test-denoiser", "--denoiser", "{d}/c.pt", "--data", "{d}/d.npz", "--sigma", "99"],
+    ],
+    "evaluate": [
+        ["evaluate", "--classifier", "{d}/c.pt", "--data", "{d}/d.npz", "--sigma", "64"],
+        ["evaluate", "--classifier", "{d}/c.pt", "--data", "{d}/gray.npz"],
+        ["evaluate", "--classifier", "{d}/c.pt", "--data", "{d}/d.npz", "--device", "cuda"],
+    ],
+    "import-weights": [
+        ["import-weights", "{d}/pickle.pt", "--arch", "cifar_resnet20", "--out", "{out}"],
+        ["import-weights", "{d}/missing.pt", "--arch", "cifar_resnet20", "--out", "{out}"],
+    ],
+    "analyze": [["analyze", "{d}/log.tsv"], ["analyze", "{d}/missing.tsv"]],
+    "visualize": [
+        [
+            "visualize",
+            "--classifier",
+            "{d}/c.pt",
+            "--data",
+            "{d}/d.npz",
+            "--sigmas",
+            "64",
+            "--out",
+            "{out}.png",
+        ],
+        [
+            "visualize",
+            "--classifier",
+            "{d}/c.pt",
+            "--data",
+            "{d}/d.npz",
+            "--indices",
+            "99",
+            "--out",
+            "{out}.png",
+        ],
+    ],  # fmt: skip
+    "report": [["report", "{d}/missing.tsv", "--out", "{out}.html"]],
+    "serve": [
+        ["serve", "--classifier", "{d}/missing.pt"],
+        ["serve", "--classifier", "{d}/c.pt", "--max-batch", "0"],
+        ["serve", "--classifier", "{d}/c.pt", "--input-shape", "3x32"],
+    ],
+    "export": [
+        ["export", "--format", "onnx", "--out", "{out}.onnx"],  # nothing to export
+        ["export", "--classifier", "{d}/c.pt", "--format", "onnx", "--out", "{out}.onnx"],  # 32x32
+        [
+            "export",
+            "--classifier",
+            "{d}/c.pt",
+            "--format",
+            "onnx",
+            "--out",
+            "{out}.onnx",
+            "--sigma",
+            "-2",
+        ],
+    ],  # fmt: skip
+    "bench": [
+        ["bench", "--samples", "0"],
+        ["bench", "--sigma", "64"],
+        ["bench", "--pipelines", "a+b+c"],
+    ],
+}
+
+
+def test_the_table_covers_every_subcommand():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command" or a.choices)
+    assert set(sub.choices) == set(CASES)
+
+
+@pytest.mark.parametrize(
+    "argv", [pytest.param(a, id=f"{a[0]}-{i}") for c in CASES.values() for i, a in enumerate(c)]
+)
+def test_a_mistake_gets_one_sentence_and_exit_code_2(argv, files, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [a.format(d=files, out=out) for a in argv]
+    try:
+        rc = main(argv)  # an unexpected exception fails the test with its traceback
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("dsmooth: warning")]
+    assert rc == 2, (argv, err[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("dsmooth: error:"), err
+    assert not list(tmp_path.iterdir()), f"{argv} left {list(tmp_path.iterdir())}"
