@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dsmooth.errors import UserError
-from dsmooth.noise import BLOCK, philox_key
+from dsmooth.noise import BLOCK, BlockStream
 
 #: Intensity levels of an 8-bit image: x = m / LEVELS, m in 0..LEVELS.
 LEVELS = 255
@@ -150,37 +150,14 @@ def from_levels(levels: torch.Tensor) -> torch.Tensor:
     return levels.to(torch.float32).div_(LEVELS)
 
 
-class LatticeNoiseStream:
-    """Yields lattice offsets k for one (seed, index, stage), in order (int16 or int32)."""
+class LatticeNoiseStream(BlockStream):
+    """Yields lattice offsets k for one (seed, index, stage), in order (int16 or int32),
+    drawn on the CPU and moved to the stream's device."""
 
-    def __init__(
-        self,
-        shape: tuple[int, ...],
-        sigma: float,
-        seed: int,
-        index: int,
-        stage: int,
-        device: torch.device | str = "cpu",
-    ):
-        self.shape = tuple(shape)
-        self.sigma = float(sigma)
-        self.device = torch.device(device)
-        self._key = philox_key(int(seed), int(index), int(stage))
-        self._block_no = 0
-        self._buffer: torch.Tensor | None = None
-        self._offset = 0
+    def _next_block(self) -> torch.Tensor:
+        shape = (BLOCK, *self.shape)
+        return torch.from_numpy(lattice_block(self._key, self._block_no, shape, self.sigma))
 
     def take(self, m: int) -> torch.Tensor:
         """The next m offsets, shape (m, *shape), on the stream's device."""
-        parts = []
-        while m > 0:
-            if self._buffer is None or self._offset >= BLOCK:
-                block = lattice_block(self._key, self._block_no, (BLOCK, *self.shape), self.sigma)
-                self._buffer, self._offset = torch.from_numpy(block), 0
-                self._block_no += 1
-            k = min(m, BLOCK - self._offset)
-            parts.append(self._buffer[self._offset : self._offset + k])
-            self._offset += k
-            m -= k
-        out = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return out.to(self.device)
+        return super().take(m).to(self.device)

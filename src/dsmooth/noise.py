@@ -96,8 +96,9 @@ def normal(
     return gaussian_block(philox_key(seed, index, stage), block, tuple(shape), sigma)
 
 
-class NoiseStream:
-    """Yields N(0, sigma^2) noise of `shape` for one (seed, index, stage), in order."""
+class BlockStream:
+    """Samples of `shape` for one (seed, index, stage), taken in order from keyed blocks
+    of BLOCK samples, whatever sizes they are taken in. Subclasses make each block."""
 
     def __init__(
         self,
@@ -112,30 +113,38 @@ class NoiseStream:
         self.sigma = float(sigma)
         self.seed, self.index, self.stage = int(seed), int(index), int(stage)
         self.device = torch.device(device)
+        self._key = philox_key(self.seed, self.index, self.stage)
         self._block_no = 0
         self._buffer: torch.Tensor | None = None
         self._offset = 0
-        self._key = philox_key(self.seed, self.index, self.stage)
-        self._generator = None if self.device.type == "cpu" else torch.Generator(self.device)
 
     def _next_block(self) -> torch.Tensor:
-        block_no, self._block_no = self._block_no, self._block_no + 1
-        if self._generator is None:
-            return gaussian_block(self._key, block_no, (BLOCK, *self.shape), self.sigma)
-        self._generator.manual_seed(block_seed(self.seed, self.index, self.stage, block_no))
-        draws = torch.randn(
-            (BLOCK, *self.shape), generator=self._generator, device=self.device, dtype=torch.float64
-        )
-        return draws.mul_(self.sigma).to(torch.float32)
+        raise NotImplementedError
 
     def take(self, m: int) -> torch.Tensor:
-        """The next m noise samples, shape (m, *shape)."""
+        """The next m samples, shape (m, *shape)."""
         parts = []
         while m > 0:
             if self._buffer is None or self._offset >= BLOCK:
                 self._buffer, self._offset = self._next_block(), 0
+                self._block_no += 1
             k = min(m, BLOCK - self._offset)
             parts.append(self._buffer[self._offset : self._offset + k])
             self._offset += k
             m -= k
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class NoiseStream(BlockStream):
+    """Yields N(0, sigma^2) noise of `shape` for one (seed, index, stage), in order."""
+
+    def _next_block(self) -> torch.Tensor:
+        block_no = self._block_no
+        if self.device.type == "cpu":
+            return gaussian_block(self._key, block_no, (BLOCK, *self.shape), self.sigma)
+        generator = torch.Generator(self.device)
+        generator.manual_seed(block_seed(self.seed, self.index, self.stage, block_no))
+        draws = torch.randn(
+            (BLOCK, *self.shape), generator=generator, device=self.device, dtype=torch.float64
+        )
+        return draws.mul_(self.sigma).to(torch.float32)
