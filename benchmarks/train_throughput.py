@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from dsmooth.engine import cpu_model
 from dsmooth.models import create
 from dsmooth.training.augment import to_float_nchw
 from dsmooth.training.objectives import DenoiserObjective
@@ -132,17 +132,6 @@ def convergence(args, data, labels, precision) -> tuple[float, float]:
     return losses[0], statistics.mean(losses[-10:])
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def load() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -164,7 +153,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     data, labels = images(max(args.batch * (args.steps * args.repeats + 1), 512))
-    print(f"# torch {torch.__version__}, CPU: {cpu_name()}, threads {torch.get_num_threads()}")
+    print(f"# torch {torch.__version__}, CPU: {cpu_model()}, threads {torch.get_num_threads()}")
     print(f"# native bf16 (AMX/AVX512-BF16): {bf16_is_fast()}; load average at start: {load()}")
     print(
         f"# DnCNN-17 (64 ch) + Adam, batch {args.batch}; stab/clf through {args.classifier}; "

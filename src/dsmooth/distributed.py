@@ -183,8 +183,6 @@ def certify_dataset(
     data = common.load_data(args)
     columns = with_file_column(args.out, columns, data)
     indices = select_indices(len(data), args.skip, args.max)
-    if not Path(args.out).parent.exists():
-        raise UserError(f"the output folder {Path(args.out).parent} does not exist.")
     record = driver_provenance(args, opts, data, sequential)
     del data
     log = ResultLog(args.out, columns, record)

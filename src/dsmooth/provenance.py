@@ -122,6 +122,16 @@ def record(command: str, determining: dict, informing: dict) -> dict:
     }
 
 
+#: What a key meant in records written before it existed: logs made before engine v2 ran
+#: on torch, and logs made before lattice noise existed used float noise.
+_BEFORE_THE_KEY = {"backend": "torch", "noise": "gaussian"}
+
+
+def _value(record: dict, key: str):
+    value = record.get(key)
+    return _BEFORE_THE_KEY.get(key) if value is None else value
+
+
 def _comparable(key: str, value):
     if key == "models":  # a checksum identifies a model; its spec may be spelled otherwise
         return {
@@ -136,19 +146,11 @@ def _comparable(key: str, value):
 def differences(saved: dict, current: dict) -> list[str]:
     out = []
     for key in DETERMINING:
-        if key == "backend":
-            # fp32 computes the same function on either backend (up to summation order, as
-            # batch size and threads do); logs made before engine v2 ran on torch
-            if saved.get("precision") == current.get("precision") == "fp32":
-                continue
-            if (saved.get(key) or "torch") != (current.get(key) or "torch"):
-                out.append(key)
+        # fp32 computes the same function on either backend (up to summation order, as
+        # batch size and threads do)
+        if key == "backend" and saved.get("precision") == current.get("precision") == "fp32":
             continue
-        if key == "noise":  # logs made before lattice noise existed used float noise
-            if (saved.get(key) or "gaussian") != (current.get(key) or "gaussian"):
-                out.append(key)
-            continue
-        a, b = _comparable(key, saved.get(key)), _comparable(key, current.get(key))
+        a, b = _comparable(key, _value(saved, key)), _comparable(key, _value(current, key))
         if a != b:
             out.append(key)
     return out
@@ -160,10 +162,7 @@ def _describe(key: str, saved: dict, current: dict) -> str:
         roles = sorted(r for r in set(a) | set(b) if a.get(r) != b.get(r))
         return "the " + " and ".join(roles or ["models"]) + " (other weights)"
     flag = _FLAGS.get(key, key)
-    before, now = saved.get(key), current.get(key)
-    if key == "noise":
-        before, now = before or "gaussian", now or "gaussian"
-    return f"{flag} (log: {before!r}, now: {now!r})"
+    return f"{flag} (log: {_value(saved, key)!r}, now: {_value(current, key)!r})"
 
 
 def check_or_write(log: str | os.PathLike, current: dict, rows: int) -> None:
