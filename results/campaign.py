@@ -418,8 +418,8 @@ def steps() -> list:
             "stab-scratch-lr1e-3": words("train-denoiser --objective stab --lr 1e-3 --arch dncnn",
                                          *through, *one_epoch),
         },
-        words("test-denoiser --sigma 0.25 --max-images 2000 --seed 1 --no-progress --classifier",
-              clf, "--data", TEST),
+        words("test-denoiser --sigma 0.25 --max-images 2000 --seed 1 --no-progress"
+              " --precision fp32 --classifier", clf, "--data", TEST),
     )  # fmt: skip
     # The long run continues the probes' winner: its recipe for 20 epochs, cosine.
     best = probes.winner() or "stab-mse-init-lr1e-4"
@@ -428,11 +428,13 @@ def steps() -> list:
         "dncnn-stab", "cifar10-dncnn-stab-0.25-resnet110", "train_stab", 20,
         recipe + ["--val-data", TEST] + words("--max-val-images 500 --epochs 20 --schedule cosine"),
     )  # fmt: skip
-    clf_eval = words("evaluate --classifier SPEC --sigma 0.25 --no-progress --json --data", TEST)
+    # fp32 evaluations: the same numbers on every host type (auto is bf16 on some)
+    clf_eval = words("evaluate --classifier SPEC --sigma 0.25 --no-progress --json"
+                     " --precision fp32 --data", TEST)  # fmt: skip
 
     def den_eval(classifier: str) -> list[str]:
-        return words("test-denoiser --denoiser SPEC --sigma 0.25 --no-progress --classifier",
-                     classifier, "--data", BENCH, "--json")  # fmt: skip
+        return words("test-denoiser --denoiser SPEC --sigma 0.25 --no-progress --precision fp32"
+                     " --classifier", classifier, "--data", BENCH, "--json")  # fmt: skip
 
     out: list = [r110, Ship(r110, clf_eval), mse, Ship(mse, den_eval(clf40))]
     out += [r110ft, Ship(r110ft, clf_eval), probes]

@@ -17,6 +17,9 @@ os.environ.setdefault("DSMOOTH_PRECISION", "fp32")
 # ... on torch, unless a test asks for OpenVINO (tests/test_openvino_backend.py), with any
 # OpenVINO graph cache in a folder of the test run's own.
 os.environ.setdefault("DSMOOTH_BACKEND", "torch")
+# ... with one thread, not a measured count: tiny models gain nothing from two, and each
+# CLI test would pay the measurement (tests/test_engine.py covers --threads auto).
+os.environ.setdefault("DSMOOTH_THREADS", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -145,7 +145,7 @@ def test_predict_logs(tmp_path):
         (HEADER, ["0\t3\t4\t0.5\t1\t1"], "correct is 1 but predict 4 vs label 3"),
         (HEADER, ["0\t-2\t-1\t0\t0\t1"], "label is -2"),
         (HEADER, ["0\t3\t-5\t0\t0\t1"], "predict is -5"),
-        (HEADER, ["0\t3\t3\t0.5\t1"] + ROWS[1:], "line 2: 5 fields but the header has 6"),
+        (HEADER, ["0\t3\t3\t0.5\t1"] + ROWS[1:], r"line 2 is not a complete row \(5 fields"),
     ],
 )
 def test_malformed_logs_raise_a_user_error(tmp_path, header, rows, message):

@@ -84,7 +84,7 @@ def test_cli_table_plot_and_json(tmp_path, logs, capsys):
     out = capsys.readouterr().out
     assert "| sigma_0.25.tsv | 75 | 25 |" in out
     assert "| sigma_0.50.tsv | 50 | 50 |" in out
-    # per-log statistics: images, clean %, ACR, abstain %, s/image
+    # per-log statistics: images, smoothed acc. %, ACR, abstain %, s/image
     assert "| sigma_0.25.tsv | 4 | 75 | 0.250 | 0 | 2.000 |" in out
     assert "| sigma_0.50.tsv | 4 | 50 | 0.525 | 0 | 2.000 |" in out
     assert plot.stat().st_size > 0

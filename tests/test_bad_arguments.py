@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import LinearClassifier
+from safetensors.torch import save_file
 
 from dsmooth.cli import build_parser, main
+from dsmooth.models import list_models
 
 CKPT = "pretrained:cifar10-resnet20-akamaster"  # a shipped dsmooth checkpoint
 
@@ -26,6 +28,8 @@ def files(tmp_path_factory):
              labels=np.zeros(4, int))  # fmt: skip
     torch.jit.save(torch.jit.script(LinearClassifier(3 * 8 * 8, 3).eval()), str(root / "c.pt"))
     (root / "pickle.pt").write_bytes(b"\x80\x04K\x01.")  # a pickle, not a model
+    torch.save(LinearClassifier(3 * 8 * 8, 3), root / "whole.pt")  # needs weights_only=False
+    save_file({"w": torch.zeros(1)}, str(root / "w.safetensors"))
     (root / "log.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n1\t8\t6\n")
     return root
 
@@ -38,6 +42,15 @@ def certify(*extra):
 def predict(*extra):
     base = ["predict", "--data", "{d}/d.npz", "--classifier", "{d}/c.pt", "--sigma", "0.25"]
     return [*base, "--n", "20", "--out", "{out}", *extra]
+
+
+def evaluate(*extra):
+    return ["evaluate", "--data", "{d}/d.npz", "--classifier", "{d}/c.pt", *extra]
+
+
+def denoiser_test(*extra):
+    return ["test-denoiser", "--denoiser", "{d}/c.pt", "--data", "{d}/d.npz", "--sigma", "0.25",
+            *extra]  # fmt: skip
 
 
 def _replace(argv, flag, value):
@@ -77,6 +90,7 @@ CASES = {
         predict("--alpha", "1.5"),
         predict("--device", "nosuchdevice"),
         _swap(predict(), "{d}/c.pt", "nosucharch:{d}/c.pt"),
+        _swap(predict(), "{d}/c.pt", "cifar_resnet20:{d}/whole.pt"),
     ],
     "demo": [["demo", "--threads", "0"], ["demo", "--images", "0"]],
     "train-classifier": [
@@ -144,11 +158,19 @@ CASES = {
     "test-denoiser": [
         ["test-denoiser", "--denoiser", "{d}/missing", "--data", "{d}/d.npz", "--sigma", "0.25"],
         ["test-denoiser", "--denoiser", "{d}/c.pt", "--data", "{d}/d.npz", "--sigma", "99"],
+        denoiser_test("--denoiser", "nosucharch:{d}/w.safetensors"),
+        denoiser_test("--denoiser", "dncnn:{d}/whole.pt"),
+        denoiser_test("--threads", "0"),
     ],
     "evaluate": [
         ["evaluate", "--classifier", "{d}/c.pt", "--data", "{d}/d.npz", "--sigma", "64"],
         ["evaluate", "--classifier", "{d}/c.pt", "--data", "{d}/gray.npz"],
         ["evaluate", "--classifier", "{d}/c.pt", "--data", "{d}/d.npz", "--device", "cuda"],
+        _swap(evaluate(), "{d}/c.pt", "nosucharch:{d}/w.safetensors"),
+        _swap(evaluate("--arch", "cifar_resnet20"), "{d}/c.pt", "{d}/whole.pt"),
+        evaluate("--threads", "0"),
+        evaluate("--precision", "int8", "--backend", "torch"),
+        evaluate("--batch", "0"),
     ],
     "import-weights": [
         ["import-weights", "{d}/pickle.pt", "--arch", "cifar_resnet20", "--out", "{out}"],
@@ -229,4 +251,44 @@ def test_a_mistake_gets_one_sentence_and_exit_code_2(argv, files, tmp_path, caps
     lines = [line for line in lines if not line.startswith("dsmooth: warning")]
     assert rc == 2, (argv, err[-2000:])
     assert len(lines) == 1 and lines[0].startswith("dsmooth: error:"), err
+    assert "\x1b[" not in err, err  # plain text: no terminal escape codes from a library
     assert not list(tmp_path.iterdir()), f"{argv} left {list(tmp_path.iterdir())}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        _swap(certify("--arch", "cifar_resnet20"), "{d}/c.pt", "{d}/whole.pt"),
+        _swap(evaluate(), "{d}/c.pt", "cifar_resnet20:{d}/whole.pt"),
+        denoiser_test("--denoiser", "dncnn:{d}/whole.pt"),
+        ["import-weights", "{d}/whole.pt", "--arch", "cifar_resnet20", "--out", "{out}"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_a_pickled_model_is_refused_in_our_own_words(argv, files, tmp_path, capsys):
+    """torch's weights_only refusal has escape codes and advises weights_only=False (which
+    would run the file's code); the user reads one plain sentence that says what to do."""
+    argv = [a.format(d=files, out=tmp_path / "out") for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "\x1b[" not in err and "weights_only" not in err, err
+    assert "cannot load" in err and "safely" in err and "model.state_dict()" in err, err
+    assert "conftest.LinearClassifier" in err  # the object it would have had to build
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        _swap(evaluate(), "{d}/c.pt", "nosucharch:{d}/w.safetensors"),
+        _swap(certify(), "{d}/c.pt", "nosucharch:{d}/w.safetensors"),
+        _swap(predict(), "{d}/c.pt", "nosucharch:{d}/missing.pt"),
+        denoiser_test("--denoiser", "nosucharch:{d}/w.safetensors"),
+    ],
+    ids=lambda a: a[0],
+)
+def test_an_unknown_architecture_is_named_with_the_known_ones(argv, files, tmp_path, capsys):
+    argv = [a.format(d=files, out=tmp_path / "out") for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unknown architecture 'nosucharch'" in err, err
+    assert all(name in err for name in list_models()), err

@@ -61,6 +61,23 @@ def test_certify_writes_reference_columns(tiny_data_file, tiny_classifier_file, 
         assert radius >= 0 and (predict != -1 or radius == 0)
 
 
+def test_a_run_ends_with_a_one_line_summary(tiny_data_file, tiny_classifier_file, tmp_path, capsys):
+    out = tmp_path / "log.tsv"
+    assert main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "4")) == 0
+    assert main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "6")) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    header, rows = read_rows(out)
+    correct = sum(int(r[4]) for r in rows)
+    assert last.startswith(f"dsmooth: {out}: 6 images (2 new); ")
+    assert f"{100 * correct / 6:.1f}% certified correct, average certified radius" in last
+    predict = tmp_path / "predict.tsv"
+    argv = certify_args(tiny_data_file, tiny_classifier_file, predict, "--max", "3")
+    argv = ["predict"] + [a for a in argv[1:] if a not in ("--n0", "50")]
+    assert main(argv) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"dsmooth: {predict}: 3 images (3 new); ") and "abstained" in last
+
+
 def test_rerun_appends_nothing_and_max_limits(tiny_data_file, tiny_classifier_file, tmp_path):
     out = tmp_path / "log.tsv"
     main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "5"))

@@ -1,8 +1,11 @@
 """Property tests of the result log: cut a log anywhere (a killed run) or add a garbage
 line, then resume: a resumed log never holds a duplicate, a missing index or a corrupt
-row, and a log it cannot trust is refused before anything is changed."""
+row, and a log it cannot trust is refused before anything is changed, with the sentence
+`dsmooth analyze` gives for it."""
 
 from __future__ import annotations
+
+import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,6 +44,9 @@ def test_a_log_cut_anywhere_resumes_to_the_full_log(tmp_path, cut):
     data = full_log(path)
     header_end = data.index(b"\n") + 1
     path.write_bytes(data[: max(header_end, cut % (len(data) + 1))])
+    read = set(read_log(path, warn=lambda message: None).idx.tolist())
+    with ResultLog(path, CERTIFY_COLUMNS) as log:  # the rows analysis reads are those done
+        assert log.done == read
     finish(path)
     log = read_log(path)
     assert sorted(log.idx.tolist()) == list(range(ROWS))  # no duplicate, none missing
@@ -67,11 +73,17 @@ def test_a_garbage_line_is_refused_and_left_alone(tmp_path, where, garbage):
     path.write_bytes(bad)
     try:
         finish(path)
-        raised = False
+        message = None
     except UserError as e:
-        raised = "not a complete row" in str(e)
-    assert raised
+        message = str(e)
+    assert message is not None and re.search(rf", line {where + 1}\D", message), message
     assert path.read_bytes() == bad  # nothing changed
+    try:  # and `dsmooth analyze` refuses the same line with the same sentence
+        read_log(path)
+    except UserError as e:
+        assert str(e) == message
+    else:
+        raise AssertionError("analysis read a log that resuming refused")
 
 
 def test_a_short_complete_row_is_not_counted_as_done(tmp_path):

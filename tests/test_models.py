@@ -144,3 +144,18 @@ def test_gradients_reach_the_input(name):
     m(x).square().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is not None for p in m.parameters())
+
+
+def test_an_unknown_architecture_in_an_arch_path_spec_is_named(tmp_path):
+    from dsmooth.models.loading import load, split_spec
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    for spec in (f"nosucharch:{weights}", "nosucharch:/no/such/w.pt"):
+        with pytest.raises(UserError, match="unknown architecture 'nosucharch'") as e:
+            load(spec)
+        assert all(name in str(e.value) for name in list_models())
+    # other specs with a colon are not architectures: left to their own sources
+    for spec in ("torchvision.models:resnet18", "http://host:8000/m.pt", "models.py:build"):
+        assert split_spec(spec) == (spec, None)
+    assert split_spec(f"dncnn:{weights}") == (str(weights), "dncnn")

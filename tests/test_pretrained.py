@@ -1,5 +1,7 @@
 """Every shipped model loads by name, has a model card, and runs on [0, 1] images."""
 
+import json
+
 import pytest
 import torch
 
@@ -40,8 +42,19 @@ def test_demo_runs_end_to_end_on_the_shipped_models(tmp_path, capsys):
     printed = capsys.readouterr().out
     for row in ("no denoiser", "MSE DnCNN", "Stab DnCNN"):
         assert f"| {row} |" in printed
+    assert "| smoothed acc. % | cert. % r=0.25 \u2020 |" in printed  # n = 30 caps at 0.205
+    assert "\u2020 above 0.205, the largest radius n = 30 can certify" in printed
+    assert "clean %" not in printed
     for log in ("certify_no_denoiser.tsv", "certify_mse_dncnn.tsv", "certify_stab_dncnn.tsv"):
         lines = (out / log).read_text().splitlines()
         assert lines[0].startswith("idx\tlabel\tpredict\tradius\tcorrect\ttime")
         assert [line.split("\t")[0] for line in lines[1:]] == ["0", "1"]
+        record = json.loads((out / f"{log}.json").read_text())  # so `report` shows them
+        settings = {k: record[k] for k in ("sigma", "n0", "n", "alpha")}
+        assert settings == {"sigma": 0.25, "n0": 10, "n": 30, "alpha": 0.001}
+        assert record["class_names"] == "cifar10" and record["noise"] == "lattice"
     assert (out / "curves.png").stat().st_size > 0
+    # a second run starts afresh, with other settings, instead of refusing to resume
+    again = ["demo", "--images", "1", "--n0", "10", "--n", "20", "--denoisers", "stab"]
+    assert main([*again, "--out-dir", str(out)]) == 0
+    assert json.loads((out / "certify_stab_dncnn.tsv.json").read_text())["n"] == 20

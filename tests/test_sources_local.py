@@ -113,6 +113,18 @@ def test_entry_points_with_and_without_weights(files, noisy, reference, monkeypa
     assert not torch.equal(labels_of("byoc_models:build_untrained", noisy), reference)
 
 
+def test_entry_point_weights_that_need_unpickling_are_refused_plainly(tmp_path):
+    """A whole pickled model as --weights: one sentence of ours, none of torch's escape
+    codes or its advice to load with weights_only=False (which would run the file)."""
+    whole = tmp_path / "whole.pt"
+    torch.save(build(), whole)
+    with pytest.raises(UserError) as e:
+        load_model(f"{TESTS / 'byoc_models.py'}:build_untrained", weights=str(whole))
+    message = str(e.value)
+    assert "safely" in message and "model.state_dict()" in message
+    assert "\x1b[" not in message and "weights_only" not in message
+
+
 @pytest.mark.parametrize("kind", ["checkpoint", "torchscript", "onnx", "onnx-labels"])
 def test_file_sources_certify_identically(kind, files, images, expected_certificates):
     assert certified(files[kind], images) == expected_certificates

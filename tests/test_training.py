@@ -253,7 +253,8 @@ def test_cli_train_classifier_resnet20(tmp_path, capsys):
     assert config["architecture"] == "cifar_resnet20" and config["recipe"]["weight_decay"] == 1e-4
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     assert len((out / "metrics.csv").read_text().splitlines()) == 2
-    capsys.readouterr()
+    printed = capsys.readouterr().out  # the epoch's line, although the bar is hidden
+    assert "epoch 1 | step 2 |" in printed and "train_acc" in printed
     assert main(args) == 2  # exists: one-line error, no traceback
     err = capsys.readouterr().err
     assert "--resume" in err and len(err.strip().splitlines()) == 1

@@ -19,7 +19,6 @@ import io
 import json
 import math
 import os
-import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,15 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from dsmooth.errors import UserError
-from dsmooth.results import CERTIFY_COLUMNS, PREDICT_COLUMNS
+from dsmooth.results import CERTIFY_COLUMNS, PREDICT_COLUMNS, read_rows
+from dsmooth.results import parse_seconds as parse_seconds  # part of this module's API
 
 #: Radii of the paper's tables (Salman et al. 2020, Tables 1 and 2).
 PAPER_RADII = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 FORMATS = ("markdown", "latex", "csv", "json")
-
-_INT_COLUMNS = ("idx", "label", "predict", "correct")
-_TIME_RE = re.compile(r"^(?:(-?\d+) days?, )?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
 
 Warn = Callable[[str], None]
 
@@ -148,144 +145,40 @@ class Log:
 # ----------------------------------------------------------------------------- reading
 
 
-def parse_seconds(text: str) -> float:
-    """Seconds from `0:00:09.862955` (str of a timedelta, reference logs) or `9.86`."""
-    text = text.strip()
-    try:
-        value = float(text)
-    except ValueError:
-        m = _TIME_RE.match(text)
-        if not m:
-            raise ValueError(text) from None
-        days, hours, minutes, secs = m.groups()
-        value = int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(secs)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(text)
-    return value
-
-
-def _fast_column(name: str, values: list[str]) -> np.ndarray | None:
-    """Quick parsing of well-formed columns; None sends them to the careful path."""
-    if not values:
-        return None
-    try:
-        if name in _INT_COLUMNS:
-            return np.fromiter(map(int, values), np.int64, len(values))
-        if name == "time" and ":" in values[0]:
-            parts = (v.split(":") for v in values)
-            seconds = (float(h) * 3600 + float(m) * 60 + float(sec) for h, m, sec in parts)
-            out = np.fromiter(seconds, np.float64, len(values))
-        else:
-            out = np.fromiter(map(float, values), np.float64, len(values))
-        return out if np.isfinite(out).all() and (out >= 0).all() else None
-    except (ValueError, TypeError, OverflowError):
-        return None
-
-
-def _parse_column(name: str, values: list[str], where: Callable[[int], str]) -> np.ndarray:
-    fast = _fast_column(name, values)
-    if fast is not None:
-        return fast
-    if name in _INT_COLUMNS:
-        out = np.empty(len(values), dtype=np.int64)
-        for i, v in enumerate(values):
-            try:
-                out[i] = int(v)
-            except ValueError:
-                raise UserError(f"{where(i)}: {name} is {v!r}, not an integer.") from None
-        return out
-    if name == "time":
-        out = np.empty(len(values), dtype=np.float64)
-        for i, v in enumerate(values):
-            try:
-                out[i] = parse_seconds(v)
-            except ValueError:
-                raise UserError(
-                    f"{where(i)}: time is {v!r}, neither seconds nor H:MM:SS.ffffff."
-                ) from None
-        return out
-    # radius
-    out = np.empty(len(values), dtype=np.float64)
-    for i, v in enumerate(values):
-        try:
-            out[i] = float(v)
-        except ValueError:
-            raise UserError(f"{where(i)}: {name} is {v!r}, not a number.") from None
-        if not math.isfinite(out[i]) or out[i] < 0:
-            raise UserError(f"{where(i)}: {name} is {v!r}; it must be a finite number >= 0.")
-    return out
-
-
-def _extra_column(values: list[str]) -> np.ndarray:
-    """Numbers when every value parses as one, else the strings as they are."""
-    try:
-        return np.array([float(v) for v in values], dtype=np.float64)
-    except ValueError:
-        return np.array(values, dtype=object)
-
-
 def read_log(path: str | os.PathLike, name: str = "", warn: Warn | None = None) -> Log:
-    """Read and check one log; bad input raises UserError, doubtful input warns."""
+    """Read and check one log; bad input raises UserError, doubtful input warns.
+
+    The rows are those `dsmooth.results.read_rows` accepts, the reader a resumed run
+    uses too: a log certify would resume is a log this reads, row for row.
+    """
     warn = warn or _default_warn
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"log not found: {path}.")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")  # tolerate a BOM
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not a text (UTF-8) log.") from None
-    lines = text.split("\n")
-    header = [c.strip() for c in lines[0].rstrip("\r").split("\t")]
-    if header == [""]:
-        raise UserError(f"{path} is empty; a log starts with a header line.")
-    if len(set(header)) != len(header):
-        raise UserError(f"{path}: the header repeats a column name: {header}.")
-    kind = "certify" if "radius" in header else "predict"
-    standard = CERTIFY_COLUMNS if kind == "certify" else PREDICT_COLUMNS
-    missing = [c for c in standard if c not in header]
-    if missing:
-        raise UserError(
-            f"{path} lacks column(s) {', '.join(missing)} (header: {' '.join(header)}); "
-            f"expected {' '.join(CERTIFY_COLUMNS)} or {' '.join(PREDICT_COLUMNS)}."
-        )
-    rows: list[list[str]] = []
-    linenos: list[int] = []
-    last = len(lines) - 1
-    for n, line in enumerate(lines[1:], start=2):
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            if n - 1 == last:  # no newline after it: a row still being written, or cut off
-                warn(f"{path}: ignored an incomplete last line ({len(fields)} fields).")
-                continue
-            raise UserError(
-                f"{path}, line {n}: {len(fields)} fields but the header has {len(header)}."
-            )
-        rows.append(fields)
-        linenos.append(n)
-
-    def where(i: int) -> str:
-        return f"{path}, line {linenos[i]}"
-
-    cols = {c: [r[j].strip() for r in rows] for j, c in enumerate(header)}
-    parsed = {c: _parse_column(c, cols[c], where) for c in standard}
-    extra = {c: _extra_column(cols[c]) for c in header if c not in standard}
+    table = read_rows(path)
+    path = table.path
+    if table.torn is not None:  # no newline after it: a row still being written, or cut off
+        fields = len(table.torn.split("\t"))
+        warn(f"{path}: ignored an incomplete last line ({fields} fields, no newline after it).")
+    standard = CERTIFY_COLUMNS if table.kind == "certify" else PREDICT_COLUMNS
+    col = table.columns
     log = Log(
         path=path,
-        kind=kind,
-        idx=parsed["idx"],
-        label=parsed["label"],
-        predict=parsed["predict"],
-        correct=parsed["correct"],
-        seconds=parsed["time"],
-        radius=parsed.get("radius"),
-        extra=extra,
+        kind=table.kind,
+        idx=col["idx"],
+        label=col["label"],
+        predict=col["predict"],
+        correct=col["correct"],
+        seconds=col["time"],
+        radius=col.get("radius"),
+        extra={c: v for c, v in col.items() if c not in standard},
         name=name or path.name,
         targets=_decision_targets(path),
     )
-    _check_values(log, where, warn)
+    if log.radius is not None:
+        bad = np.flatnonzero((log.predict == -1) & (log.radius > 0))
+        if len(bad):
+            warn(
+                f"{path}: {len(bad)} abstained row(s) carry a radius > 0 "
+                f"(first: {table.where(bad[0])}); they count as not certified."
+            )
     return _drop_duplicates(log, warn)
 
 
@@ -299,50 +192,14 @@ def _decision_targets(path: Path) -> tuple[float, ...] | None:
     return None
 
 
-def _check_values(log: Log, where: Callable[[int], str], warn: Warn) -> None:
-    bad = np.flatnonzero((log.correct != 0) & (log.correct != 1))
-    if len(bad):
-        raise UserError(f"{where(bad[0])}: correct is {log.correct[bad[0]]}; it must be 0 or 1.")
-    bad = np.flatnonzero(log.label < 0)
-    if len(bad):
-        raise UserError(f"{where(bad[0])}: label is {log.label[bad[0]]}; labels are >= 0.")
-    bad = np.flatnonzero(log.predict < -1)
-    if len(bad):
-        raise UserError(
-            f"{where(bad[0])}: predict is {log.predict[bad[0]]}; a class >= 0, or -1 for abstain."
-        )
-    bad = np.flatnonzero(log.correct != (log.predict == log.label))
-    if len(bad):
-        raise UserError(
-            f"{where(bad[0])}: correct is {log.correct[bad[0]]} but predict "
-            f"{log.predict[bad[0]]} vs label {log.label[bad[0]]} says otherwise "
-            f"({len(bad)} such row(s))."
-        )
-    if log.radius is not None:
-        bad = np.flatnonzero((log.predict == -1) & (log.radius > 0))
-        if len(bad):
-            warn(
-                f"{log.path}: {len(bad)} abstained row(s) carry a radius > 0 "
-                f"(first: {where(bad[0])}); they count as not certified."
-            )
-
-
 def _drop_duplicates(log: Log, warn: Warn) -> Log:
-    """Keep the first row of each image index; conflicting labels are an error."""
+    """Keep the first row of each image index (read_rows refused conflicting labels)."""
     _, first = np.unique(log.idx, return_index=True)
     if len(first) == len(log):
         return log
     keep = np.sort(first)
-    order = np.argsort(log.idx, kind="stable")
-    sorted_idx, sorted_label = log.idx[order], log.label[order]
+    sorted_idx = np.sort(log.idx)
     same = sorted_idx[1:] == sorted_idx[:-1]
-    clash = same & (sorted_label[1:] != sorted_label[:-1])
-    if clash.any():
-        i = int(sorted_idx[1:][clash][0])
-        raise UserError(
-            f"{log.path}: image index {i} appears with different labels; "
-            "the log mixes different datasets."
-        )
     dup_indices = np.unique(sorted_idx[1:][same])
     warn(
         f"{log.path}: {len(log) - len(keep)} duplicate row(s) for {len(dup_indices)} image "
@@ -359,6 +216,7 @@ def _drop_duplicates(log: Log, warn: Warn) -> Log:
         radius=None if log.radius is None else log.radius[keep],
         extra={k: v[keep] for k, v in log.extra.items()},
         name=log.name,
+        targets=log.targets,
     )
 
 
@@ -618,7 +476,8 @@ class Report:
         return f"$^{{({clean})}}${cert}" if latex else f"({clean}){cert}"
 
     def stats_table(self, decimals: int) -> tuple[list[str], list[list[str]]]:
-        head = ["log", "images", "clean %", "ACR", "abstain %", "s/image"]
+        # the accuracy of the smoothed classifier (certified at r = 0; abstaining = wrong)
+        head = ["log", "images", "smoothed acc. %", "ACR", "abstain %", "s/image"]
         head += [f"mean {c}" for c in self.extra_means]
         body = []
         for row in self.stats_rows():
@@ -645,7 +504,7 @@ class Report:
     def markdown(self, decimals: int = 0) -> str:
         what = (
             "Certified accuracy (%) at each l2 radius: best over the logs of each row, "
-            "with the clean accuracy of the chosen log in parentheses."
+            "with the smoothed accuracy (r = 0) of the chosen log in parentheses."
             if self.envelope
             else "Certified accuracy (%) at each l2 radius."
         )

@@ -27,7 +27,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -44,6 +44,13 @@ COMPILE_MIN_SAMPLES = 20_000
 
 #: Batch sizes `--batch auto` chooses from (small batches often win on CPUs: cache).
 BATCH_CANDIDATES = (16, 32, 64, 128, 256)
+
+#: Below this many noise samples, `threads="auto"` keeps torch's count: measuring (about
+#: two seconds) would cost more than a better count could save.
+THREADS_MIN_SAMPLES = 1_000
+
+#: torch's own intra-op thread count when dsmooth was imported, before anyone set it.
+TORCH_THREADS = torch.get_num_threads()
 
 
 def default_precision() -> str:
@@ -65,6 +72,12 @@ def default_compile() -> bool | None:
     return None
 
 
+def default_threads() -> int | str:
+    """The --threads default: $DSMOOTH_THREADS if set (a count or auto), else auto."""
+    value = os.environ.get("DSMOOTH_THREADS", "auto").strip().lower()
+    return int(value) if value.isdigit() and int(value) > 0 else "auto"
+
+
 def default_backend() -> str:
     """The --backend default: $DSMOOTH_BACKEND if set, else auto."""
     return os.environ.get("DSMOOTH_BACKEND", "auto")
@@ -78,7 +91,7 @@ class EngineOptions:
     compile: bool = True  # torch.compile with freezing, eager fallback on failure
     channels_last: bool = True
     device: str = "cpu"
-    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    threads: int | str | None = None  # torch intra-op threads; None: torch's; "auto": measured
     backend: str = "auto"  # torch | openvino | auto (measured; needs the image shape)
 
 
@@ -86,14 +99,15 @@ def for_work(options: EngineOptions, samples: int) -> EngineOptions:
     """`options` settled for a run of about `samples` noise samples: compile=None becomes
     on only when the run is long enough to repay it, and a short run skips the backend
     measurement (eager torch: nothing to convert, compile or measure)."""
-    from dataclasses import replace
-
     large = samples >= COMPILE_MIN_SAMPLES
     compile_ = large if options.compile is None else options.compile
     backend = options.backend
-    if backend == "auto" and not large:
+    if backend == "auto" and not large and options.precision != "int8":  # int8 is OpenVINO's
         backend = "torch"
-    return replace(options, compile=compile_, backend=backend)
+    threads = options.threads
+    if threads == "auto" and samples < THREADS_MIN_SAMPLES:
+        threads = None
+    return replace(options, compile=compile_, backend=backend, threads=threads)
 
 
 @lru_cache(maxsize=1)
@@ -158,13 +172,25 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def set_threads(threads: int | None) -> None:
-    """Set torch's intra-op thread count (process-wide)."""
-    if threads is None:
+def set_threads(threads: int | str | None) -> None:
+    """Set torch's intra-op thread count (process-wide); None and "auto" (measured later,
+    by `choose_threads`) leave it as it is."""
+    if threads is None or threads == "auto":
         return
     if int(threads) < 1:
         raise UserError(f"threads must be at least 1, got {threads}.")
     torch.set_num_threads(int(threads))
+
+
+def untraceable_part(model: nn.Module) -> str | None:
+    """Why torch.compile should not trace `model`, or None: a part of it says so with a
+    `compilable = False` attribute (Keras layers: dynamo recompiles them without end, one
+    warning each time, and gains nothing) and gives its reason as `compile_note`."""
+    for part in model.modules():
+        if getattr(part, "compilable", True) is False:
+            note = getattr(part, "compile_note", "")
+            return note or f"{type(part).__name__} cannot be traced"
+    return None
 
 
 class EngineModule(nn.Module):
@@ -199,6 +225,10 @@ class EngineModule(nn.Module):
         scripted = isinstance(model, torch.jit.ScriptModule)
         # TorchScript is already compiled by its own JIT; dynamo cannot trace it.
         self.compile_enabled = bool(options.compile) and not scripted
+        untraceable = untraceable_part(model)
+        if self.compile_enabled and untraceable is not None:
+            self.compile_enabled = False
+            _say(report, f"dsmooth: not compiling the base classifier: {untraceable}")
         self._compiled: Callable | None = None
         self._shapes: set[tuple[int, ...]] = set()
         #: seconds spent on the first call of each compiled batch shape
@@ -258,6 +288,15 @@ class EngineModule(nn.Module):
             )
         return out
 
+    def warm_up(self, image_shape: Sequence[int], batch_sizes: Sequence[int]) -> float:
+        """Compile each batch size now (a zero batch; no-op when not compiling), so that
+        the one-off cost is not charged to the first image a run times; returns seconds."""
+        start = time.perf_counter()
+        if self.compile_enabled:
+            for b in sorted(set(batch_sizes)):
+                self(torch.zeros((b, *image_shape)))
+        return time.perf_counter() - start
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, torch.float32)
         if self.channels_last and x.ndim == 4:
@@ -299,6 +338,10 @@ def accelerate(
         return model
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
+    if options.threads == "auto":
+        options = replace(
+            options, threads=_auto_threads(model, options, device, image_shape, report)
+        )
     backend = options.backend
     if precision == "int8" and backend == "torch":
         raise UserError("--precision int8 runs on OpenVINO; use --backend openvino or auto.")
@@ -329,8 +372,6 @@ def _openvino(model, options, precision, report, image_shape, calibration):
 
 
 def _torch_fallback(model, options, reason: str, report):
-    from dataclasses import replace
-
     warnings.warn(
         f"dsmooth: {reason}; running the base classifier on torch instead.",
         RuntimeWarning,
@@ -479,6 +520,73 @@ def choose_batch_size(
         table = ", ".join(f"{b}: {r:.0f}/s" for b, r in results.items())
         report(f"dsmooth: --batch auto measured {table}; using batch {choice}")
     return choice
+
+
+def thread_candidates() -> tuple[int, ...]:
+    """Thread counts `threads="auto"` measures: one, half of torch's default, all of it."""
+    return tuple(sorted({1, max(1, TORCH_THREADS // 2), TORCH_THREADS}))
+
+
+def choose_threads(
+    model: Callable,
+    image_shape: Sequence[int],
+    candidates: Sequence[int] | None = None,
+    batch: int = 16,
+    rounds: int = 3,
+    seconds: float = 0.2,
+    report: Callable[[str], None] | None = None,
+) -> int:
+    """The intra-op thread count with the highest measured samples/s for `model`, which is
+    then set process-wide.
+
+    On a loaded machine one thread can beat all of them severalfold (every operator waits
+    for its slowest thread, and a busy core makes that one slow). The candidates take
+    turns round after round, so a load that comes and goes slows each alike, and the
+    median round decides. An EngineModule is measured eagerly, as `choose_batch_size` does.
+    """
+    candidates = sorted(set(candidates or thread_candidates()))
+    if len(candidates) == 1:
+        set_threads(candidates[0])
+        return candidates[0]
+    was = getattr(model, "compile_enabled", None)
+    if was is not None:
+        model.compile_enabled = False
+    device = getattr(model, "device", torch.device("cpu"))
+    x = torch.rand((batch, *image_shape), generator=torch.Generator().manual_seed(0)).to(device)
+    rates: dict[int, list[float]] = {t: [] for t in candidates}
+    try:
+        with torch.inference_mode():
+            for t in candidates:  # warm-up: the first call at a thread count is slower
+                torch.set_num_threads(t)
+                model(x)
+            for _ in range(rounds):
+                for t in candidates:
+                    torch.set_num_threads(t)
+                    calls, start = 0, time.perf_counter()
+                    while calls < 1 or time.perf_counter() - start < seconds:
+                        model(x)
+                        calls += 1
+                    rates[t].append(calls * batch / (time.perf_counter() - start))
+    finally:
+        if was is not None:
+            model.compile_enabled = was
+    median = {t: sorted(r)[len(r) // 2] for t, r in rates.items()}
+    choice = max(median, key=median.get)
+    torch.set_num_threads(choice)
+    if report is not None:
+        table = ", ".join(f"{t}: {r:.0f}/s" for t, r in median.items())
+        report(f"dsmooth: --threads auto measured {table}; using {choice}")
+    return choice
+
+
+def _auto_threads(model, options, device, image_shape, report) -> int | None:
+    """`choose_threads` on the model as the engine will run it (eager), or None (torch's
+    count) where there is nothing to measure: a GPU, no image shape, a single core."""
+    if device.type != "cpu" or image_shape is None or len(thread_candidates()) == 1:
+        return None
+    precision = "auto" if options.precision == "int8" else options.precision  # int8: OpenVINO's
+    probe = EngineModule(model, replace(options, precision=precision, compile=False, threads=None))
+    return choose_threads(probe, image_shape, report=report)
 
 
 def stderr_report(message: str) -> None:

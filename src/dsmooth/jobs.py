@@ -17,6 +17,7 @@ from dsmooth.noise import STAGE_SELECT
 from dsmooth.queries import count_queries
 from dsmooth.results import (
     CERTIFY_COLUMNS,
+    FILE,
     PREDICT_COLUMNS,
     SELECTION_ONLY,
     SEQUENTIAL_CERTIFY_COLUMNS,
@@ -97,10 +98,6 @@ def predict_row(
         "time": format_time(time.perf_counter() - start),
         **file_of(data, i),
     }
-
-
-#: Image-folder data: each row names its image (subfolder/file), to trace it back.
-FILE = "file"
 
 
 def file_of(data, i: int) -> dict:

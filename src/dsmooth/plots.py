@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 from dsmooth.analysis import Series
 from dsmooth.errors import UserError
@@ -71,20 +72,31 @@ def plot_curves(
     path: str | os.PathLike | None = None,
     max_radius: float | None = None,
     title: str | None = None,
+    *,
+    radii: Sequence[float] | None = None,
+    cap: float | None = None,
+    cap_label: str | None = None,
 ) -> Figure:
-    """Certified accuracy against l2 radius, one line per series (envelopes take the max).
+    """Certified accuracy (%, as the tables print it) against l2 radius, one line per
+    series (envelopes take the max).
 
+    `radii` (a table's radii) get a marker on each curve and a tick on the x-axis, so the
+    figure reads off the table's cells; without `max_radius` the x-axis reaches them all.
+    `cap`, the largest radius the runs' settings can certify (dsmooth.log_settings),
+    shades the radii beyond it, labelled `cap_label`.
     Returns the figure; writes it to `path` when given.
     """
     if not series:
         raise UserError("nothing to plot: no logs with rows.")
     if path is not None:
         check_figure_path(path)
-    if max_radius is None:
-        max_radius = default_max_radius(series)
+    if max_radius is None:  # the curves' extent, and at least the table's radii
+        max_radius = max([default_max_radius(series), *(float(r) for r in radii or ())])
     if not (max_radius > 0 and math.isfinite(max_radius)):
         raise UserError(f"the largest radius to plot must be positive, got {max_radius}.")
-    radii = np.linspace(0.0, max_radius, CURVE_POINTS)
+    marked = sorted({float(r) for r in radii or () if 0.0 <= r <= max_radius})
+    grid = np.union1d(np.linspace(0.0, max_radius, CURVE_POINTS), marked)
+    at_marks = [int(np.searchsorted(grid, r)) for r in marked]
     fig = new_figure(6.4, 4.4)
     ax = fig.add_subplot()
     for s in series:
@@ -100,11 +112,24 @@ def plot_curves(
                 marker="o",
             )
         else:
-            ax.plot(radii, s.curve(radii), label=s.name, linewidth=1.8)
+            ax.plot(
+                grid,
+                s.curve(grid),
+                label=s.name,
+                linewidth=1.8,
+                marker="o" if at_marks else None,
+                markersize=4,
+                markevery=at_marks or None,
+            )
+    if cap is not None and 0.0 <= cap < max_radius:
+        ax.axvspan(cap, max_radius, color="0.5", alpha=0.15, linewidth=0, label=cap_label)
+    if marked and len(marked) <= 16:
+        ax.set_xticks(marked, labels=[f"{r:g}" for r in marked])  # as the table heads them
     ax.set_xlim(0.0, max_radius)
-    ax.set_ylim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)  # fractions, labelled as percentages
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0, symbol=""))
     ax.set_xlabel(r"$\ell_2$ radius (pixels in [0, 1])")
-    ax.set_ylabel("certified accuracy")
+    ax.set_ylabel("certified accuracy (%)")
     ax.set_title(title or "Certified accuracy against $\\ell_2$ radius")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize="small")

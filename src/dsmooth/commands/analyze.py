@@ -102,19 +102,23 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def build_report(args):
     from dsmooth.analysis import analyze, expand, parse_radii
+    from dsmooth.log_settings import with_caps
 
     if args.decimals < 0 or args.decimals > 6:
         raise UserError(f"--decimals must be between 0 and 6, got {args.decimals}.")
-    return analyze(
+    report = analyze(
         logs=expand(args.logs),
         groups=parse_labels(args.label),
         radii=parse_radii(args.radii),
         envelope=args.envelope,
         warn=make_warn(args.strict),
     )
+    # radius columns above what the logs' recorded settings can certify get a dagger
+    return with_caps(report)
 
 
 def run(args) -> int:
+    from dsmooth.log_settings import plot_cap
     from dsmooth.plots import check_figure_path, plot_curves
 
     if args.plot:
@@ -122,7 +126,16 @@ def run(args) -> int:
     report = build_report(args)
     text = report.render(args.format, args.decimals)
     if args.plot:
-        plot_curves(report.series, args.plot, args.max_radius, args.title)
+        cap, cap_label = plot_cap(report.caps)
+        plot_curves(
+            report.series,
+            args.plot,
+            args.max_radius,
+            args.title,
+            radii=report.radii,
+            cap=cap,
+            cap_label=cap_label,
+        )
     if args.out:
         write_text(args.out, text)
     else:

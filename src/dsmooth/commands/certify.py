@@ -62,7 +62,7 @@ def run(args) -> int:
     record = common.log_provenance(args, smooth, data, "certify", sequential)
     provenance.check_resume(args.out, record)
     common.report_engine(record)
-    certify_dataset(
+    written = certify_dataset(
         smooth,
         data,
         args.out,
@@ -81,6 +81,7 @@ def run(args) -> int:
         from dsmooth.distributed import sort_log
 
         sort_log(args.out)
+    common.report_summary(args.out, written)
     return 0
 
 

@@ -20,18 +20,43 @@ from dsmooth.sources import load_model
 from dsmooth.stats import check_alpha
 
 
+def _shipped() -> str:
+    from dsmooth.models.pretrained import list_pretrained
+
+    return ", ".join(list_pretrained()) or "none installed"
+
+
+#: Every spelling a --classifier may take (dsmooth.sources), for the help texts.
+MODEL_FORMS = (
+    f"a shipped model, pretrained:NAME or just NAME ({_shipped()}); a dsmooth checkpoint "
+    "folder; ARCH:PATH, a PyTorch state dict (.pt/.pth/.th) for a registered architecture "
+    "(see --arch); TorchScript (.pt); module:function; .onnx; .keras/.h5; a TF SavedModel "
+    "folder; or a model server URL, http(s)://HOST:PORT/... (docs/sources.md)"
+)
+
+#: Every spelling a --denoiser may take: white-box forms only (D runs inside f(D(.))).
+DENOISER_FORMS = (
+    "a shipped model (pretrained:NAME or NAME), a dsmooth checkpoint folder, ARCH:PATH "
+    "(a state dict), diffusers:PATH, TorchScript (.pt), .keras, or module:function"
+)
+
+#: Every spelling --data may take (dsmooth.data.load_images, dsmooth.datasets).
+DATA_FORMS = (
+    "a .npz with uint8 'images' (N,H,W,C) and 'labels'; FILE.npz:PREFIX (arrays "
+    "PREFIX_images, PREFIX_labels); several joined, a.npz,b.npz; a folder of *SPLIT*.npz "
+    "files; an image folder, one subfolder per class, read lazily; the official "
+    "cifar-10-batches-py folder; or cifar10 (downloaded once into $DSMOOTH_CACHE, default "
+    "~/.cache/dsmooth); SPLIT is test unless --split says otherwise"
+)
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
-    g.add_argument(
-        "--classifier",
-        required=True,
-        help="base classifier: dsmooth checkpoint, TorchScript, module:function, .onnx, "
-        ".keras/.h5, SavedModel folder, or a model server URL (docs/sources.md)",
-    )
+    g.add_argument("--classifier", required=True, help="base classifier: " + MODEL_FORMS)
     g.add_argument(
         "--denoiser",
         default=None,
-        help="optional denoiser D, certified as classifier(D(x + noise))",
+        help="optional denoiser D, certified as classifier(D(x + noise)): " + DENOISER_FORMS,
     )
     g.add_argument(
         "--num-classes",
@@ -66,12 +91,7 @@ def weights_options(args) -> dict:
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        required=True,
-        help=".npz with uint8 'images' (N,H,W,C) and 'labels', or an image folder (one "
-        "subfolder per class, read lazily)",
-    )
+    g.add_argument("--data", required=True, help="images and labels: " + DATA_FORMS)
     g.add_argument(
         "--size",
         type=int,
@@ -256,9 +276,37 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         default=True,
         help="channels_last memory format for convolutions (default on)",
     )
-    g.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    add_threads_option(g)
+
+
+def add_threads_option(p) -> None:
+    """--threads N|auto; auto measures the candidates on this host (engine.choose_threads)."""
+    from dsmooth import engine
+
+    p.add_argument(
+        "--threads",
+        type=threads_value,
+        default=engine.default_threads(),
+        metavar="N|auto",
+        help="torch CPU threads; auto (default, or $DSMOOTH_THREADS) measures "
+        f"{' and '.join(map(str, engine.thread_candidates()))} threads for a few seconds and "
+        "keeps the fastest (on a loaded machine one thread can be several times faster "
+        f"than all); runs under {engine.THREADS_MIN_SAMPLES} samples keep torch's "
+        f"{engine.TORCH_THREADS}",
     )
+
+
+def threads_value(text: str) -> int | str:
+    """'auto' or a thread count of at least 1 (argparse type)."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"threads must be at least 1, got {value}")
+    return value
 
 
 def engine_options(args):
@@ -354,11 +402,30 @@ def check_sampling(args) -> None:
     check_count("n", args.n)
     if args.batch != "auto":
         check_count("batch", args.batch)
-    if getattr(args, "threads", None) is not None:
-        check_count("threads", args.threads)
     if args.skip < 1:
         raise UserError(f"skip must be at least 1, got {args.skip}.")
     check_out_folder(args.out)
+    check_existing_log(args.out)
+
+
+def check_existing_log(out) -> None:
+    """Refuse a malformed log before any model is loaded, rather than once it is about to
+    be resumed (ResultLog checks it again then, against the run's exact columns)."""
+    from pathlib import Path
+
+    from dsmooth.results import read_rows
+
+    path = Path(out)
+    if not (path.is_file() and path.stat().st_size > 0):
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+    if not {"idx", "label", "predict"} <= set(header):
+        raise UserError(
+            f"{path} exists but is not a result log (header: {' '.join(header)}); "
+            "choose another --out."
+        )
+    read_rows(path)
 
 
 def check_out_folder(out) -> None:
@@ -425,6 +492,9 @@ def build_smooth(args, data: ImageSet) -> Smooth:
         args.batch = engine.choose_batch_size(
             base, tuple(data.image(0).shape), report=engine.stderr_report
         )
+    if isinstance(base, engine.EngineModule):  # compile before the first row is timed
+        first = min(getattr(args, "n0", None) or args.n, args.batch)
+        base.warm_up(tuple(data.image(0).shape), (first, args.batch))
     return Smooth(base, num_classes, args.sigma, seed=args.seed, noise=resolve_noise(args, data))
 
 
@@ -491,7 +561,7 @@ def log_provenance(
 
     base = smooth.base_classifier
     engine = base if is_engine(base) else None
-    return provenance_record(
+    record = provenance_record(
         args,
         engine.model if engine is not None else base,
         smooth.num_classes,
@@ -506,6 +576,10 @@ def log_provenance(
         graph_cache=getattr(engine, "cache", None),
         noise_mode=smooth.noise,
     )
+    # once per process, not per row: the rows' time column excludes it (docs/engine.md)
+    seconds = sum(getattr(engine, "compile_seconds", {}).values())
+    record["engine"]["compile_seconds"] = round(float(seconds), 1)
+    return record
 
 
 def provenance_record(
@@ -573,6 +647,26 @@ def provenance_record(
         informing["denoiser_timestep"] = int(denoiser.timestep)
         informing["denoiser_steps"] = int(getattr(denoiser, "steps", 1))
     return provenance.record(command, determining, informing)
+
+
+def report_summary(out, written: int) -> None:
+    """One line on stderr when a certify/predict run ends, progress bar or not: the log,
+    its images, and how many are right."""
+    from dsmooth.analysis import read_log
+
+    log = read_log(out, warn=lambda message: None)
+    if not len(log):
+        what = "nothing to report"
+    elif log.radius is None:
+        what = (
+            f"{100 * log.clean_accuracy:.1f}% predicted correctly, "
+            f"{100 * log.abstain_rate:.1f}% abstained"
+        )
+    else:
+        what = f"{100 * log.certified_accuracy(0.0):.1f}% certified correct"
+        if not math.isnan(log.acr):
+            what += f", average certified radius {log.acr:.3f}"
+    print(f"dsmooth: {out}: {len(log)} images ({written} new); {what}", file=sys.stderr)
 
 
 def report_engine(record: dict) -> None:

@@ -14,15 +14,16 @@ def register(sub) -> None:
         help="accuracy of a classifier (behind an optional denoiser), clean and under noise",
         description="Plain accuracy of f(D(x)) on a dataset, and with --sigma of "
         "f(D(x + noise)) with one seeded Gaussian draw per image (not a certificate). Use it "
-        "to check imported weights and denoisers.",
+        "to check imported weights and denoisers. The model runs as certify runs it (the "
+        "engine options below), and the engine it used is printed on stderr and recorded "
+        "under 'engine' with --json.",
     )
     common.add_model_options(p)
     g = p.add_argument_group("data")
     g.add_argument(
         "--data",
         required=True,
-        help="a .npz (or several, comma-separated), FILE.npz:PREFIX, a folder of *SPLIT*.npz, "
-        "a cifar-10-batches-py folder, an image folder, or 'cifar10' (downloaded once)",
+        help="images and labels: " + common.DATA_FORMS,
     )
     g.add_argument("--split", default="test", choices=("train", "test"), help="default: test")
     g.add_argument("--size", type=int, default=None, help="image folders: resize+crop to SIZE")
@@ -36,6 +37,7 @@ def register(sub) -> None:
     g.add_argument("--json", action="store_true", help="print the result as one JSON object")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     common.add_strict_option(g)
+    common.add_engine_options(p)
     p.set_defaults(func=run)
 
 
@@ -49,6 +51,8 @@ def run(args) -> int:
 
     if args.skip < 1:
         raise UserError(f"skip must be at least 1, got {args.skip}.")
+    if args.batch < 1:
+        raise UserError(f"batch must be at least 1, got {args.batch}.")
     if args.sigma is not None:
         check_sigma(args.sigma)
     data = load_dataset(args.data, args.split, args.size)
@@ -59,6 +63,8 @@ def run(args) -> int:
     device = resolve_device(args.device)
     base = common.load_base(args, device, int(data.image(0).shape[0]))
     common.align_labels(args, data, common.infer_num_classes(base, data, device))
+    base = accelerated(args, base, data, len(indices))
+    report_engine(engine_record(args, base))
     result = evaluate_accuracy(
         base,
         data,
@@ -69,7 +75,7 @@ def run(args) -> int:
         progress=not args.no_progress,
     )
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, "engine": engine_record(args, base)}))
         return 0
     n = result["n"]
     print(f"images: {n}")
@@ -80,3 +86,61 @@ def run(args) -> int:
             f"{100 * result['noisy_accuracy']:.2f}% ({result['noisy_correct']}/{n})"
         )
     return 0
+
+
+def accelerated(args, base, data, images: int):
+    """The base classifier run by the engine with the command's engine options, settled
+    for `images` forward passes (twice that with --sigma), as certify runs it."""
+    from types import SimpleNamespace
+
+    from dsmooth import engine
+
+    samples = images * (2 if args.sigma is not None else 1)
+    options = engine.for_work(common.engine_options(args), samples)
+    precision = engine.resolve_precision(options.precision, engine.resolve_device(args.device))
+    calibrate = SimpleNamespace(  # int8: clean images when there is no --sigma
+        calibration_images=args.calibration_images,
+        sigma=args.sigma if args.sigma is not None else 0.0,
+        seed=args.seed,
+    )
+    return engine.accelerate(
+        base,
+        options,
+        report=engine.stderr_report,
+        image_shape=tuple(data.image(0).shape),
+        calibration=common.calibration_for(calibrate, data, precision),
+    )
+
+
+def engine_record(args, base) -> dict:
+    """How the base classifier really runs: the engine's settings, not the flags'."""
+    import torch
+
+    from dsmooth.base import module_device
+    from dsmooth.engine import backend_of, is_engine
+
+    fast = base if is_engine(base) else None
+    return {
+        "backend": backend_of(base),
+        "precision": fast.precision if fast is not None else "fp32 (not a torch module)",
+        "asked_backend": args.backend,
+        "asked_precision": args.precision,
+        "device": str(fast.device if fast is not None else module_device(base)),
+        "compile": bool(getattr(fast, "compile_enabled", False)),
+        "channels_last": bool(getattr(fast, "channels_last", False)),
+        "batch": args.batch,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def report_engine(record: dict) -> None:
+    """One line on stderr, as certify prints it (commands.common.report_engine)."""
+    from dsmooth.engine import stderr_report
+
+    stderr_report(
+        f"dsmooth: engine: {record['backend']} {record['precision']} "
+        f"(asked {record['asked_backend']} {record['asked_precision']}), "
+        f"device {record['device']}, compile {'on' if record['compile'] else 'off'}, "
+        f"channels_last {'on' if record['channels_last'] else 'off'}, "
+        f"batch {record['batch']}, {record['threads']} threads"
+    )

@@ -28,7 +28,7 @@ def run(args) -> int:
     record = common.log_provenance(args, smooth, data, "predict")
     provenance.check_resume(args.out, record)
     common.report_engine(record)
-    predict_dataset(
+    written = predict_dataset(
         smooth,
         data,
         args.out,
@@ -40,4 +40,5 @@ def run(args) -> int:
         progress=not args.no_progress,
         provenance=record,
     )
+    common.report_summary(args.out, written)
     return 0

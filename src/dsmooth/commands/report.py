@@ -1,11 +1,15 @@
 """`dsmooth report`: one page about a run: settings, tables, curves, sample images.
 
 `--out report.html` gives a single self-contained file (figures embedded as base64
-PNG); `--out report.md` gives Markdown with the figures as PNG files beside it.
+PNG); `--out report.md` gives Markdown with the figures as PNG files beside it. What each
+log's provenance record (`LOG.json`) holds is shown too: its certification settings, a
+command with them, its class names, and the largest radius its n can certify (radius
+columns above it are marked).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import datetime
 import html
@@ -19,11 +23,14 @@ def register(sub) -> None:
     p = sub.add_parser(
         "report",
         help="one HTML (or Markdown + PNG) page of a run: settings, tables, curves, images",
-        description="Summarise result logs in one page: the settings (logs, groups, radii, "
-        "command), the certified-accuracy table (envelopes with --envelope, as in "
-        "`dsmooth analyze`), per-log statistics, warnings, the accuracy curves and, with "
-        "--data and --classifier, sample clean/noisy/denoised images. The format follows "
-        "--out: .html (self-contained) or .md (figures written as PNGs beside it).",
+        description="Summarise result logs in one page: the settings (logs, groups, radii; "
+        "from each log's provenance record: sigma, alpha, n0, n or the sequential method, "
+        "noise, seed, precision, class names and a command with them), the "
+        "certified-accuracy table (envelopes with --envelope, as in `dsmooth analyze`; "
+        "radii above what the recorded n can certify are marked), per-log statistics, "
+        "warnings, the accuracy curves and, with --data and --classifier, sample "
+        "clean/noisy/denoised images. The format follows --out: .html (self-contained) or "
+        ".md (figures written as PNGs beside it).",
     )
     p.add_argument("logs", nargs="*", metavar="LOG", help="result logs (files or glob patterns)")
     p.add_argument("--label", action="append", default=[], metavar="NAME=GLOB", help="a group")
@@ -41,7 +48,12 @@ def register(sub) -> None:
     g.add_argument("--indices", type=int, nargs="+", default=[0, 1, 2, 3], help="image indices")
     g.add_argument("--sigmas", type=float, nargs="+", default=[0.25], help="noise levels")
     g.add_argument("--seed", type=int, default=0, help="noise seed (as in certify)")
-    g.add_argument("--class-names", default=None, help="'cifar10' or comma-separated names")
+    g.add_argument(
+        "--class-names",
+        default=None,
+        help="'cifar10' or comma-separated names (default: the logs' record, folder names, "
+        "or CIFAR-10's for CIFAR-10 data)",
+    )
     g.add_argument("--device", default="cpu", help="torch device for the sample grid")
     p.set_defaults(func=run)
 
@@ -52,19 +64,49 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def sample_figure(args):
-    """The clean/noisy/denoised grid, or None when --data/--classifier are not given."""
+def records(report) -> dict[str, dict | None]:
+    """Each log's provenance record (None where it has none), by log path."""
+    from dsmooth.provenance import read
+
+    return {str(log.path): read(log.path) for log in report.logs}
+
+
+def class_names(args, recorded: dict[str, dict | None]) -> list[str] | None:
+    """--class-names, else the names the logs' records give (their --class-names, or
+    CIFAR-10's for a CIFAR-10 run of 10 classes)."""
+    from dsmooth.data import parse_class_names
+    from dsmooth.log_settings import known_class_names
+
+    if args.class_names:
+        return parse_class_names(args.class_names)
+    for record in recorded.values():
+        names = known_class_names(record)
+        if names:
+            return names
+    return None
+
+
+def sample_figure(args, names: list[str] | None = None):
+    """The clean/noisy/denoised grid, or None when --data/--classifier are not given.
+    Without --class-names or class folders, classes are named by `names` (the logs'),
+    else CIFAR-10's when --data or --classifier is named so and the labels fit."""
     if not args.data and not args.classifier:
         return None
     if not (args.data and args.classifier):
         raise UserError("sample images need both --data and --classifier.")
     from dsmooth.commands.visualize import grid_from_args
     from dsmooth.data import load_images
+    from dsmooth.log_settings import known_class_names
 
-    return grid_from_args(args, load_images(args.data))
+    data = load_images(args.data)
+    if not args.class_names and not data.classes:
+        names = names or known_class_names(specs=[args.data, args.classifier])
+        if names and len(data) and int(data.labels.max()) < len(names):
+            args = argparse.Namespace(**{**vars(args), "class_names": ",".join(names)})
+    return grid_from_args(args, data)
 
 
-def settings(args, report) -> list[tuple[str, str]]:
+def settings(args, report, names: list[str] | None = None) -> list[tuple[str, str]]:
     from dsmooth import __version__
 
     rows = [
@@ -75,12 +117,57 @@ def settings(args, report) -> list[tuple[str, str]]:
     ]
     for s in report.series:
         rows.append((f"row {s.name}", ", ".join(str(log.path) for log in s.logs)))
+    if names:
+        rows.append(("classes", ", ".join(f"{k} {n}" for k, n in enumerate(names))))
     if args.data:
         rows.append(("sample data", str(args.data)))
         rows.append(("sample classifier", str(args.classifier)))
         if args.denoiser:
             rows.append(("sample denoiser", str(args.denoiser)))
     return rows
+
+
+def run_settings(report, recorded: dict[str, dict | None]):
+    """The certification settings table (one row per log with a record) and the
+    commands with them; ([], [], []) when no log has a record."""
+    from dsmooth.log_settings import SETTINGS_COLUMNS, certify_command, settings_row
+
+    if not any(recorded.values()):
+        return [], [], []
+    head = ["log", *SETTINGS_COLUMNS]
+    body, commands = [], []
+    for log in report.logs:
+        record = recorded.get(str(log.path))
+        if not record:
+            body.append([log.name, "no provenance record"] + ["-"] * (len(head) - 2))
+            continue
+        row = settings_row(record)
+        body.append([log.name, *(row[c] for c in SETTINGS_COLUMNS)])
+        commands.append((log.name, certify_command(record, log.path)))
+    return head, body, commands
+
+
+def table_caption(report) -> str:
+    if report.envelope:
+        return (
+            "Best certified accuracy (%) over the logs of each row; in parentheses the "
+            "smoothed classifier's accuracy (r = 0) of the chosen log."
+        )
+    return (
+        "Certified accuracy (%) at each l2 radius; at r = 0 it is the smoothed "
+        "classifier's accuracy (abstentions count as wrong)."
+    )
+
+
+NOTES = (
+    "smoothed acc.: the smoothed classifier's accuracy, i.e. certified accuracy at r = 0 "
+    "(abstentions count as wrong). ACR: average certified radius (0 where wrong or "
+    "abstained). s/image: seconds per image."
+)
+COMMANDS_NOTE = (
+    "Rebuilt from each log's provenance record; options it does not keep (--skip, --max, "
+    "the input contract of foreign models) are not shown."
+)
 
 
 def _html_table(head: list[str], body: list[list[str]]) -> str:
@@ -98,22 +185,21 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 td { font-variant-numeric: tabular-nums; }
 .warn { color: #a40; }
+.note { font-size: 0.85em; color: #555; }
+pre { background: #f6f6f6; padding: 0.5em; white-space: pre-wrap; word-break: break-all; }
 img { max-width: 100%; }
 """
 
 
-def render_html(title, setting_rows, report, decimals, curves: bytes, samples: bytes | None):
+def render_html(
+    title, setting_rows, report, decimals, curves: bytes, samples: bytes | None, runs=None
+):
     e = html.escape
+    head, body, commands = runs or ([], [], [])
 
     def img(data: bytes, alt: str) -> str:
         return f'<img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
-    what = (
-        "Best certified accuracy (%) over the logs of each row; clean accuracy of the "
-        "chosen log in parentheses."
-        if report.envelope
-        else "Certified accuracy (%) at each l2 radius."
-    )
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -121,11 +207,23 @@ def render_html(title, setting_rows, report, decimals, curves: bytes, samples: b
         f"<h1>{e(title)}</h1>",
         "<h2>Settings</h2>",
         _html_table(["setting", "value"], [list(r) for r in setting_rows]),
+    ]
+    if head:
+        parts += ["<h2>Certification settings</h2>", _html_table(head, body)]
+        parts.append(f'<p class="note">{e(COMMANDS_NOTE)}</p>')
+        parts += [f"<p>{e(name)}:</p><pre>{e(cmd)}</pre>" for name, cmd in commands]
+    parts += [
         "<h2>Certified accuracy</h2>",
-        f"<p>{e(what)}</p>",
+        f"<p>{e(table_caption(report))}</p>",
         _html_table(*report.main_table(decimals)),
+    ]
+    note = getattr(report, "footnote", None)
+    if note:
+        parts.append(f'<p class="note">{e(note)}</p>')
+    parts += [
         "<h2>Per log</h2>",
         _html_table(*report.stats_table(decimals)),
+        f'<p class="note">{e(NOTES)}</p>',
     ]
     if report.warnings:
         parts.append("<h2>Warnings</h2><ul>")
@@ -138,12 +236,32 @@ def render_html(title, setting_rows, report, decimals, curves: bytes, samples: b
     return "\n".join(parts) + "\n"
 
 
-def render_markdown(title, setting_rows, report, decimals, curves_name, samples_name):
-    from dsmooth.analysis import _md_table
+def md_table(head: list[str], body: list[list[str]], numbers: bool = True) -> str:
+    """A Markdown table; `numbers` right-aligns every column after the first."""
 
+    def row(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", r"\|") for c in cells) + " |"
+
+    rule = ["---"] + ["---:" if numbers else "---"] * (len(head) - 1)
+    lines = [row(head), "|" + "|".join(rule) + "|"]
+    return "\n".join(lines + [row(r) for r in body])
+
+
+def render_markdown(title, setting_rows, report, decimals, curves_name, samples_name, runs=None):
+    head, body, commands = runs or ([], [], [])
     parts = [f"# {title}", "", "## Settings", ""]
-    parts.append(_md_table(["setting", "value"], [[k, v] for k, v in setting_rows]))
-    parts += ["", "## Certified accuracy", "", report.markdown(decimals).rstrip(), ""]
+    parts += [md_table(["setting", "value"], [[k, v] for k, v in setting_rows], False), ""]
+    if head:
+        table = md_table(head, body, numbers=False)
+        parts += ["## Certification settings", "", table, "", COMMANDS_NOTE, ""]
+        for name, cmd in commands:
+            parts += [f"{name}:", "", "```", cmd, "```", ""]
+    parts += ["## Certified accuracy", "", table_caption(report), ""]
+    parts += [md_table(*report.main_table(decimals)), ""]
+    note = getattr(report, "footnote", None)
+    if note:
+        parts += [note, ""]
+    parts += ["## Per log", "", md_table(*report.stats_table(decimals)), "", NOTES, ""]
     if report.warnings:
         parts += ["## Warnings", ""] + [f"- {w}" for w in report.warnings] + [""]
     parts += ["## Curves", "", f"![certified accuracy against radius]({curves_name})", ""]
@@ -159,6 +277,7 @@ def render_markdown(title, setting_rows, report, decimals, curves_name, samples_
 
 def run(args) -> int:
     from dsmooth.commands.analyze import build_report, write_text
+    from dsmooth.log_settings import plot_cap
     from dsmooth.plots import plot_curves, save_figure
 
     out = Path(args.out)
@@ -169,9 +288,20 @@ def run(args) -> int:
         raise UserError(f"the output folder {out.parent} does not exist.")
     args.format = "markdown"
     report = build_report(args)
-    curves = plot_curves(report.series, max_radius=args.max_radius, title=args.title)
-    samples = sample_figure(args)
-    setting_rows = settings(args, report)
+    cap, cap_label = plot_cap(report.caps)
+    curves = plot_curves(
+        report.series,
+        max_radius=args.max_radius,
+        title=args.title,
+        radii=report.radii,
+        cap=cap,
+        cap_label=cap_label,
+    )
+    recorded = records(report)
+    names = class_names(args, recorded)
+    samples = sample_figure(args, names)
+    setting_rows = settings(args, report, names)
+    runs = run_settings(report, recorded)
     if suffix == ".md":
         curves_path = out.with_name(f"{out.stem}_curves.png")
         samples_path = out.with_name(f"{out.stem}_samples.png") if samples is not None else None
@@ -185,6 +315,7 @@ def run(args) -> int:
             args.decimals,
             curves_path.name,
             samples_path.name if samples_path else None,
+            runs,
         )
     else:
         text = render_html(
@@ -194,6 +325,7 @@ def run(args) -> int:
             args.decimals,
             _png(curves),
             None if samples is None else _png(samples),
+            runs,
         )
     write_text(out, text)
     print(f"wrote {out}")

@@ -86,10 +86,14 @@ def add_data_options(p) -> None:
         "--data",
         required=True,
         nargs="+",
-        help="training set(s): .npz files (uint8 'images' N,H,W,C and 'labels') or image "
-        "folders, joined in order (e.g. cifar10_train_part1.npz cifar10_train_part2.npz)",
+        help="training set(s), joined in order, each in any form certify's --data takes, "
+        "with the train split (e.g. cifar10, or train_part1.npz train_part2.npz)",
     )
-    g.add_argument("--val-data", default=None, help="validation set evaluated after each epoch")
+    g.add_argument(
+        "--val-data",
+        default=None,
+        help="validation set evaluated after each epoch, in the same forms (the test split)",
+    )
     g.add_argument(
         "--max-train-images", type=int, default=None, help="use only the first N training images"
     )

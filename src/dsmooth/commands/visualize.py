@@ -32,9 +32,7 @@ def register(sub) -> None:
         "[0, 1] for display only.",
     )
     common.add_model_options(p)
-    p.add_argument(
-        "--data", required=True, help=".npz with uint8 'images' and 'labels', or an image folder"
-    )
+    p.add_argument("--data", required=True, help="images and labels: " + common.DATA_FORMS)
     p.add_argument(
         "--indices",
         type=int,

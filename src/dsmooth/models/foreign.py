@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +53,37 @@ def is_torchscript_archive(path: Path) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
 
 
+def load_torch_file(path: str | os.PathLike):
+    """What a `torch.save` file holds, read with `torch.load(weights_only=True)`: tensors
+    and plain containers only, never code. A file that needs more (a pickled whole model,
+    any other Python object) is refused with one sentence of our own: torch's message
+    carries terminal escape codes and advises loading with weights_only=False, which
+    would run whatever code the file names."""
+    p = Path(path)
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = _plain(str(e))
+        refused = isinstance(e, pickle.UnpicklingError) or "weights_only" in text
+        if refused and ("weights only load failed" in text.lower() or "Unpickler" in text):
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise UserError(
+                f"cannot load {p} safely: it holds pickled Python objects{what}, not only "
+                "tensors, and dsmooth never unpickles code; re-save the weights with "
+                "torch.save(model.state_dict(), PATH), or export the model (TorchScript, ONNX)."
+            ) from None
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        raise UserError(
+            f"cannot read {p} as PyTorch weights ({type(e).__name__}: {first[:200]})."
+        ) from None
+
+
+def _plain(text: str) -> str:
+    """`text` without terminal escape sequences (colours, bold)."""
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors of a foreign weights file, and its scalar extras (e.g. `arch`, `best_prec1`)."""
     p = Path(path)
@@ -66,14 +99,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             raise UserError(f"cannot read {p} as safetensors ({e}).") from None
     if is_torchscript_archive(p):
         raise UserError(f"{p} is a TorchScript model, not a state dict; load it as it is.")
-    try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(
-            f"cannot load {p} safely as a state dict (only tensors and plain containers are "
-            f"allowed; a pickled whole model must be re-saved as model.state_dict()): "
-            f"{str(e).splitlines()[0][:200]}"
-        ) from None
+    obj = load_torch_file(p)
     extras: dict = {}
     while isinstance(obj, dict) and not _is_tensor_dict(obj):
         extras.update({k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool))})

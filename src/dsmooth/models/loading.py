@@ -14,6 +14,7 @@ Spec forms, tried in order:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -30,14 +31,36 @@ DIFFUSERS_PREFIX = "diffusers:"
 
 
 def split_spec(spec: str, arch: str | None = None) -> tuple[str, str | None]:
-    """(path or name, architecture) from `ARCH:PATH` or a plain spec."""
+    """(path or name, architecture) from `ARCH:PATH` or a plain spec. A spec of that form
+    whose ARCH is not in the registry (`nosucharch:w.safetensors`) is a UserError listing
+    the known architectures."""
     if not Path(spec).exists() and ":" in spec:
         head, tail = spec.split(":", 1)
         if head in list_models():
             if arch is not None and arch != head:
                 raise UserError(f"architecture given twice: {head!r} in the spec, {arch!r} too.")
             return tail, head
+        if _names_an_architecture(head, tail):
+            raise UserError(
+                f"unknown architecture {head!r} in {spec}; known: {', '.join(list_models())}."
+            )
     return spec, arch
+
+
+#: Spec prefixes that are not architectures.
+_PREFIXES = (PRETRAINED_PREFIX[:-1], DIFFUSERS_PREFIX[:-1])
+
+
+def _names_an_architecture(head: str, tail: str) -> bool:
+    """Whether `head:tail` can only be meant as ARCH:PATH: a name (not a URL scheme, a
+    spec prefix, a dotted module or a drive letter) before a weights file's name."""
+    suffix = Path(tail).suffix.lower()
+    return (
+        re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]+", head) is not None
+        and head not in _PREFIXES
+        and not tail.startswith("//")
+        and (suffix in STATE_DICT_SUFFIXES or suffix == ".safetensors")
+    )
 
 
 def load_with_config(

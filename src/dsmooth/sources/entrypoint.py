@@ -15,7 +15,6 @@ import re
 import sys
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from dsmooth.errors import UserError
@@ -72,15 +71,17 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"cannot read weights {path} ({type(e).__name__}: {e}).") from None
+        except Exception as e:
+            raise UserError(f"cannot read weights {path} ({type(e).__name__}: {e}).") from None
+    else:
+        from dsmooth.models.foreign import load_torch_file
+
+        state = load_torch_file(path)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

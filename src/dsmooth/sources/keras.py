@@ -47,7 +47,11 @@ class KerasClassifier(nn.Module):
     """A Keras model behind its input contract; forward is differentiable in torch.
 
     With `image_output` (a Keras denoiser) an NHWC output is turned back into NCHW.
+    The engine runs it eagerly: dynamo recompiles Keras' Python layers without end.
     """
+
+    compilable = False
+    compile_note = "Keras models run eagerly (torch.compile cannot trace their layers)"
 
     def __init__(self, model, contract: InputContract, image_output: bool = False):
         super().__init__()

@@ -205,8 +205,7 @@ def run_loop(
             save()
             last_save = time.monotonic()
             write_metrics(opts.out, prog.history, recipe)
-            if opts.progress:
-                tqdm.write(_describe(row))
+            tqdm.write(_describe(row))  # one line per epoch, with or without the bar
             if stop.signal is not None:
                 return "interrupted"
             if (opts.max_steps is not None and steps_this_call >= opts.max_steps) or (
