@@ -333,6 +333,8 @@ def accelerate(
         raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {options.backend!r}.")
     if not isinstance(model, nn.Module):
         set_threads(options.threads)
+        if callable(getattr(model, "on_openvino", None)):  # an ONNX file
+            return _onnx_runtime(model, options, report, image_shape)
         return model
     if isinstance(model, EngineModule) or getattr(model, "backend", None) == "openvino":
         return model
@@ -441,6 +443,47 @@ def _measured_choice(model, options, precision, report, image_shape):
     return ov_engine if winner == "openvino" else torch_engine
 
 
+def _onnx_runtime(model, options, report, image_shape):
+    """An ONNX classifier on onnxruntime (backend torch: the file's own runtime) or on
+    OpenVINO, which reads ONNX directly and adds bf16; `auto` measures both in fp32 and
+    keeps the faster, and takes OpenVINO for bf16, which onnxruntime's CPU lacks."""
+    from dsmooth.openvino_backend import unavailable
+
+    precision = resolve_precision(options.precision, "cpu")
+    if precision == "int8":
+        raise UserError("--precision int8 quantises a PyTorch graph; ONNX models run fp32 or bf16.")
+    backend = options.backend
+    if backend == "torch":
+        if options.precision == "bf16":
+            raise UserError(
+                "onnxruntime runs ONNX models in fp32; use --backend openvino for bf16."
+            )
+        return model
+    reason = unavailable()
+    if reason is not None:
+        if backend == "openvino":
+            warnings.warn(f"dsmooth: {reason}; running the ONNX model on onnxruntime instead.",
+                          RuntimeWarning, stacklevel=3)  # fmt: skip
+        return model
+    threads = options.threads if isinstance(options.threads, int) else None
+    if backend == "openvino" or precision == "bf16":
+        if backend == "auto":
+            _say(report, "dsmooth: backend auto: openvino (bf16, which onnxruntime lacks)")
+        return model.on_openvino(precision, threads)
+    if image_shape is None:
+        return model
+    compiled = model.on_openvino("fp32", threads)
+    x = torch.rand((64, *image_shape), generator=torch.Generator().manual_seed(0))
+    rates = {
+        "torch": measure_throughput(model, x, 2.0),
+        "openvino": measure_throughput(compiled, x, 2.0),
+    }
+    winner = "openvino" if rates["openvino"] > rates["torch"] else "onnxruntime"
+    said = f"openvino {rates['openvino']:.0f}/s vs onnxruntime {rates['torch']:.0f}/s"
+    _say(report, f"dsmooth: backend auto: {winner} (fp32: {said}, just measured)")
+    return compiled if winner == "openvino" else model
+
+
 def _rates(choice: dict) -> str:
     r = choice["rates"]
     return f"{choice['precision']}: openvino {r['openvino']:.0f}/s vs torch {r['torch']:.0f}/s"
@@ -531,9 +574,9 @@ def choose_threads(
     model: Callable,
     image_shape: Sequence[int],
     candidates: Sequence[int] | None = None,
-    batch: int = 16,
+    batch: int = 8,
     rounds: int = 3,
-    seconds: float = 0.2,
+    seconds: float = 0.15,
     report: Callable[[str], None] | None = None,
 ) -> int:
     """The intra-op thread count with the highest measured samples/s for `model`, which is
@@ -542,7 +585,9 @@ def choose_threads(
     On a loaded machine one thread can beat all of them severalfold (every operator waits
     for its slowest thread, and a busy core makes that one slow). The candidates take
     turns round after round, so a load that comes and goes slows each alike, and the
-    median round decides. An EngineModule is measured eagerly, as `choose_batch_size` does.
+    median round decides; after two rounds a clear winner (its worst round 20% above every
+    other's best) ends the measurement. An EngineModule is measured eagerly, as
+    `choose_batch_size` does.
     """
     candidates = sorted(set(candidates or thread_candidates()))
     if len(candidates) == 1:
@@ -559,7 +604,7 @@ def choose_threads(
             for t in candidates:  # warm-up: the first call at a thread count is slower
                 torch.set_num_threads(t)
                 model(x)
-            for _ in range(rounds):
+            for k in range(rounds):
                 for t in candidates:
                     torch.set_num_threads(t)
                     calls, start = 0, time.perf_counter()
@@ -567,6 +612,8 @@ def choose_threads(
                         model(x)
                         calls += 1
                     rates[t].append(calls * batch / (time.perf_counter() - start))
+                if k >= 1 and _clear_winner(rates):
+                    break
     finally:
         if was is not None:
             model.compile_enabled = was
@@ -577,6 +624,11 @@ def choose_threads(
         table = ", ".join(f"{t}: {r:.0f}/s" for t, r in median.items())
         report(f"dsmooth: --threads auto measured {table}; using {choice}")
     return choice
+
+
+def _clear_winner(rates: dict[int, list[float]]) -> bool:
+    best = max(rates, key=lambda t: min(rates[t]))
+    return all(min(rates[best]) > 1.2 * max(r) for t, r in rates.items() if t != best)
 
 
 def _auto_threads(model, options, device, image_shape, report) -> int | None:

@@ -561,11 +561,17 @@ def log_provenance(
 
     base = smooth.base_classifier
     engine = base if is_engine(base) else None
+    if engine is not None:
+        precision = engine.precision
+    elif getattr(base, "precision", "fp32") == "fp32":  # black-box, or ONNX in fp32
+        precision = "fp32 (not a torch module)"
+    else:  # an ONNX model OpenVINO runs in bf16: another f than fp32's
+        precision = f"{base.precision} ({base.runtime})"
     record = provenance_record(
         args,
         engine.model if engine is not None else base,
         smooth.num_classes,
-        engine.precision if engine is not None else "fp32 (not a torch module)",
+        precision,
         engine.device if engine is not None else smooth.device,
         bool(engine.compile_enabled) if engine is not None else False,
         data,
@@ -579,6 +585,8 @@ def log_provenance(
     # once per process, not per row: the rows' time column excludes it (docs/engine.md)
     seconds = sum(getattr(engine, "compile_seconds", {}).values())
     record["engine"]["compile_seconds"] = round(float(seconds), 1)
+    if getattr(base, "runtime", None):  # what ran a model the engine does not convert
+        record["engine"]["runtime"] = base.runtime
     return record
 
 
@@ -673,7 +681,8 @@ def report_engine(record: dict) -> None:
     """One line on stderr: how the base classifier really runs (docs/engine.md)."""
     e = record["engine"]
     print(
-        f"dsmooth: engine: {record.get('backend', 'torch')} {record['precision']} "
+        f"dsmooth: engine: {e.get('runtime') or record.get('backend', 'torch')} "
+        f"{record['precision']} "
         f"(asked {e.get('asked_backend')} {e['asked_precision']}), "
         f"device {record['device']}, compile {'on' if e['compile'] else 'off'}, "
         f"channels_last {'on' if e['channels_last'] else 'off'}, batch {e['batch']}, "

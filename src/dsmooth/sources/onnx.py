@@ -6,10 +6,15 @@ A model exported with a fixed batch size of 1 is run one image at a time. ONNX m
 are black-box here: certify and predict work; training a denoiser through one needs a
 white-box source (export the model as TorchScript or use the PyTorch original, or train
 against a surrogate, docs/query-access.md).
+
+OpenVINO reads ONNX files directly: `on_openvino` runs the same file on its CPU runtime
+instead, in fp32 or (where the CPU computes it natively) bf16, which onnxruntime's CPU
+provider lacks. The engine's `--backend` decides which runs (dsmooth.engine).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +43,10 @@ def _runtime():
 
 class OnnxClassifier:
     """Callable: [0, 1] NCHW torch batch -> the model's output (numpy)."""
+
+    runtime = "onnxruntime"
+    precision = "fp32"
+    _compiled = None  # OpenVINO's compiled model, when on_openvino made this one
 
     def __init__(self, path: Path, contract: InputContract, output_name: str | None = None):
         ort = _runtime()
@@ -69,8 +78,28 @@ class OnnxClassifier:
         self.path = path
         self.device = torch.device("cpu")
 
+    def on_openvino(self, precision: str = "fp32", threads: int | None = None) -> OnnxClassifier:
+        """The same file compiled by OpenVINO's CPU runtime, at `precision` (fp32 or bf16:
+        a hint OpenVINO honours where the CPU has bf16 units); this one is unchanged."""
+        import openvino
+
+        hints = {"fp32": "f32", "bf16": "bf16"}
+        if precision not in hints:
+            raise UserError(f"ONNX models run in fp32 or bf16 on OpenVINO, not {precision}.")
+        config = {"INFERENCE_PRECISION_HINT": hints[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        clone = copy.copy(self)
+        clone._compiled = openvino.Core().compile_model(str(self.path), "CPU", config)
+        clone.runtime, clone.precision = "openvino", precision
+        return clone
+
     def _run(self, array: np.ndarray) -> np.ndarray:
-        outputs = self.session.run(None, {self.input.name: array})
+        if self._compiled is not None:  # outputs in the file's order, as onnxruntime's
+            result = self._compiled(array)
+            outputs = [result[k] for k in range(len(self.output_names))]
+        else:
+            outputs = self.session.run(None, {self.input.name: array})
         return np.asarray(
             pick_output(
                 dict(zip(self.output_names, outputs, strict=True)), self.output_name, str(self.path)
