@@ -307,3 +307,29 @@ def test_role_mismatch_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="is a denoiser .*not a classifier"):
         load_model(str(tmp_path / "den"), role="classifier")
     assert load_model(str(tmp_path / "den"), role="denoiser").dsmooth_config["kind"] == "denoiser"
+
+
+def test_a_save_cut_off_between_weights_and_config_is_caught(tmp_path):
+    """The folder form is written in two renames (weights, then config); new weights
+    under an old config must be refused when loaded, never used."""
+    from torch import nn
+
+    from dsmooth.models.checkpoint import CONFIG, WEIGHTS, WEIGHTS_SHA256
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for seed, out in ((0, first), (1, second)):
+        torch.manual_seed(seed)
+        model = create("dncnn", depth=3, n_channels=4)
+        save_checkpoint(
+            model, out, {"architecture": "dncnn", "kwargs": {"depth": 3, "n_channels": 4}}
+        )
+    config = json.loads((first / CONFIG).read_text())
+    assert len(config[WEIGHTS_SHA256]) == 64
+    load_checkpoint(first)
+    (first / WEIGHTS).write_bytes((second / WEIGHTS).read_bytes())  # the cut-off state
+    with pytest.raises(UserError, match="save was cut off"):
+        load_checkpoint(first)
+    del config[WEIGHTS_SHA256]  # a checkpoint from before the checksum: loads as it did
+    (first / CONFIG).write_text(json.dumps(config))
+    assert isinstance(load_checkpoint(first)[0], nn.Module)
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 
 from tqdm.auto import tqdm
 
+from dsmooth.atomic import write_text
 from dsmooth.errors import UserError, brief
 from dsmooth.queries import count_queries
 from dsmooth.results import (
@@ -404,9 +405,4 @@ def sort_log(path) -> None:
     header, *rows = path.read_text().splitlines(keepends=True)
     rows = [r for r in rows if r.endswith("\n") and r.strip()]  # no partial row
     rows.sort(key=lambda line: int(line.split("\t", 1)[0]))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(header + "".join(rows))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text(path, header + "".join(rows))

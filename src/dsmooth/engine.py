@@ -364,12 +364,18 @@ def accelerate(
     return EngineModule(model, options, report)
 
 
-def _openvino(model, options, precision, report, image_shape, calibration):
+def _openvino(model, options, precision, report, image_shape, calibration, fingerprint=None):
     from dsmooth.openvino_backend import OpenVINOEngine
 
     set_threads(options.threads)
     return OpenVINOEngine(
-        model, tuple(image_shape), precision, options.threads, calibration, report=report
+        model,
+        tuple(image_shape),
+        precision,
+        options.threads,
+        calibration,
+        report=report,
+        fingerprint=fingerprint,
     )
 
 
@@ -423,7 +429,7 @@ def _measured_choice(model, options, precision, report, image_shape):
         _say(report, f"dsmooth: backend auto: torch ({_rates(earlier)}, measured earlier here)")
         return torch_engine
     try:
-        ov_engine = _openvino(model, options, precision, report, image_shape, None)
+        ov_engine = _openvino(model, options, precision, report, image_shape, None, fingerprint)
     except Exception as e:
         _say(report, f"dsmooth: backend auto: torch (OpenVINO failed: {type(e).__name__})")
         return torch_engine

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dsmooth.atomic import write_json
 from dsmooth.errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -225,10 +226,7 @@ def remember(key: str, choice: dict) -> None:
     except (OSError, ValueError):
         known = {}
     known[key] = choice
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(known, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_json(path, known, indent=1, sort_keys=True)
 
 
 def _has_native_bf16(core) -> bool:
@@ -256,7 +254,10 @@ class OpenVINOEngine:
         cache: GraphCache | None = None,
         use_cache: bool = True,
         report: Callable[[str], None] | None = None,
+        fingerprint: str | None = None,
     ):
+        """`fingerprint`: module_fingerprint(model) when the caller already computed it
+        (hashing a large model's weights and code takes seconds)."""
         import openvino as ov
 
         if precision not in PRECISIONS:
@@ -275,7 +276,9 @@ class OpenVINOEngine:
                 "OpenVINO reports no native bf16 on this CPU; use --precision fp32 (or int8)."
             )
         cache = cache or GraphCache()
-        fingerprint = module_fingerprint(self.model) if use_cache else None
+        if use_cache and fingerprint is None:
+            fingerprint = module_fingerprint(self.model)
+        fingerprint = fingerprint if use_cache else None
         graph_key = {
             "model": fingerprint,
             "input": [-1, *self.image_shape],

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from dsmooth.analysis import Series
+from dsmooth.atomic import replacing
 from dsmooth.errors import UserError
 
 FIGURE_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
@@ -48,12 +49,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Write `fig` to `path` (PNG, SVG or PDF by extension) without leaving a partial file."""
     path = check_figure_path(path)
     fmt = FIGURE_FORMATS[path.suffix.lower()]
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with replacing(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dsmooth.atomic import write_json
 from dsmooth.errors import UserError
 
 #: Keys whose values decide the rows; a resume must match them exactly.
@@ -201,13 +202,7 @@ def check_resume(log: str | os.PathLike, current: dict) -> None:
 
 
 def write(path: Path, content: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(content, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_json(path, content, indent=1, sort_keys=True)
 
 
 def read(log: str | os.PathLike) -> dict | None:

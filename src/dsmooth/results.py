@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dsmooth.atomic import write_text
 from dsmooth.errors import UserError
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
@@ -98,12 +99,7 @@ class ResultLog:
                 from dsmooth.provenance import sidecar, write
 
                 write(sidecar(self.path), self.provenance)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with open(tmp, "w") as f:
-                f.write("\t".join(self.columns) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_text(self.path, "\t".join(self.columns) + "\n")
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         return self
 

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from dsmooth import atomic
 from dsmooth.errors import UserError
 
 
@@ -92,12 +93,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"the output folder {path.parent} does not exist.")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(path, text)
 
 
 def build_report(args):

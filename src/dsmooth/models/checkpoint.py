@@ -8,6 +8,7 @@ rebuild the module, plus what a user needs to trust it (data, recipe, sigma, met
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,12 +18,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from dsmooth.atomic import replacing, write_text
 from dsmooth.errors import UserError
 from dsmooth.models import create
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 METADATA_KEY = "dsmooth_config"
+#: The config's checksum of its weights file: the pair is written in two renames.
+WEIGHTS_SHA256 = "weights_sha256"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -49,16 +61,16 @@ def save_checkpoint(
     path = Path(path)
     text = json.dumps(config, indent=2, sort_keys=True)
     if path.suffix == ".safetensors":
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(state, str(tmp), metadata={METADATA_KEY: text})
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            save_file(state, str(tmp), metadata={METADATA_KEY: text})
         return path
     path.mkdir(parents=True, exist_ok=True)
-    tmp_w, tmp_c = path / (WEIGHTS + ".tmp"), path / (CONFIG + ".tmp")
-    save_file(state, str(tmp_w))
-    tmp_c.write_text(text + "\n")
-    os.replace(tmp_w, path / WEIGHTS)
-    os.replace(tmp_c, path / CONFIG)
+    # Weights, then config: two renames, so the config names its weights' checksum, and a
+    # crash between them (new weights, old config) is caught when loading, never used.
+    with replacing(path / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+        config = {**config, WEIGHTS_SHA256: file_sha256(tmp)}
+    write_text(path / CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -120,6 +132,12 @@ def load_checkpoint(
         raise UserError(
             f"{p}: its config kwargs do not fit {config['architecture']} ({e})."
         ) from None
+    if p.is_dir() and WEIGHTS_SHA256 in config:
+        if file_sha256(p / WEIGHTS) != config[WEIGHTS_SHA256]:
+            raise UserError(
+                f"{p}: {WEIGHTS} is not the one {CONFIG} was written for (a save was cut "
+                "off between the two files); save the checkpoint again."
+            )
     try:
         state = load_file(str(p / WEIGHTS if p.is_dir() else p))
     except (OSError, SafetensorError) as e:

@@ -10,11 +10,11 @@ import json
 import os
 from pathlib import Path
 
+from dsmooth.atomic import write_text
+
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def write_metrics(out_dir: str | os.PathLike, rows: list[dict], recipe: dict) -> None:

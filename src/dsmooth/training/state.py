@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from dsmooth.atomic import replacing
 from dsmooth.errors import UserError
 
 STATE_FILE = "train_state.safetensors"
@@ -64,9 +65,8 @@ def save_state(
     tensors.update(opt_tensors)
     meta = json.dumps({**info, "optimizer": opt_meta})
     path = out / STATE_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={_META: meta})
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(tensors, str(tmp), metadata={_META: meta})
     return path
 
 
