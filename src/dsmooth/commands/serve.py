@@ -1,4 +1,5 @@
-"""`dsmooth serve`: a model behind the Open Inference Protocol v2 and TF Serving REST."""
+"""`dsmooth serve`: a model behind the Open Inference Protocol v2 and TF Serving REST, or
+with --smoothed the smoothed classifier itself: a certificate per image (docs/service.md)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,105 @@ def register(sub) -> None:
         help="C,H,W of the images, announced in metadata and checked (e.g. 3,32,32)",
     )
     s.add_argument("--max-batch", type=int, default=1024, help="images per request at most")
+    add_smoothed_options(p)
+    common.add_engine_options(p)
     p.set_defaults(func=run)
+
+
+#: Flags of --smoothed and their defaults (None on the parser, to tell when one is given).
+SMOOTHED_DEFAULTS = {
+    "alpha": 0.001,
+    "method": "sequential",
+    "n0": 100,
+    "n": 10_000,
+    "n_max": None,
+    "radius": None,
+    "tol": None,
+    "seed": 0,
+    "batch": 256,
+    "noise": "gaussian",
+    "num_classes": None,
+    "n_cap": None,
+    "max_images_per_request": 64,
+    "max_samples_per_request": 10_000_000,
+    "max_body_mb": 64.0,
+    "queue": 256,
+    "request_timeout": 60.0,
+    "auth_token_file": None,
+    "grace": 10.0,
+}
+
+
+def add_smoothed_options(p) -> None:
+    g = p.add_argument_group(
+        "the smoothed classifier (--smoothed; docs/service.md): certificates, not scores"
+    )
+    g.add_argument(
+        "--smoothed",
+        action="store_true",
+        help="serve the smoothed classifier: per image, class or abstain, certified l2 radius, "
+        "pA lower bound, samples used, and the guarantee's parameters (needs --sigma and "
+        "--input-shape)",
+    )
+    g.add_argument("--alpha", type=float, default=None, help="failure probability (0.001)")
+    g.add_argument(
+        "--method",
+        choices=("sequential", "cp"),
+        default=None,
+        help="sequential: stop sampling early, same guarantee (default); cp: fixed --n",
+    )
+    g.add_argument("--n0", type=int, default=None, help="selection samples (100)")
+    g.add_argument("--n", type=int, default=None, help="cp: estimation samples (10000)")
+    g.add_argument("--n-max", type=int, default=None, help="sequential: sample budget (--n)")
+    g.add_argument(
+        "--radius",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="R",
+        help="sequential: target radii to decide (default: the maximal radius, within --tol)",
+    )
+    g.add_argument("--tol", type=float, default=None, help="sequential: radius tolerance")
+    g.add_argument("--seed", type=int, default=None, help="default noise seed of requests (0)")
+    g.add_argument(
+        "--batch", type=int, default=None, help="noise samples per forward pass, shared (256)"
+    )
+    g.add_argument(
+        "--noise",
+        choices=("gaussian", "lattice"),
+        default=None,
+        help="gaussian (default) or lattice (8-bit images only; docs/certification.md)",
+    )
+    g.add_argument("--num-classes", type=int, default=None, help="default: the model's outputs")
+    g.add_argument(
+        "--n-cap",
+        type=int,
+        default=None,
+        help="the largest n0, n or n_max a request may ask for (default: the server's own)",
+    )
+    g.add_argument("--max-images-per-request", type=int, default=None, help="(64)")
+    g.add_argument(
+        "--max-samples-per-request", type=int, default=None, help="images x samples (10000000)"
+    )
+    g.add_argument("--max-body-mb", type=float, default=None, help="request body limit (64)")
+    g.add_argument(
+        "--queue", type=int, default=None, help="images in flight at most; beyond: 429 (256)"
+    )
+    g.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        help="seconds until a request gets what is certified so far (60)",
+    )
+    g.add_argument(
+        "--auth-token-file",
+        default=None,
+        help="file holding the bearer token clients must send (or $DSMOOTH_SERVE_TOKEN); "
+        "without one the server listens on loopback only",
+    )
+    g.add_argument(
+        "--grace", type=float, default=None, help="seconds in-flight requests get at shutdown (10)"
+    )
 
 
 def parse_shape(text: str | None) -> tuple[int, int, int] | None:
@@ -48,7 +147,11 @@ def parse_shape(text: str | None) -> tuple[int, int, int] | None:
 
 
 def run(args) -> int:
-
+    if args.smoothed:
+        return run_smoothed(args)
+    given = [k for k in SMOOTHED_DEFAULTS if getattr(args, k) is not None]
+    if given:
+        raise UserError(f"--{given[0].replace('_', '-')} needs --smoothed.")
     from dsmooth.base import compose
     from dsmooth.engine import resolve_device
     from dsmooth.serve import serve
@@ -65,6 +168,124 @@ def run(args) -> int:
     model = compose(classifier, common.prepare_denoiser(denoiser, args.sigma))
     serve(model, args.name, args.host, args.port, shape, args.max_batch, _announce)
     return 0
+
+
+def smoothed_settings(args):
+    """The server's certification settings and limits from the flags, or a UserError."""
+    from dsmooth.noise import check_sigma
+    from dsmooth.service.app import Limits
+    from dsmooth.service.policy import CertifySettings, Policy
+    from dsmooth.smoothing import check_count
+    from dsmooth.stats import check_alpha
+
+    for key, value in SMOOTHED_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.sigma is None:
+        raise UserError("--smoothed needs --sigma, the noise level of the certificates.")
+    check_sigma(args.sigma)
+    check_alpha(args.alpha)
+    if parse_shape(args.input_shape) is None:
+        raise UserError("--smoothed needs --input-shape C,H,W (e.g. 3,32,32).")
+    for flag in ("n0", "n", "batch", "queue", "max_images_per_request", "max_samples_per_request"):
+        check_count("--" + flag.replace("_", "-"), getattr(args, flag))
+    if args.method == "cp" and (args.radius or args.tol or args.n_max):
+        flag = "--radius" if args.radius else "--tol" if args.tol else "--n-max"
+        raise UserError(f"{flag} needs --method sequential.")
+    n_max = args.n if args.n_max is None else args.n_max
+    check_count("--n-max", n_max)
+    if args.radius is not None and any(not (r >= 0) or r == float("inf") for r in args.radius):
+        raise UserError(f"--radius values must be finite and >= 0, got {args.radius}.")
+    if args.tol is not None and not (args.tol > 0):
+        raise UserError(f"--tol must be positive, got {args.tol}.")
+    for flag in ("request_timeout", "max_body_mb"):
+        if not (getattr(args, flag) > 0):
+            raise UserError(
+                f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}."
+            )
+    if not (args.grace >= 0):
+        raise UserError(f"--grace must be >= 0, got {args.grace}.")
+    if args.max_images_per_request > args.queue:
+        raise UserError(
+            f"--max-images-per-request ({args.max_images_per_request}) exceeds --queue "
+            f"({args.queue}): such a request could never be admitted."
+        )
+    if getattr(args, "precision", None) == "int8":
+        raise UserError(
+            "--smoothed does not run int8 (it needs calibration data); use fp32 or bf16."
+        )
+    settings = CertifySettings(
+        method=args.method,
+        sigma=float(args.sigma),
+        alpha=float(args.alpha),
+        n0=int(args.n0),
+        n=int(args.n),
+        n_max=int(n_max),
+        radius=tuple(args.radius) if args.radius else None,
+        tol=args.tol,
+        seed=int(args.seed),
+        noise=args.noise,
+    )
+    own = max(settings.n0, settings.n if settings.method == "cp" else settings.n_max)
+    n_cap = own if args.n_cap is None else args.n_cap
+    if n_cap < own:
+        raise UserError(f"--n-cap ({n_cap}) is below the server's own sample count ({own}).")
+    limits = Limits(
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_images=int(args.max_images_per_request),
+        max_samples=int(args.max_samples_per_request),
+        timeout=float(args.request_timeout),
+    )
+    return Policy(settings, n_cap), limits
+
+
+def run_smoothed(args) -> int:
+    """Load f(D(.)), wrap it in the certification service and serve it."""
+    from dsmooth import engine
+    from dsmooth.service.app import build_service_app
+    from dsmooth.service.scheduler import CertificationService
+    from dsmooth.service.server import check_binding, read_token, serve_app
+
+    policy, limits = smoothed_settings(args)
+    shape = parse_shape(args.input_shape)
+    token = read_token(args.auth_token_file)
+    check_binding(args.host, token)  # before minutes of model loading
+    device = engine.resolve_device(args.device)
+    base = common.load_base(args, device, channels=shape[0])
+    num_classes = args.num_classes or probe_classes(base, shape, device)
+    if num_classes < 2:
+        raise UserError(f"--num-classes must be at least 2, got {num_classes}.")
+    options = engine.for_work(common.engine_options(args), 10**9)  # a server runs long
+    base = engine.accelerate(base, options, report=engine.stderr_report, image_shape=shape)
+    if isinstance(base, engine.EngineModule):
+        base.warm_up(shape, (args.batch,))
+    service = CertificationService(base, num_classes, args.batch, args.queue, device=device)
+    app = build_service_app(
+        service, policy, args.name, limits, token, shape, grace=float(args.grace)
+    )
+    serve_app(
+        app,
+        args.host,
+        args.port,
+        token,
+        shutdown_timeout=limits.timeout + args.grace,
+        announce=_announce,
+        path=f"/v2/models/{args.name}/infer and /v1/certify",
+        on_shutdown=lambda: service.close(float(args.grace)),
+    )
+    return 0
+
+
+def probe_classes(base, shape, device) -> int:
+    """The model's score width, from one grey image; a UserError for label outputs."""
+    import torch
+
+    with torch.inference_mode():
+        out = base(torch.full((1, *shape), 0.5, device=device))
+    dims = tuple(getattr(out, "shape", ()))
+    if len(dims) != 2:
+        raise UserError("the model returns labels, not scores: give --num-classes.")
+    return int(dims[1])
 
 
 def _announce(message: str) -> None:

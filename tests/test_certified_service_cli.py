@@ -1,0 +1,110 @@
+"""`dsmooth serve --smoothed`: flags, the binding rule, and a real process under SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+
+from dsmooth import Smooth  # noqa: E402
+from dsmooth.cli import main  # noqa: E402
+from dsmooth.client import CertifiedClient  # noqa: E402
+
+
+def smoothed(model_file, *extra: str) -> list[str]:
+    return ["serve", "--smoothed", "--classifier", str(model_file), "--sigma", "0.25",
+            "--input-shape", "3,8,8", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--alpha", "0.7"], "alpha"),
+        (["--n0", "0"], "n0"),
+        (["--method", "cp", "--radius", "0.5"], "--radius needs --method sequential"),
+        (["--n-cap", "5"], "--n-cap"),
+        (["--max-images-per-request", "500", "--queue", "10"], "exceeds --queue"),
+        (["--host", "0.0.0.0"], "without a bearer token"),
+        (["--auth-token-file", "/nonexistent/token"], "does not exist"),
+        (["--request-timeout", "0"], "--request-timeout"),
+    ],
+)
+def test_bad_flags_are_one_sentence_and_exit_2(tiny_classifier_file, capsys, extra, words):
+    assert main(smoothed(tiny_classifier_file, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1, err
+
+
+def test_smoothed_flags_need_smoothed_and_sigma(tiny_classifier_file, capsys):
+    assert main(["serve", "--classifier", str(tiny_classifier_file), "--alpha", "0.01"]) == 2
+    assert "--alpha needs --smoothed" in capsys.readouterr().err
+    args = ["serve", "--smoothed", "--classifier", str(tiny_classifier_file)]
+    assert main([*args, "--input-shape", "3,8,8"]) == 2
+    assert "--sigma" in capsys.readouterr().err
+    assert main([*args, "--sigma", "0.25"]) == 2
+    assert "--input-shape" in capsys.readouterr().err
+
+
+def read_line(stream, timeout: float) -> str:
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return box[0] if box else ""
+
+
+@pytest.mark.slow
+def test_a_real_server_answers_like_offline_and_stops_on_sigterm(tiny_classifier_file, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("0123456789abcdef0123\n")
+    cmd = [sys.executable, "-m", "dsmooth.cli", *smoothed(tiny_classifier_file)]
+    cmd += ["--port", "0", "--method", "cp", "--n0", "20", "--n", "300", "--alpha", "0.01"]
+    cmd += ["--auth-token-file", str(token_file), "--batch", "64", "--grace", "1"]
+    cmd += ["--request-timeout", "5", "--n-cap", "5000000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = read_line(proc.stdout, 120)
+        match = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert match, f"server did not start: {line!r} {proc.stderr.read() if proc.poll() else ''}"
+        url = match.group(0)
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (3, 3, 8, 8)).astype(np.uint8)
+        with CertifiedClient(url, token="0123456789abcdef0123", timeout=30) as client:
+            certs = client.certify(images, seed=7, index=4)
+        model = torch.jit.load(str(tiny_classifier_file))
+        smooth = Smooth(model, 3, 0.25, seed=7)
+        for i, c in enumerate(certs):
+            x = torch.from_numpy(images[i]).float().div_(255.0)
+            assert (c.prediction, c.radius) == smooth.certify(x, 20, 300, 0.01, index=4 + i)
+
+        answers: list = []
+
+        def slow_request():  # in flight when SIGTERM arrives: answered early, not dropped
+            with CertifiedClient(url, token="0123456789abcdef0123", timeout=30) as client:
+                answers.append(client.certify(images[:1], n=5_000_000))
+
+        thread = threading.Thread(target=slow_request)
+        thread.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        thread.join(30)
+        # uvicorn re-raises the signal once it has shut down cleanly (exit status 143)
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+        assert answers and answers[0][0].reason in ("shutdown", "deadline"), answers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

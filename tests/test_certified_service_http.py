@@ -1,0 +1,345 @@
+"""The certification service over HTTP: routes, limits, policy, token, client, shutdown."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from conftest import LinearClassifier  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+from dsmooth import Smooth  # noqa: E402
+from dsmooth.client import CertifiedClient, ServerBusy, ServiceError  # noqa: E402
+from dsmooth.errors import UserError  # noqa: E402
+from dsmooth.service.app import Limits, build_service_app  # noqa: E402
+from dsmooth.service.policy import CertifySettings, Policy  # noqa: E402
+from dsmooth.service.scheduler import CertificationService  # noqa: E402
+from dsmooth.service.server import bind, check_binding, is_loopback, make_server, read_token  # noqa: E402
+
+SHAPE = (3, 8, 8)
+TOKEN = "a-test-token-of-some-length"
+
+
+def server_settings(method: str = "sequential", **kw) -> CertifySettings:
+    values = dict(
+        method=method,
+        sigma=0.25,
+        alpha=0.01,
+        n0=20,
+        n=200,
+        n_max=1000,
+        radius=None,
+        tol=None,
+        seed=0,
+        noise="gaussian",
+    )
+    values.update(kw)
+    return CertifySettings(**values)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return LinearClassifier(3 * 8 * 8, 3).eval()
+
+
+def make_app(model, method="sequential", queue=64, token=None, limits=None, **kw):
+    service = CertificationService(model, 3, batch_size=64, queue=queue)
+    policy = Policy(server_settings(method, **kw), n_cap=20_000)
+    limits = limits or Limits(max_body_bytes=200_000, max_images=8, max_samples=100_000, timeout=10)
+    app = build_service_app(service, policy, "tiny", limits, token, SHAPE, grace=1.0)
+    return app, service
+
+
+def batch(count: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (count, *SHAPE)) / 255.0).astype(np.float32)
+
+
+def v2_body(images: np.ndarray, **params) -> dict:
+    return {
+        "id": "r1",
+        "parameters": params,
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "FP32",
+                "shape": list(images.shape),
+                "data": images.ravel().tolist(),
+            }
+        ],
+    }
+
+
+@pytest.fixture
+def client(model):
+    app, _ = make_app(model)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_v2_infer_equals_offline(client, model):
+    images = batch(3)
+    r = client.post("/v2/models/tiny/infer", json=v2_body(images, seed=4, index=10, radius=[0.2]))
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    out = {t["name"]: t["data"] for t in doc["outputs"]}
+    assert doc["parameters"]["alpha"] == 0.01 and doc["parameters"]["seed"] == 4
+    assert out["index"] == [10, 11, 12]
+    smooth = Smooth(model, 3, 0.25, seed=4)
+    for i, x in enumerate(images):
+        label, radius = smooth.certify(
+            torch.from_numpy(x),
+            20,
+            200,
+            0.01,
+            50,
+            index=10 + i,
+            method="sequential",
+            radius=[0.2],
+            n_max=1000,
+        )
+        assert (out["prediction"][i], out["radius"][i]) == (label, radius)
+
+
+def test_json_route_and_metadata(client):
+    r = client.post("/v1/certify", json={"images": batch(2).tolist(), "alpha": 0.001})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["guarantee"]["alpha"] == 0.001 and doc["guarantee"]["method"] == "sequential"
+    assert [c["index"] for c in doc["certificates"]] == [0, 1]
+    assert {"prediction", "radius", "pA_lower", "n_used", "reason"} <= set(doc["certificates"][0])
+    meta = client.get("/v2/models/tiny").json()
+    assert meta["inputs"][0]["shape"] == [-1, 3, 8, 8]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"alpha": 0.05}, 400, "'alpha'"),
+        ({"n_max": 10}, 400, "'n_max'"),
+        ({"n_max": 10**6}, 400, "'n_max'"),
+        ({"sigma": 0.5}, 400, "'sigma'"),
+        ({"method": "cp"}, 400, "'method'"),
+        ({"n": 500}, 400, "'n'"),
+        ({"tol": 1.0}, 400, "'tol'"),
+        ({"radius": [-1]}, 400, "'radius'"),
+        ({"seed": "x"}, 400, "'seed'"),
+        ({"bogus": 1}, 400, "'bogus'"),
+        ({"timeout": 100}, 400, "'timeout'"),
+        ({"index": -1}, 400, "'index'"),
+    ],
+)
+def test_a_request_may_not_loosen_the_settings(client, body, status, words):
+    r = client.post("/v1/certify", json={"images": batch(1).tolist(), **body})
+    assert r.status_code == status and words in r.json()["error"], r.text
+
+
+def test_tightening_is_accepted(client):
+    r = client.post(
+        "/v1/certify",
+        json={"images": batch(1).tolist(), "alpha": 0.001, "n_max": 2000, "n0": 50, "tol": 0.01},
+    )
+    assert r.status_code == 200, r.text
+    g = r.json()["guarantee"]
+    assert (g["alpha"], g["n_max"], g["n0"], g["tol"]) == (0.001, 2000, 50, 0.01)
+
+
+def test_bad_input_gets_a_4xx_naming_the_problem(client):
+    def infer(doc, path="/v2/models/tiny/infer"):
+        return (
+            client.post(path, json=doc)
+            if not isinstance(doc, bytes)
+            else client.post(path, content=doc)
+        )
+
+    images = batch(1)
+    cases = [
+        (infer(v2_body(images), "/v2/models/other/infer"), 404, "unknown model"),
+        (infer(b"{not json"), 400, "not valid JSON"),
+        (infer({"inputs": []}), 400, "exactly one tensor"),
+        (infer(v2_body(batch(1)[:, :, :4])), 400, "shape"),
+        (infer(v2_body(images * 2)), 400, "[0, 1]"),
+        (infer(json.dumps(v2_body(np.full((1, *SHAPE), np.nan, np.float32))).encode()), 400, "NaN"),
+        (
+            infer(
+                {
+                    **v2_body(images),
+                    "inputs": [{**v2_body(images)["inputs"][0], "datatype": "FP16"}],
+                }
+            ),
+            400,
+            "datatype",
+        ),
+        (infer({"inputs": [{"shape": [1, 3, 8, 8], "data": [0.5] * 10}]}), 400, "do not fill"),
+        (infer({"inputs": [{"shape": [1, 3, 8, 8], "data": ["a"] * 192}]}), 400, "numbers"),
+        (infer(v2_body(batch(9))), 413, "limit is 8"),
+        (infer(b"[" + b"0," * 200_000 + b"0]"), 413, "exceeds"),
+        (
+            client.post("/v1/certify", json={"images": batch(8).tolist(), "n_max": 20_000}),
+            413,
+            "noise samples",
+        ),
+        (client.post("/v1/certify", json={"images": [1, 2]}), 400, "N x C x H x W"),
+        (
+            client.post("/v1/certify", json={"images": batch(1).tolist(), "noise": "lattice"}),
+            400,
+            "'noise'",
+        ),
+    ]
+    for r, status, words in cases:
+        assert r.status_code == status and words in r.json()["error"], (status, r.text)
+
+
+def test_uint8_input_and_lattice_noise(model):
+    app, _ = make_app(model, method="cp", noise="lattice")
+    levels = np.random.default_rng(0).integers(0, 256, (1, *SHAPE))
+    with TestClient(app) as c:
+        r = c.post("/v1/certify", json={"images": levels.tolist(), "datatype": "UINT8"})
+        assert r.status_code == 200, r.text
+        x = torch.from_numpy(levels[0].astype(np.uint8)).float().div_(255.0)
+        label, radius = Smooth(model, 3, 0.25, noise="lattice").certify(x, 20, 200, 0.01, index=0)
+        cert = r.json()["certificates"][0]
+        assert (cert["prediction"], cert["radius"]) == (label, radius)
+        off_grid = c.post("/v1/certify", json={"images": (batch(1) + 1e-3).clip(0, 1).tolist()})
+        assert off_grid.status_code == 400 and "8-bit" in off_grid.json()["error"]
+
+
+def test_token_is_required_except_for_probes(model):
+    app, _ = make_app(model, token=TOKEN)
+    with TestClient(app) as c:
+        body = {"images": batch(1).tolist()}
+        assert c.post("/v1/certify", json=body).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert c.post("/v1/certify", json=body, headers=wrong).status_code == 401
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/v2/health/live").status_code == 200
+        assert c.get("/v2/health/ready").status_code == 200
+        ok = c.post("/v1/certify", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200
+
+
+def test_health_and_metrics(client):
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    client.post("/v1/certify", json={"images": batch(2).tolist()})
+    client.post("/v1/certify", json={"images": batch(1).tolist(), "alpha": 0.9})
+    text = client.get("/metrics").text
+    for name in (
+        'dsmooth_requests_total{route="/v1/certify",code="200"} 1',
+        'dsmooth_requests_total{route="/v1/certify",code="400"} 1',
+        "dsmooth_certificates_total 2",
+        "dsmooth_samples_per_second",
+        "dsmooth_queue_images 0",
+        "dsmooth_abstain_rate",
+        'dsmooth_request_seconds_bucket{le="+Inf"} 1',
+    ):
+        assert name in text, name
+
+
+def test_binding_rule_and_token_sources(tmp_path):
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+    check_binding("127.0.0.1", None)
+    check_binding("0.0.0.0", TOKEN)
+    with pytest.raises(UserError, match="without a bearer token"):
+        check_binding("0.0.0.0", None)
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    assert read_token(str(path), {}) == TOKEN
+    assert read_token(None, {"DSMOOTH_SERVE_TOKEN": TOKEN}) == TOKEN
+    assert read_token(None, {}) is None
+    path.write_text("short")
+    with pytest.raises(UserError, match="16 characters"):
+        read_token(str(path), {})
+
+
+class LiveServer:
+    """The app on a real uvicorn on 127.0.0.1 with a free port, in a thread."""
+
+    def __init__(self, app):
+        self.sock = bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = make_server(app, self.sock, 2)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+        self.thread.start()
+        end = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < end:
+            time.sleep(0.01)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.sock.close()
+
+
+def test_client_flood_and_shutdown_on_a_real_server(model):
+    before = set(threading.enumerate())
+    app, service = make_app(model, queue=2, token=TOKEN, n_max=1000)
+    live = LiveServer(app)
+    try:
+        with CertifiedClient(live.url, token=TOKEN, timeout=30) as client:
+            certs = client.certify(batch(2), seed=1, index=3, radius=[0.25])
+            assert [c.index for c in certs] == [3, 4] and certs[0].guarantee["seed"] == 1
+            with pytest.raises(ServiceError, match="'alpha'") as e:
+                client.certify(batch(1), alpha=0.5)
+            assert e.value.status == 400
+        with pytest.raises(ServiceError) as e:
+            CertifiedClient(live.url, timeout=5).certify(batch(1))
+        assert e.value.status == 401
+
+        slow = {"images": batch(2).tolist(), "n_max": 20_000, "tol": 1e-6, "timeout": 3}
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        results = []
+
+        def post():
+            results.append(
+                httpx.post(f"{live.url}/v1/certify", json=slow, headers=headers, timeout=30)
+            )
+
+        hogs = [threading.Thread(target=post) for _ in range(4)]
+        for t in hogs:
+            t.start()
+        for t in hogs:
+            t.join()
+        codes = sorted(r.status_code for r in results)
+        assert 200 in codes and 429 in codes, codes
+        busy = next(r for r in results if r.status_code == 429)
+        assert int(busy.headers["Retry-After"]) >= 1
+        service.submit(list(batch(2)), server_settings(n_max=20_000, tol=1e-6))  # fills it
+        with pytest.raises(ServerBusy) as e, CertifiedClient(live.url, token=TOKEN) as client:
+            client.certify(batch(1))
+        assert e.value.retry_after >= 1
+    finally:
+        live.stop()
+    assert not service.ready
+    time.sleep(0.1)
+    leaked = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert not leaked, leaked
+
+
+def test_disconnected_client_frees_its_slots(model):
+    def slow(x):  # about 30 s for this request, unless its client goes away
+        time.sleep(0.05)
+        return model(x)
+
+    app, service = make_app(slow, n_max=20_000, tol=1e-6)
+    live = LiveServer(app)
+    try:
+        body = {"images": batch(2).tolist(), "n_max": 20_000}
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{live.url}/v1/certify", json=body, timeout=0.5)
+        end = time.monotonic() + 5
+        while service.in_flight and time.monotonic() < end:
+            time.sleep(0.05)
+        assert service.in_flight == 0
+    finally:
+        live.stop()
