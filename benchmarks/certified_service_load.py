@@ -105,6 +105,7 @@ def start_server(args, model_spec: str):
     cmd += ["--method", "cp", "--n0", str(args.n0), "--n", str(args.n), "--alpha", str(args.alpha)]
     cmd += ["--batch", str(args.batch), "--queue", str(args.queue), "--threads", str(args.threads)]
     cmd += ["--max-images-per-request", "1", "--request-timeout", "300", "--grace", "2"]
+    cmd += ["--public-noise"]  # so each answer can be checked against offline certify
     env = {**os.environ, **EXACT_ENV, "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     box: list[str] = []

@@ -156,6 +156,29 @@ def test_service_equals_offline_across_concurrent_requests(model, service):
             assert not o.stopped_early
 
 
+def test_a_noise_secret_keys_the_noise_and_the_operator_can_reproduce_it(model):
+    """With a secret, the noise of (seed, index) is not the public stream a client could
+    compute; the operator reproduces answers offline with keyed_seed(secret, seed)."""
+    from dsmooth.service.samples import keyed_seed
+
+    secret = b"operator secret, 32 bytes long.."
+    assert keyed_seed(secret, 7) != keyed_seed(b"another secret of some length", 7)
+    assert keyed_seed(secret, 7) != keyed_seed(secret, 8) and 0 <= keyed_seed(secret, 7) < 2**32
+    svc = CertificationService(model, CLASSES, batch_size=37, queue=64, noise_secret=secret)
+    try:
+        assert svc.noise_keys == "secret"
+        xs = images(6, seed=4)
+        s = settings("cp", "gaussian", seed=7)
+        got = svc.submit(xs, s).future.result(timeout=60)
+    finally:
+        svc.close()
+    keyed = settings("cp", "gaussian", seed=keyed_seed(secret, 7))
+    for i, (x, o) in enumerate(zip(xs, got, strict=True)):
+        assert (o.prediction, o.radius, o.n_used) == offline(model, x, keyed, i)
+    public = [offline(model, x, s, i) for i, x in enumerate(xs)]
+    assert [(o.prediction, o.radius, o.n_used) for o in got] != public
+
+
 def test_small_request_finishes_while_a_huge_one_runs(model, service):
     huge = settings("sequential", "gaussian", 0, n_max=2_000_000, tol=1e-6)
     big = service.submit(images(8, seed=1), huge)

@@ -343,3 +343,160 @@ def test_disconnected_client_frees_its_slots(model):
         assert service.in_flight == 0
     finally:
         live.stop()
+
+
+def test_malformed_bodies_get_400_not_500(client):
+    """Empty dimensions, integers beyond float range and deep nesting name the problem."""
+
+    def tensor(shape, data):
+        return {"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": data}]}
+
+    cases = [
+        (client.post("/v2/models/tiny/infer", json=tensor([1, 0, 8, 8], [])), "empty dimension"),
+        (client.post("/v1/certify", json={"images": [[[[]]]]}), "empty dimension"),
+        (
+            client.post(
+                "/v2/models/tiny/infer", content=json.dumps(tensor([1], [10**400])).encode()
+            ),
+            "numbers",
+        ),
+        (client.post("/v1/certify", content=b"[" * 100_000 + b"]" * 100_000), "nested"),
+    ]
+    for r, words in cases:
+        assert r.status_code == 400 and words in r.json()["error"], r.text
+
+
+def test_tightened_parameters_are_the_ones_used(model):
+    """A request's own alpha, n0, n / n_max, radii, tol, seed and index are the ones the
+    certificate is computed with, not only the ones reported: the answers equal offline
+    certification with the request's parameters (and differ from the server's own)."""
+    from dsmooth.sequential import certify_sequential
+
+    images = batch(4, seed=5)
+    requests = [
+        ("sequential", {"alpha": 0.002, "n0": 30, "n_max": 2500, "radius": [0.15, 0.4]}),
+        ("sequential", {"alpha": 0.001, "n_max": 3000, "tol": 0.01}),
+        ("cp", {"alpha": 0.003, "n0": 25, "n": 400}),
+    ]
+    for method, params in requests:
+        app, _ = make_app(model, method=method)
+        with TestClient(app) as c:
+            body = {"images": images.tolist(), "seed": 8, "index": 20, **params}
+            r = c.post("/v1/certify", json=body)
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        for key, value in params.items():
+            assert doc["guarantee"][key] == value, (key, doc["guarantee"])
+        smooth = Smooth(model, 3, 0.25, seed=8)
+        n0 = params.get("n0", 20)
+        for i, (x, cert) in enumerate(zip(images, doc["certificates"], strict=True)):
+            x = torch.from_numpy(x)
+            if method == "cp":
+                want = smooth.certify(x, n0, params["n"], params["alpha"], 50, index=20 + i)
+                assert (cert["prediction"], cert["radius"]) == want
+                continue
+            out = certify_sequential(
+                smooth, x, n0, params["alpha"], params["n_max"], params.get("radius"), 50,
+                index=20 + i, tol=params.get("tol"),
+            )  # fmt: skip
+            got = (cert["prediction"], cert["radius"], cert["n_used"], cert["pA_lower"])
+            assert got == (out.prediction, out.radius, out.n_used, out.p_lower)
+
+
+def test_v2_target_radii_round_trip_in_full_precision(client, model):
+    """OIP v2 parameters are scalars: radii go in and come back as a comma-separated
+    string, unrounded (the radii decide when sampling stops, so a rounded echo would
+    not reproduce the answer)."""
+    images = batch(1, seed=2)
+    r = client.post("/v2/models/tiny/infer", json=v2_body(images, radius="0.2,0.123456789"))
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["parameters"]["radius"] == "0.2,0.123456789"
+    out = {t["name"]: t["data"] for t in doc["outputs"]}
+    label, radius = Smooth(model, 3, 0.25).certify(
+        torch.from_numpy(images[0]), 20, 200, 0.01, 50, index=0, method="sequential",
+        radius=[0.2, 0.123456789], n_max=1000,
+    )  # fmt: skip
+    assert (out["prediction"][0], out["radius"][0]) == (label, radius)
+    bad = client.post("/v2/models/tiny/infer", json=v2_body(images, radius="0.2,x"))
+    assert bad.status_code == 400 and "'radius'" in bad.json()["error"]
+
+
+def test_seed_and_index_stay_below_2_to_the_32(client, model):
+    """Noise keys are hashed as 32-bit words: beyond 2^32 distinct (seed, index, stage)
+    keys can share noise, so such seeds and indices are refused."""
+    from dsmooth.noise import philox_key
+
+    assert (philox_key(0, 2**32, 0) == philox_key(0, 0, 1)).all()  # why the limit exists
+    one, two = batch(1).tolist(), batch(2).tolist()
+    for body in (
+        {"images": one, "seed": 2**32},
+        {"images": one, "index": 2**32},
+        {"images": two, "index": 2**32 - 1},
+    ):
+        r = client.post("/v1/certify", json=body)
+        assert r.status_code == 400 and "2^32" in r.json()["error"], r.text
+    ok = client.post("/v1/certify", json={"images": two, "index": 2**32 - 2, "seed": None})
+    assert ok.status_code == 200 and ok.json()["certificates"][1]["index"] == 2**32 - 1
+    default = client.post("/v1/certify", json={"images": one, "index": None, "timeout": None})
+    assert default.status_code == 200 and default.json()["certificates"][0]["index"] == 0
+    with pytest.raises(UserError, match="seed"):
+        Policy(server_settings(seed=-1), n_cap=20_000)
+
+
+def test_bound_address_is_checked_after_resolution():
+    """'localhost' passes the name check; the address actually bound is checked too."""
+    import socket
+
+    from dsmooth.service.server import check_bound
+
+    loop = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    loop.bind(("127.0.0.1", 0))
+    check_bound(loop, None)
+    loop.close()
+    anywhere = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    anywhere.bind(("0.0.0.0", 0))  # bound, never listening
+    with pytest.raises(UserError, match="not loopback"):
+        check_bound(anywhere, None)
+    assert anywhere.fileno() == -1, "the refused socket is closed"
+
+
+def test_shutdown_gives_in_flight_requests_the_grace_period_not_their_deadline(model):
+    """uvicorn waits for in-flight requests before the app's lifespan shutdown; the
+    service must start closing when shutdown begins, or a request runs on to its own
+    deadline (here 10 s) instead of being answered after the grace period."""
+
+    def slow(x):
+        time.sleep(0.05)
+        return model(x)
+
+    app, service = make_app(slow, n_max=20_000, tol=1e-6)
+    sock = bind("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = make_server(app, sock, 15, on_shutdown=lambda: service.close(0.5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    answers = []
+    try:
+        end = time.monotonic() + 10
+        while not server.started and time.monotonic() < end:
+            time.sleep(0.01)
+        body = {"images": batch(1).tolist(), "n_max": 20_000, "timeout": 10}
+        poster = threading.Thread(
+            target=lambda: answers.append(httpx.post(f"{url}/v1/certify", json=body, timeout=30))
+        )
+        poster.start()
+        while not service.in_flight and time.monotonic() < end:
+            time.sleep(0.01)
+        stopped = time.monotonic()
+        server.should_exit = True
+        poster.join(20)
+        elapsed = time.monotonic() - stopped
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
+    assert answers and answers[0].status_code == 200, answers
+    cert = answers[0].json()["certificates"][0]
+    assert cert["reason"] == "shutdown" and cert["stopped_early"], cert
+    assert elapsed < 5, elapsed

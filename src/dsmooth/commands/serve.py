@@ -58,6 +58,8 @@ SMOOTHED_DEFAULTS = {
     "queue": 256,
     "request_timeout": 60.0,
     "auth_token_file": None,
+    "noise_secret_file": None,
+    "public_noise": False,
     "grace": 10.0,
 }
 
@@ -131,6 +133,22 @@ def add_smoothed_options(p) -> None:
     )
     g.add_argument(
         "--grace", type=float, default=None, help="seconds in-flight requests get at shutdown (10)"
+    )
+    g.add_argument(
+        "--noise-secret-file",
+        default=None,
+        help="file holding a secret that keys every request's noise, so that no client can "
+        "choose an image against known noise, and answers repeat across restarts (default: "
+        "a random secret per process)",
+    )
+    g.add_argument(
+        "--public-noise",
+        action="store_const",
+        const=True,
+        default=None,
+        help="noise a public function of (seed, index), as offline certify draws it: for "
+        "tests and reproducible demos only, since a client who knows the model can then "
+        "pick an image the noise over-certifies",
     )
 
 
@@ -239,6 +257,30 @@ def smoothed_settings(args):
     return Policy(settings, n_cap), limits
 
 
+def noise_secret(args) -> bytes | None:
+    """The secret that keys the noise: from --noise-secret-file, random for this process,
+    or None with --public-noise (service.samples.keyed_seed says why)."""
+    import secrets
+    import sys
+    from pathlib import Path
+
+    if args.public_noise:
+        if args.noise_secret_file:
+            raise UserError("--public-noise and --noise-secret-file exclude each other.")
+        print("dsmooth: warning: --public-noise: clients can predict the noise.", file=sys.stderr)
+        return None
+    if args.noise_secret_file is None:
+        return secrets.token_bytes(32)
+    path = Path(args.noise_secret_file)
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as e:
+        raise UserError(f"cannot read the noise secret {path} ({e.strerror or e}).") from None
+    if len(secret) < 16:
+        raise UserError(f"the noise secret in {path} is shorter than 16 bytes; use a longer one.")
+    return secret
+
+
 def run_smoothed(args) -> int:
     """Load f(D(.)), wrap it in the certification service and serve it."""
     from dsmooth import engine
@@ -250,6 +292,7 @@ def run_smoothed(args) -> int:
     shape = parse_shape(args.input_shape)
     token = read_token(args.auth_token_file)
     check_binding(args.host, token)  # before minutes of model loading
+    secret = noise_secret(args)
     device = engine.resolve_device(args.device)
     base = common.load_base(args, device, channels=shape[0])
     num_classes = args.num_classes or probe_classes(base, shape, device)
@@ -259,7 +302,9 @@ def run_smoothed(args) -> int:
     base = engine.accelerate(base, options, report=engine.stderr_report, image_shape=shape)
     if isinstance(base, engine.EngineModule):
         base.warm_up(shape, (args.batch,))
-    service = CertificationService(base, num_classes, args.batch, args.queue, device=device)
+    service = CertificationService(
+        base, num_classes, args.batch, args.queue, device=device, noise_secret=secret
+    )
     app = build_service_app(
         service, policy, args.name, limits, token, shape, grace=float(args.grace)
     )

@@ -174,7 +174,7 @@ def build_service_app(
             return error(500, f"the base classifier failed: {type(e).__name__}: {e}")
         if ticket.cancelled:
             return Response(status_code=499)
-        guarantee = settings.guarantee()
+        guarantee = {**settings.guarantee(), "noise_keys": service.noise_keys}
         if route == "v2":
             return JSONResponse(wire.v2_response(name, request_id, outcomes, first, guarantee))
         certificates = [wire.certificate_json(o, first + i) for i, o in enumerate(outcomes)]
@@ -220,7 +220,7 @@ def build_service_app(
                 "platform": "dsmooth_smoothed",
                 "inputs": [{"name": "input", "datatype": "FP32", "shape": shape}],
                 "outputs": outputs,
-                "parameters": policy.settings.guarantee(),
+                "parameters": {**policy.settings.guarantee(), "noise_keys": service.noise_keys},
             }
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 #: Latency buckets in seconds (the histogram's `le` bounds).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -32,7 +33,7 @@ class Metrics:
         self._buckets = [0] * len(LATENCY_BUCKETS)
         self._latency_sum = 0.0
         self._latency_count = 0
-        self.gauges: dict[str, callable] = {}
+        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}  # name: (help, read)
 
     def request(self, route: str, status: int, seconds: float | None = None) -> None:
         with self._lock:

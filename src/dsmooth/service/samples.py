@@ -7,10 +7,26 @@ may split a need across batches and still feed the classifier the offline inputs
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import torch
 
 from dsmooth.noise import NoiseStream
 from dsmooth.smoothing import check_image
+
+
+def keyed_seed(secret: bytes, seed: int) -> int:
+    """The seed a server with a noise secret really uses for a request's `seed`.
+
+    A smoothing certificate holds for images chosen without knowing the noise. With public
+    seeds anyone who knows the base model can search for an image whose fixed noise draws
+    over-estimate pA and get a wrong certificate; keyed by a secret, the noise stays
+    unpredictable to clients, while the operator, who holds the secret, can still
+    reproduce any answer offline with `Smooth(..., seed=keyed_seed(secret, seed))`.
+    """
+    digest = hmac.new(secret, int(seed).to_bytes(8, "big"), hashlib.sha256).digest()
+    return int.from_bytes(digest[:4], "big")  # the noise key takes 32-bit seeds
 
 
 class ImageSamples:

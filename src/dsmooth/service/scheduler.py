@@ -27,7 +27,7 @@ from dsmooth.errors import UserError
 from dsmooth.service.certification import Certification, Outcome, make_certification
 from dsmooth.service.metrics import Metrics
 from dsmooth.service.policy import CertifySettings
-from dsmooth.service.samples import ImageSamples
+from dsmooth.service.samples import ImageSamples, keyed_seed
 from dsmooth.smoothing import check_counts
 
 
@@ -106,10 +106,17 @@ class CertificationService:
         queue: int = 256,
         metrics: Metrics | None = None,
         device: torch.device | str | None = None,
+        noise_secret: bytes | None = None,
     ):
+        """`noise_secret`: key each request's noise by it (samples.keyed_seed), so that no
+        client can predict the noise its image will get; None makes the noise a public
+        function of (seed, index), equal to offline certify's with the request's seed."""
         if int(batch_size) < 1 or int(queue) < 1:
             raise UserError("the batch size and the queue bound must be at least 1.")
         self.num_classes = int(num_classes)
+        self.noise_secret = noise_secret
+        #: what a response says of its noise: "secret" (unpredictable) or "public"
+        self.noise_keys = "secret" if noise_secret else "public"
         self.batch_size = int(batch_size)
         self.capacity = int(queue)
         self.metrics = metrics or Metrics()
@@ -160,11 +167,12 @@ class CertificationService:
         """
         if not self._accepting:
             raise ShuttingDown("the server is shutting down.")
+        seed = settings.seed
+        if self.noise_secret:
+            seed = keyed_seed(self.noise_secret, seed)
         jobs = [
             ImageJob(
-                ImageSamples(
-                    x, settings.sigma, settings.seed, first_index + i, settings.noise, self.device
-                ),
+                ImageSamples(x, settings.sigma, seed, first_index + i, settings.noise, self.device),
                 make_certification(self.num_classes, settings),
             )
             for i, x in enumerate(images)
