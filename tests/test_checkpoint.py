@@ -39,6 +39,7 @@ def outputs(m: torch.nn.Module, seed: int = 1) -> torch.Tensor:
 
 FRESH_PROCESS = """
 import sys, numpy as np, torch, dsmooth
+torch.set_num_threads(int(sys.argv.pop(1)))  # this process's: summation order is per count
 x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
 for path, out in zip(sys.argv[1::2], sys.argv[2::2]):
     with torch.no_grad():
@@ -59,7 +60,8 @@ def test_round_trip_in_a_fresh_process_is_exact(tmp_path):
     argv = []
     for name, target, _ in cases:
         argv += [str(target), str(tmp_path / f"{name}.npy")]
-    subprocess.run([sys.executable, "-c", FRESH_PROCESS, *argv], check=True, timeout=120)
+    threads = str(torch.get_num_threads())
+    subprocess.run([sys.executable, "-c", FRESH_PROCESS, threads, *argv], check=True, timeout=120)
     for name, _, expected in cases:
         got = torch.from_numpy(np.load(tmp_path / f"{name}.npy"))
         assert torch.equal(got, expected), name
