@@ -14,13 +14,21 @@ def help_of(command: str) -> str:
     return " ".join(sub.choices[command].format_help().split())
 
 
-@pytest.mark.parametrize("command", ["certify", "predict", "evaluate", "visualize", "test-denoiser"])
+@pytest.mark.parametrize(
+    "command", ["certify", "predict", "evaluate", "visualize", "test-denoiser"]
+)
 def test_model_and_data_forms_are_listed(command):
     text = help_of(command)
     for form in ("pretrained:NAME", "ARCH:PATH", "module:function", ".onnx", ".keras", "URL"):
         assert form in text, form
     assert list_pretrained()[0].replace("-", "- ")[:8] in text.replace("-", "- ")
-    for form in ("FILE.npz:PREFIX", "a.npz,b.npz", "*SPLIT*.npz", "image folder", "cifar-10-batches-py"):
+    for form in (
+        "FILE.npz:PREFIX",
+        "a.npz,b.npz",
+        "*SPLIT*.npz",
+        "image folder",
+        "cifar-10-batches-py",
+    ):
         assert form in text, form
 
 
