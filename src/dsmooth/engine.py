@@ -517,10 +517,12 @@ def measure_throughput(
     batch: torch.Tensor,
     min_seconds: float = 1.0,
     min_calls: int = 2,
+    warm_up: bool = True,
 ) -> float:
-    """Samples per second of `fn` on `batch` after one warm-up call."""
+    """Samples per second of `fn` on `batch`, after one warm-up call unless told not to."""
     with torch.inference_mode():
-        fn(batch)
+        if warm_up:
+            fn(batch)
         calls, start = 0, time.perf_counter()
         while calls < min_calls or time.perf_counter() - start < min_seconds:
             fn(batch)
@@ -545,30 +547,37 @@ def choose_batch_size(
     """
     if not candidates:
         raise ValueError("no batch-size candidates")
-    fn = model
-    if isinstance(model, EngineModule):
-        was, model.compile_enabled = model.compile_enabled, False
-        fn = model
     device = getattr(model, "device", torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
     results: dict[int, float] = {}
-    try:
+    with _eagerly(model):
         worse = 0
         for b in sorted(candidates):
             x = torch.rand((b, *image_shape), generator=gen).to(device)
-            results[b] = measure_throughput(fn, x, seconds_per_candidate)
+            results[b] = measure_throughput(model, x, seconds_per_candidate)
             best = max(results.values())
             worse = worse + 1 if results[b] < best else 0
             if worse >= 2:
                 break
-    finally:
-        if isinstance(model, EngineModule):
-            model.compile_enabled = was
     choice = max(results, key=results.get)
     if report is not None:
         table = ", ".join(f"{b}: {r:.0f}/s" for b, r in results.items())
         report(f"dsmooth: --batch auto measured {table}; using batch {choice}")
     return choice
+
+
+@contextlib.contextmanager
+def _eagerly(model):
+    """An EngineModule measured without compiling (one compilation per candidate would
+    cost more than the measurement); anything else as it is."""
+    was = getattr(model, "compile_enabled", None)
+    if was is not None:
+        model.compile_enabled = False
+    try:
+        yield
+    finally:
+        if was is not None:
+            model.compile_enabled = was
 
 
 def thread_candidates() -> tuple[int, ...]:
@@ -599,30 +608,19 @@ def choose_threads(
     if len(candidates) == 1:
         set_threads(candidates[0])
         return candidates[0]
-    was = getattr(model, "compile_enabled", None)
-    if was is not None:
-        model.compile_enabled = False
     device = getattr(model, "device", torch.device("cpu"))
     x = torch.rand((batch, *image_shape), generator=torch.Generator().manual_seed(0)).to(device)
     rates: dict[int, list[float]] = {t: [] for t in candidates}
-    try:
-        with torch.inference_mode():
-            for t in candidates:  # warm-up: the first call at a thread count is slower
+    with _eagerly(model), torch.inference_mode():
+        for t in candidates:  # warm-up: the first call at a thread count is slower
+            torch.set_num_threads(t)
+            model(x)
+        for k in range(rounds):
+            for t in candidates:
                 torch.set_num_threads(t)
-                model(x)
-            for k in range(rounds):
-                for t in candidates:
-                    torch.set_num_threads(t)
-                    calls, start = 0, time.perf_counter()
-                    while calls < 1 or time.perf_counter() - start < seconds:
-                        model(x)
-                        calls += 1
-                    rates[t].append(calls * batch / (time.perf_counter() - start))
-                if k >= 1 and _clear_winner(rates):
-                    break
-    finally:
-        if was is not None:
-            model.compile_enabled = was
+                rates[t].append(measure_throughput(model, x, seconds, 1, warm_up=False))
+            if k >= 1 and _clear_winner(rates):
+                break
     median = {t: sorted(r)[len(r) // 2] for t, r in rates.items()}
     choice = max(median, key=median.get)
     torch.set_num_threads(choice)
