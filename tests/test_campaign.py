@@ -46,17 +46,42 @@ def test_status_reports_every_step(campaign, tmp_path, monkeypatch):
 
 def test_committed_runs_resume_with_the_drivers_command(campaign):
     """A recipe change in campaign.py would make `make reproduce` refuse to resume."""
-    checked = 0
+    runs = []  # (run folder, the driver's command for it)
     for step in campaign.steps():
-        if not isinstance(step, campaign.Train) or not has_state(step.out):
+        if isinstance(step, campaign.Train):
+            runs.append((step.out, step.command()[1:]))
+        elif isinstance(step, campaign.Probes):
+            runs += [(campaign.RUNS / f"probe-{n}", a) for n, a in step.candidates.items()]
+    checked = 0
+    for out, argv in runs:
+        if not has_state(out):
             continue
-        args = build_parser().parse_args(step.command()[1:])
+        args = build_parser().parse_args([*argv, "--out", str(out)])
         cls = ClassifierRecipe if args.command == "train-classifier" else DenoiserRecipe
         current = recipe_json(recipe_from_args(cls, args))
-        check_same_recipe(read_info(step.out)["recipe"], current)
+        check_same_recipe(read_info(out)["recipe"], current)
         checked += 1
     if not checked:
         pytest.skip("no unfinished training run is committed")
+
+
+def test_a_host_runs_first_what_it_is_comparatively_fast_at(campaign, monkeypatch):
+    """AVX2 hosts certify while bf16 hosts train; ties and small margins keep plan order."""
+    rates = {
+        "avx2": {"train_stab": 14.0, "certify_denoised": 62.0},
+        "bf16": {"train_stab": 131.0, "certify_denoised": 423.0},
+    }
+    monkeypatch.setattr(campaign, "load_rates", lambda: rates)
+    monkeypatch.setattr(campaign, "_missing", lambda step: [])
+    train = campaign.Train("t", "t-shipped", "train_stab", 1)
+    certify = campaign.Certify("c", "certify_denoised", 1, [], 1.0)
+    assert campaign.choose([train, certify], rates["avx2"]) is certify
+    assert campaign.choose([train, certify], rates["bf16"]) is train
+    close = {"train_stab": 14.0, "certify_denoised": 14.0 / 131 * 423 * 1.1}
+    assert campaign.choose([train, certify], close) is train  # under PREFER: plan order
+    monkeypatch.setattr(campaign, "_missing", lambda step: ["t"] if step is certify else [])
+    assert campaign.choose([train, certify], rates["avx2"]) is train  # only ready steps
+    assert campaign.choose([certify], rates["avx2"]) is None
 
 
 def test_every_command_parses(campaign):
