@@ -10,8 +10,11 @@ from the model's input shape); the input contract converts from [0, 1] NCHW.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
+import uuid
 import warnings
 from pathlib import Path
 
@@ -58,6 +61,17 @@ class KerasClassifier(nn.Module):
         self.model = model
         self.contract = contract
         self.image_output = image_output
+
+    def extra_repr(self) -> str:
+        """The Keras architecture (strides, padding, activations), which the weights alone
+        do not fix: part of the key under which the OpenVINO engine caches this model's
+        graph. A model without a config gets a key of its own, so it is never reused."""
+        try:
+            config = json.dumps(self.model.get_config(), sort_keys=True, default=str)
+        except Exception:
+            config = f"unserialisable {uuid.uuid4()}"
+        digest = hashlib.sha256(f"{config}|{self.contract}|{self.image_output}".encode())
+        return f"keras_config_sha256={digest.hexdigest()}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(self.contract.convert(x), training=False)
