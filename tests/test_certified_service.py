@@ -264,3 +264,39 @@ def test_a_failing_model_fails_its_requests_and_the_worker_survives(model):
         assert not o.stopped_early and svc.in_flight == 0
     finally:
         svc.close()
+
+
+def test_a_compiled_engine_is_compiled_once_and_padding_leaves_answers_unchanged(monkeypatch):
+    """Cross-request batches come in any size up to --batch. The engine compiles one
+    static shape (warmed up at --batch, as `serve --smoothed` does) and zero-pads shorter
+    batches up to it, dropping the padded rows: one compilation, and the certificates of
+    an uncompiled model (here a stand-in compiler; inductor is test_engine's)."""
+    from dsmooth import engine
+    from dsmooth.engine import EngineModule, EngineOptions
+
+    calls = []
+
+    def fake_compile(module, **options):
+        def run(x):
+            calls.append(tuple(x.shape))
+            return module(x)
+
+        return run
+
+    monkeypatch.setattr(engine.torch, "compile", fake_compile)
+    eager = LinearClassifier(3 * 8 * 8, CLASSES).eval()
+    fast = EngineModule(LinearClassifier(3 * 8 * 8, CLASSES), EngineOptions("fp32", True))
+    fast.warm_up(SHAPE, (37,))
+    svc = CertificationService(fast, CLASSES, batch_size=37, queue=64)
+    try:
+        xs = images(6, seed=8)
+        cases = [settings("cp", "gaussian", 3), settings("sequential", "gaussian", 4, n_max=700)]
+        tickets = [(s, svc.submit(xs[3 * k : 3 * k + 3], s, 3 * k)) for k, s in enumerate(cases)]
+        for k, (s, ticket) in enumerate(tickets):
+            for j, o in enumerate(ticket.future.result(timeout=60)):
+                i = 3 * k + j
+                assert (o.prediction, o.radius, o.n_used) == offline(eager, xs[i], s, i)
+    finally:
+        svc.close()
+    assert svc.metrics.samples < 37 * svc.metrics.batches, "some batches should be short"
+    assert set(calls) == {(37, *SHAPE)} and list(fast.compile_seconds) == [(37, *SHAPE)]

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -17,6 +13,8 @@ import torch
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+
+from service_helpers import dsmooth_server  # noqa: E402
 
 from dsmooth import Smooth  # noqa: E402
 from dsmooth.cli import main  # noqa: E402
@@ -41,6 +39,10 @@ def smoothed(model_file, *extra: str) -> list[str]:
         (["--request-timeout", "0"], "--request-timeout"),
         (["--noise-secret-file", "/nonexistent/secret"], "cannot read the noise secret"),
         (["--public-noise", "--noise-secret-file", "s"], "exclude each other"),
+        (["--method", "cp", "--tol", "0.1"], "--tol needs --method sequential"),
+        (["--tol", "0"], "--tol must be positive"),
+        (["--radius", "inf"], "--radius values must be finite"),
+        (["--n-max", "0"], "n-max must be at least 1"),
     ],
 )
 def test_bad_flags_are_one_sentence_and_exit_2(tiny_classifier_file, capsys, extra, words):
@@ -59,29 +61,46 @@ def test_smoothed_flags_need_smoothed_and_sigma(tiny_classifier_file, capsys):
     assert "--input-shape" in capsys.readouterr().err
 
 
-def read_line(stream, timeout: float) -> str:
-    box: list[str] = []
-    reader = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return box[0] if box else ""
+def test_flags_give_the_server_settings_and_a_body_limit_from_the_shape(tiny_classifier_file):
+    """Sequential by default (the flags are certify's, commands.common), n_max from --n;
+    the body limit follows --input-shape and --max-images-per-request."""
+    from dsmooth.cli import build_parser
+    from dsmooth.commands.serve import smoothed_settings
+    from dsmooth.service.wire import body_limit
+
+    parse = build_parser().parse_args
+    policy, limits = smoothed_settings(parse(smoothed(tiny_classifier_file, "--n", "500")))
+    s = policy.settings
+    assert (s.method, s.n_max, s.radius, s.tol, policy.n_cap) == (
+        "sequential",
+        500,
+        None,
+        None,
+        500,
+    )
+    assert limits.max_body_bytes is None and limits.body_bytes((3, 8, 8)) == body_limit(
+        (3, 8, 8), 64
+    )
+    extra = ("--method", "cp", "--max-images-per-request", "4")
+    policy, limits = smoothed_settings(parse(smoothed(tiny_classifier_file, *extra)))
+    assert policy.settings.method == "cp" and limits.body_bytes((3, 8, 8)) == body_limit(
+        (3, 8, 8), 4
+    )
+    extra = ("--radius", "0.25", "0.5", "--n-max", "2000")
+    s = smoothed_settings(parse(smoothed(tiny_classifier_file, *extra)))[0].settings
+    assert (s.method, s.radius, s.n_max) == ("sequential", (0.25, 0.5), 2000)
 
 
 @pytest.mark.slow
 def test_a_real_server_answers_like_offline_and_stops_on_sigterm(tiny_classifier_file, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("0123456789abcdef0123\n")
-    cmd = [sys.executable, "-m", "dsmooth.cli", *smoothed(tiny_classifier_file, "--public-noise")]
-    cmd += ["--port", "0", "--method", "cp", "--n0", "20", "--n", "300", "--alpha", "0.01"]
-    cmd += ["--auth-token-file", str(token_file), "--batch", "64", "--grace", "1"]
-    cmd += ["--request-timeout", "5", "--n-cap", "5000000"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = read_line(proc.stdout, 120)
-        match = re.search(r"http://127\.0\.0\.1:\d+", line)
-        assert match, f"server did not start: {line!r} {proc.stderr.read() if proc.poll() else ''}"
-        url = match.group(0)
+    args = smoothed(tiny_classifier_file, "--public-noise")
+    args += ["--port", "0", "--method", "cp", "--n0", "20", "--n", "300", "--alpha", "0.01"]
+    args += ["--auth-token-file", str(token_file), "--batch", "64", "--grace", "1"]
+    args += ["--request-timeout", "5", "--n-cap", "5000000"]
+    with dsmooth_server(args) as server:
+        proc, url = server.proc, server.url
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (3, 3, 8, 8)).astype(np.uint8)
         with CertifiedClient(url, token="0123456789abcdef0123", timeout=30) as client:
@@ -107,7 +126,3 @@ def test_a_real_server_answers_like_offline_and_stops_on_sigterm(tiny_classifier
         assert proc.wait(30) in (0, -signal.SIGTERM)
         # answered after --grace (1 s) with what is certified so far, not at its deadline
         assert answers and answers[0][0].reason == "shutdown", answers
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)

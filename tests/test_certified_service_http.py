@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from conftest import LinearClassifier  # noqa: E402
+from service_helpers import LiveServer  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from dsmooth import Smooth  # noqa: E402
@@ -23,7 +25,7 @@ from dsmooth.errors import UserError  # noqa: E402
 from dsmooth.service.app import Limits, build_service_app  # noqa: E402
 from dsmooth.service.policy import CertifySettings, Policy  # noqa: E402
 from dsmooth.service.scheduler import CertificationService  # noqa: E402
-from dsmooth.service.server import bind, check_binding, is_loopback, make_server, read_token  # noqa: E402
+from dsmooth.service.server import check_binding, is_loopback, read_token  # noqa: E402
 
 SHAPE = (3, 8, 8)
 TOKEN = "a-test-token-of-some-length"
@@ -262,25 +264,6 @@ def test_binding_rule_and_token_sources(tmp_path):
         read_token(str(path), {})
 
 
-class LiveServer:
-    """The app on a real uvicorn on 127.0.0.1 with a free port, in a thread."""
-
-    def __init__(self, app):
-        self.sock = bind("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = make_server(app, self.sock, 2)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-        self.thread.start()
-        end = time.monotonic() + 10
-        while not self.server.started and time.monotonic() < end:
-            time.sleep(0.01)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-        self.sock.close()
-
-
 def test_client_flood_and_shutdown_on_a_real_server(model):
     before = set(threading.enumerate())
     app, service = make_app(model, queue=2, token=TOKEN, n_max=1000)
@@ -471,32 +454,267 @@ def test_shutdown_gives_in_flight_requests_the_grace_period_not_their_deadline(m
         return model(x)
 
     app, service = make_app(slow, n_max=20_000, tol=1e-6)
-    sock = bind("127.0.0.1", 0)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = make_server(app, sock, 15, on_shutdown=lambda: service.close(0.5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
-    thread.start()
     answers = []
-    try:
+    with LiveServer(app, 15, on_shutdown=lambda: service.close(0.5)) as live:
         end = time.monotonic() + 10
-        while not server.started and time.monotonic() < end:
-            time.sleep(0.01)
         body = {"images": batch(1).tolist(), "n_max": 20_000, "timeout": 10}
         poster = threading.Thread(
-            target=lambda: answers.append(httpx.post(f"{url}/v1/certify", json=body, timeout=30))
+            target=lambda: answers.append(
+                httpx.post(f"{live.url}/v1/certify", json=body, timeout=30)
+            )
         )
         poster.start()
         while not service.in_flight and time.monotonic() < end:
             time.sleep(0.01)
         stopped = time.monotonic()
-        server.should_exit = True
+        live.server.should_exit = True
         poster.join(20)
         elapsed = time.monotonic() - stopped
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
     assert answers and answers[0].status_code == 200, answers
     cert = answers[0].json()["certificates"][0]
     assert cert["reason"] == "shutdown" and cert["stopped_early"], cert
     assert elapsed < 5, elapsed
+
+
+# --- backpressure before work, at the ASGI level (what the app reads, and when) -----------
+
+
+async def asgi_call(app, path: str, headers: dict, receive) -> tuple[int, dict, bytes]:
+    """Call `app` with one POST whose body comes from `receive`; (status, headers, body)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), str(v).encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+def asgi_post(app, path: str, headers: dict, receive) -> tuple[int, dict, bytes]:
+    return asyncio.run(asgi_call(app, path, headers, receive))
+
+
+def body_receiver(body: bytes, calls: list, gate: asyncio.Event | None = None):
+    """An ASGI receive that hands out `body` once (after `gate`, if given), recording each
+    call; later calls wait (no disconnect) until cancelled."""
+
+    async def receive():
+        calls.append("receive")
+        if len(calls) > 1:
+            await asyncio.Event().wait()
+        if gate is not None:
+            await gate.wait()
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def test_a_full_queue_answers_429_before_the_body_is_read(model):
+    app, service = make_app(model, queue=2)
+    try:
+        hog = service.submit(list(batch(2)), server_settings(n_max=20_000, tol=1e-6))
+        body = json.dumps({"images": batch(1).tolist()}).encode()
+        calls: list = []
+        status, headers, answer = asgi_post(
+            app, "/v1/certify", {"content-length": len(body)}, body_receiver(body, calls)
+        )
+        assert status == 429 and int(headers["retry-after"]) >= 1, answer
+        assert "2 of 2 image slots" in json.loads(answer)["error"]
+        assert calls == [], "the body was read before the queue was checked"
+        service.cancel(hog)
+        hog.future.result(timeout=30)
+        status, _, answer = asgi_post(
+            app, "/v1/certify", {"content-length": len(body)}, body_receiver(body, [])
+        )
+        assert status == 200, answer
+    finally:
+        service.close()
+
+
+def test_a_request_whose_body_is_being_read_holds_a_queue_slot(model):
+    """A flood of bodies is not read all at once: each request being read holds one of
+    the queue's slots, so with one slot a second request is refused while the first is
+    still sending, and the first is answered once its body arrives."""
+    app, service = make_app(model, queue=1)
+    body = json.dumps({"images": batch(1).tolist()}).encode()
+    headers = {"content-length": len(body)}
+
+    async def main():
+        gate, first_calls, second_calls = asyncio.Event(), [], []
+        first = asyncio.create_task(
+            asgi_call(app, "/v1/certify", headers, body_receiver(body, first_calls, gate))
+        )
+        while not first_calls:  # the first request is reading its body
+            await asyncio.sleep(0.01)
+        second = await asgi_call(app, "/v1/certify", headers, body_receiver(body, second_calls))
+        gate.set()
+        return await first, second, second_calls
+
+    try:
+        first, second, second_calls = asyncio.run(main())
+    finally:
+        service.close()
+    assert second[0] == 429 and "retry-after" in second[1] and second_calls == [], second
+    assert first[0] == 200, first
+
+
+def test_the_body_limit_follows_the_input_shape_and_image_limit(model):
+    """Derived from the shape and --max-images-per-request: a declared body beyond it is
+    refused before it is read, with a 413 that names the limit; the largest request the
+    image limit allows, written at full float precision, fits."""
+    from dsmooth.service.wire import body_limit
+
+    assert body_limit((3, 8, 8), 16) > body_limit((3, 8, 8), 8) > body_limit((1, 8, 8), 8)
+    limits = Limits(max_images=8, max_samples=100_000, timeout=10)
+    assert limits.body_bytes(SHAPE) == body_limit(SHAPE, 8)
+    service = CertificationService(model, 3, batch_size=64, queue=64)
+    app = build_service_app(
+        service, Policy(server_settings(), 20_000), "tiny", limits, None, SHAPE, 1.0
+    )
+    try:
+        tiny = np.random.default_rng(0).random((8, *SHAPE)) * 1e-30  # long reprs: 1e-30 scale
+        largest = json.dumps(
+            {"images": tiny.astype(np.float32).astype(np.float64).tolist()}, indent=1
+        ).encode()
+        assert len(largest) <= body_limit(SHAPE, 8), (len(largest), body_limit(SHAPE, 8))
+        calls: list = []
+        declared = {"content-length": body_limit(SHAPE, 8) + 1}
+        status, _, answer = asgi_post(app, "/v1/certify", declared, body_receiver(b"", calls))
+        message = json.loads(answer)["error"]
+        assert status == 413 and calls == [], answer
+        assert f"{body_limit(SHAPE, 8)} bytes" in message and "8 images of 3x8x8" in message
+        status, _, answer = asgi_post(
+            app,
+            "/v1/certify",
+            {"content-length": len(largest)},
+            body_receiver(largest, []),
+        )
+        assert status == 200, answer
+    finally:
+        service.close()
+
+
+# --- token, errors, guarantee, client ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        (f"Bearer {TOKEN}", 200),
+        (f"bearer {TOKEN}", 200),
+        (f"BEARER {TOKEN}", 200),
+        (f"Bearer   {TOKEN}", 200),
+        (f"Basic {TOKEN}", 401),
+        (TOKEN, 401),
+        ("Bearer", 401),
+        (f"Bearer {TOKEN}x", 401),
+    ],
+)
+def test_the_bearer_scheme_is_matched_in_any_case(model, header, status):
+    """RFC 7235 section 2.1: the auth scheme is case-insensitive; the token is not."""
+    app, _ = make_app(model, token=TOKEN)
+    auth = {"Authorization": header}
+    with TestClient(app) as c:
+        r = c.post("/v1/certify", json={"images": batch(1).tolist()}, headers=auth)
+        assert r.status_code == status, r.text
+        assert c.get("/metrics", headers=auth).status_code == status
+
+
+def test_a_model_failure_is_a_generic_500_and_the_details_are_logged(model, caplog):
+    calls = {"n": 0}
+
+    def flaky(x):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("weights at /srv/secret/model.pt are corrupt")
+        return model(x)
+
+    app, _ = make_app(flaky)
+    with TestClient(app) as c, caplog.at_level("ERROR", logger="dsmooth.service"):
+        r = c.post("/v1/certify", json={"images": batch(1).tolist()})
+        assert r.status_code == 500
+        message = r.json()["error"]
+        assert "secret" not in message and "RuntimeError" not in message, message
+        ref = message.split("error id ")[1].rstrip(").")
+        logged = [rec for rec in caplog.records if ref in rec.getMessage()]
+        assert logged and "corrupt" in str(logged[0].exc_info[1])
+        again = c.post("/v1/certify", json={"images": batch(1).tolist()})
+        assert again.status_code == 200, again.text  # the worker keeps serving
+
+
+GUARANTEE_TYPES = {
+    "method": str,
+    "sigma": float,
+    "alpha": float,
+    "n0": int,
+    "n": int,
+    "n_max": int,
+    "radius": list,
+    "tol": float,
+    "seed": int,
+    "noise": str,
+    "noise_version": int,
+    "noise_keys": str,
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "own"),
+    [
+        ("cp", {}, {"n"}),
+        ("sequential", {}, {"n_max", "tol"}),
+        ("sequential", {"radius": (0.25, 0.5)}, {"n_max", "radius"}),
+    ],
+)
+def test_the_guarantee_is_complete_and_typed_on_both_routes(model, method, extra, own):
+    """Every parameter that decides the certificate, with its value in effect (no nulls):
+    the maximal-radius tolerance is reported even when the server left it at its default."""
+    app, _ = make_app(model, method=method, **extra)
+    with TestClient(app) as c:
+        g = c.post("/v1/certify", json={"images": batch(1).tolist()}).json()["guarantee"]
+        v2 = c.post("/v2/models/tiny/infer", json=v2_body(batch(1))).json()["parameters"]
+        meta = c.get("/v2/models/tiny").json()["parameters"]
+    shared = {"method", "sigma", "alpha", "n0", "seed", "noise", "noise_version", "noise_keys"}
+    assert set(g) == shared | own, g
+    for key, value in g.items():
+        assert type(value) is GUARANTEE_TYPES[key], (key, value)
+    if "tol" in g:
+        assert g["tol"] == 0.1 * 0.25
+    assert v2 == meta and set(v2) == set(g)
+    assert all(type(v) in (str, int, float) for v in v2.values()), v2  # v2: scalars only
+    if "radius" in g:
+        assert g["radius"] == [0.25, 0.5] and v2["radius"] == "0.25,0.5"
+
+
+def test_the_client_reads_retry_after_as_seconds_or_an_http_date():
+    import email.utils
+
+    from dsmooth.client import _certificates, retry_after
+
+    now = 1_800_000_000.0
+    assert retry_after("7", now) == 7.0
+    assert retry_after(email.utils.formatdate(now + 30, usegmt=True), now) == 30.0
+    assert retry_after(email.utils.formatdate(now + 30), now) == 30.0  # a numeric zone
+    assert retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0
+    assert retry_after(None, now) == retry_after("soon", now) == retry_after("", now) == 1.0
+    date = email.utils.formatdate(time.time() + 60, usegmt=True)
+    busy = httpx.Response(429, headers={"Retry-After": date}, json={"error": "full"})
+    with pytest.raises(ServerBusy) as e:
+        _certificates(busy)
+    assert 55 <= e.value.retry_after <= 60

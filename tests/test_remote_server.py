@@ -8,11 +8,6 @@ same noise, and the log must count the queries spent.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +18,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from byoc_models import NUM_CLASSES, build  # noqa: E402
+from service_helpers import dsmooth_server, wait_ready  # noqa: E402
 
 from dsmooth.cli import main  # noqa: E402
 from dsmooth.data import ImageSet  # noqa: E402
@@ -34,46 +30,16 @@ ASSET = Path(__file__).resolve().parents[1] / "src/dsmooth/assets/cifar10_test_e
 SIGMA, N0, N, BATCH = 0.25, 8, 48, 24
 
 
-def read_line(stream, timeout: float) -> str:
-    """The first line of a child's stdout, or '' after `timeout` seconds."""
-    box: list[str] = []
-    reader = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return box[0] if box else ""
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`dsmooth serve` on 127.0.0.1 with a free port, serving the small CNN as 'small'."""
     folder = tmp_path_factory.mktemp("serve")
     model_path = folder / "small.pt"
     torch.jit.save(torch.jit.trace(build(), torch.rand(2, 3, 32, 32)), str(model_path))
-    cmd = [sys.executable, "-m", "dsmooth.cli", "serve", "--classifier", str(model_path)]
-    cmd += ["--name", "small", "--port", "0", "--input-shape", "3,32,32"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = read_line(proc.stdout, 120)
-        assert "http://127.0.0.1:" in line, f"server did not start: {line!r}"
-        base = line.split("on ", 1)[1].split("/v2/", 1)[0]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("server never became ready")
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    args = ["serve", "--classifier", str(model_path), "--name", "small", "--port", "0"]
+    with dsmooth_server([*args, "--input-shape", "3,32,32"]) as running:
+        wait_ready(running.url)
+        yield running.url
 
 
 @pytest.fixture(scope="module")

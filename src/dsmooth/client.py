@@ -8,6 +8,9 @@ for labels and certifies locally (docs/service.md, docs/query-access.md).
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +110,22 @@ class CertifiedClient:
         return _certificates(response)
 
 
+def retry_after(value: str | None, now: float | None = None, default: float = 1.0) -> float:
+    """Seconds to wait from a Retry-After header: delay-seconds ("120") or an HTTP-date
+    ("Wed, 21 Oct 2026 07:28:00 GMT"), RFC 9110 section 10.2.3; `default` when it is
+    missing or unreadable, 0 for a date already past. `now` is a time.time() value."""
+    text = (value or "").strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return default
+    if when.tzinfo is None:  # "-0000": a date in UTC with no zone information
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
 def _plain(value):
     if isinstance(value, (tuple, np.ndarray)):
         return [float(v) for v in value]
@@ -121,7 +140,7 @@ def _certificates(response) -> list[Certificate]:
     except ValueError:
         doc = {}
     if response.status_code == 429:
-        retry = float(response.headers.get("retry-after", "1") or 1)
+        retry = retry_after(response.headers.get("retry-after"))
         raise ServerBusy(doc.get("error", "busy"), retry)
     if response.status_code != 200:
         raise ServiceError(response.status_code, doc.get("error", response.text[:200]))

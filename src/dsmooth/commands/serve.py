@@ -54,7 +54,6 @@ SMOOTHED_DEFAULTS = {
     "n_cap": None,
     "max_images_per_request": 64,
     "max_samples_per_request": 10_000_000,
-    "max_body_mb": 64.0,
     "queue": 256,
     "request_timeout": 60.0,
     "auth_token_file": None,
@@ -76,24 +75,8 @@ def add_smoothed_options(p) -> None:
         "--input-shape)",
     )
     g.add_argument("--alpha", type=float, default=None, help="failure probability (0.001)")
-    g.add_argument(
-        "--method",
-        choices=("sequential", "cp"),
-        default=None,
-        help="sequential: stop sampling early, same guarantee (default); cp: fixed --n",
-    )
     g.add_argument("--n0", type=int, default=None, help="selection samples (100)")
     g.add_argument("--n", type=int, default=None, help="cp: estimation samples (10000)")
-    g.add_argument("--n-max", type=int, default=None, help="sequential: sample budget (--n)")
-    g.add_argument(
-        "--radius",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="R",
-        help="sequential: target radii to decide (default: the maximal radius, within --tol)",
-    )
-    g.add_argument("--tol", type=float, default=None, help="sequential: radius tolerance")
     g.add_argument("--seed", type=int, default=None, help="default noise seed of requests (0)")
     g.add_argument(
         "--batch", type=int, default=None, help="noise samples per forward pass, shared (256)"
@@ -115,7 +98,6 @@ def add_smoothed_options(p) -> None:
     g.add_argument(
         "--max-samples-per-request", type=int, default=None, help="images x samples (10000000)"
     )
-    g.add_argument("--max-body-mb", type=float, default=None, help="request body limit (64)")
     g.add_argument(
         "--queue", type=int, default=None, help="images in flight at most; beyond: 429 (256)"
     )
@@ -150,6 +132,19 @@ def add_smoothed_options(p) -> None:
         "tests and reproducible demos only, since a client who knows the model can then "
         "pick an image the noise over-certifies",
     )
+    add_sequential_flags(p)
+
+
+def add_sequential_flags(p) -> None:
+    """--method, --radius, --n-max and --tol as `certify` has them (commands.common), with
+    the server's default method, sequential, and None on the parser to tell when given.
+
+    common.add_sequential_options has no parameter for the default method, so its help
+    text for --method (which names cp the default) is replaced here."""
+    common.add_sequential_options(p)
+    p.set_defaults(method=None)
+    method = p._option_string_actions["--method"]  # argparse keeps no public handle
+    method.help = "sequential: stop sampling early, same guarantee (default); cp: fixed --n"
 
 
 def parse_shape(text: str | None) -> tuple[int, int, int] | None:
@@ -207,20 +202,10 @@ def smoothed_settings(args):
         raise UserError("--smoothed needs --input-shape C,H,W (e.g. 3,32,32).")
     for flag in ("n0", "n", "batch", "queue", "max_images_per_request", "max_samples_per_request"):
         check_count("--" + flag.replace("_", "-"), getattr(args, flag))
-    if args.method == "cp" and (args.radius or args.tol or args.n_max):
-        flag = "--radius" if args.radius else "--tol" if args.tol else "--n-max"
-        raise UserError(f"{flag} needs --method sequential.")
-    n_max = args.n if args.n_max is None else args.n_max
-    check_count("--n-max", n_max)
-    if args.radius is not None and any(not (r >= 0) or r == float("inf") for r in args.radius):
-        raise UserError(f"--radius values must be finite and >= 0, got {args.radius}.")
-    if args.tol is not None and not (args.tol > 0):
-        raise UserError(f"--tol must be positive, got {args.tol}.")
-    for flag in ("request_timeout", "max_body_mb"):
-        if not (getattr(args, flag) > 0):
-            raise UserError(
-                f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}."
-            )
+    sequential = common.sequential_settings(args)  # None for cp
+    n_max = sequential["n_max"] if sequential else args.n
+    if not (args.request_timeout > 0):
+        raise UserError(f"--request-timeout must be positive, got {args.request_timeout}.")
     if not (args.grace >= 0):
         raise UserError(f"--grace must be >= 0, got {args.grace}.")
     if args.max_images_per_request > args.queue:
@@ -249,8 +234,7 @@ def smoothed_settings(args):
     if n_cap < own:
         raise UserError(f"--n-cap ({n_cap}) is below the server's own sample count ({own}).")
     limits = Limits(
-        max_body_bytes=int(args.max_body_mb * 2**20),
-        max_images=int(args.max_images_per_request),
+        max_images=int(args.max_images_per_request),  # the body limit follows (wire.body_limit)
         max_samples=int(args.max_samples_per_request),
         timeout=float(args.request_timeout),
     )
@@ -283,6 +267,8 @@ def noise_secret(args) -> bytes | None:
 
 def run_smoothed(args) -> int:
     """Load f(D(.)), wrap it in the certification service and serve it."""
+    import sys
+
     from dsmooth import engine
     from dsmooth.service.app import build_service_app
     from dsmooth.service.scheduler import CertificationService
@@ -307,6 +293,12 @@ def run_smoothed(args) -> int:
     )
     app = build_service_app(
         service, policy, args.name, limits, token, shape, grace=float(args.grace)
+    )
+    print(
+        f"dsmooth: request bodies up to {limits.body_bytes(shape) / 2**20:.1f} MiB "
+        f"({limits.max_images} images of {'x'.join(map(str, shape))} as JSON); give a "
+        "reverse proxy at least that body limit",
+        file=sys.stderr,
     )
     serve_app(
         app,

@@ -3,7 +3,14 @@
 Routes: POST /v2/models/{name}/infer (Open Inference Protocol v2) and POST /v1/certify
 (plain JSON) answer certificates; /v2, /v2/models/{name}[/ready] describe the model;
 /v2/health/live and /v2/health/ready are open probes; /metrics is Prometheus text.
-With a token, every route but the probes needs `Authorization: Bearer TOKEN`.
+With a token, every route but the probes needs `Authorization: Bearer TOKEN` (the scheme
+in any case, RFC 7235).
+
+Work is refused as early as it can be: a body larger than what the per-request image
+limit allows (413), or a full queue (429), is answered before the body is read or
+decoded, and each request whose body is being read holds a queue slot meanwhile, so a
+flood costs the server little more than its headers. A model failure is logged here and
+answered with a generic 500: the exception text stays in the server's log.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -22,15 +31,38 @@ from dsmooth.service.scheduler import CertificationService, QueueFull, ShuttingD
 #: How often a waiting request checks whether its client is still there.
 DISCONNECT_POLL = 0.1
 
+log = logging.getLogger("dsmooth.service")
+
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask of the server."""
+    """What one request may ask of the server.
 
-    max_body_bytes: int = 64 * 2**20
+    `max_body_bytes`: None (the default) derives it from the input shape and `max_images`
+    (`wire.body_limit`).
+    """
+
+    max_body_bytes: int | None = None
     max_images: int = 64
     max_samples: int = 10_000_000
     timeout: float = 60.0  # seconds until a request gets what is certified so far
+
+    def body_bytes(self, input_shape: tuple[int, int, int] | None) -> int:
+        """The body limit in effect for images of `input_shape`."""
+        if self.max_body_bytes is not None:
+            return int(self.max_body_bytes)
+        if input_shape is None:
+            raise ValueError("a body limit needs the input shape or max_body_bytes")
+        return wire.body_limit(input_shape, self.max_images)
+
+
+def bearer_token(header: str) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header, or None. The scheme is
+    matched in any case (RFC 7235 section 2.1: auth schemes are case-insensitive)."""
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
 
 
 def build_service_app(
@@ -42,27 +74,42 @@ def build_service_app(
     input_shape: tuple[int, int, int] | None = None,
     grace: float = 5.0,
 ):
-    """The Starlette application; closing it (lifespan shutdown) closes `service`."""
+    """The Starlette application; closing it (lifespan shutdown) closes `service`.
+
+    The body limit is `limits.max_body_bytes`, or when that is None (the default) what
+    `limits.max_images` images of `input_shape` take as JSON, which then needs the shape.
+    """
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
     from dsmooth import __version__
 
     metrics = service.metrics
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode() if token else None
+    max_body = limits.body_bytes(input_shape)
+    why = (
+        f" ({limits.max_images} images of {'x'.join(map(str, input_shape))} as JSON)"
+        if limits.max_body_bytes is None
+        else ""
+    )
+    reading = 0  # requests admitted by check_room whose bodies are being read (event loop only)
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
+    def busy(e: QueueFull) -> JSONResponse:
+        return error(429, str(e), {"Retry-After": str(max(1, int(round(e.retry_after))))})
+
     def refused(request) -> JSONResponse | None:
         if expected is None:
             return None
-        given = request.headers.get("authorization", "").encode()
-        if hmac.compare_digest(given, expected):
+        given = bearer_token(request.headers.get("authorization", ""))
+        if given is not None and hmac.compare_digest(given.encode(), expected):
             return None
         return error(
             401,
@@ -76,15 +123,19 @@ def build_service_app(
             return error(404, f"unknown model {model!r}; this server has {name!r}.")
         return None
 
+    def too_large() -> wire.BadRequest:
+        return wire.BadRequest(f"the body exceeds the limit of {max_body} bytes{why}.", 413)
+
+    def declared_too_large(request) -> bool:
+        declared = request.headers.get("content-length", "").strip()
+        return declared.isdigit() and int(declared) > max_body
+
     async def read_body(request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            raise wire.BadRequest(f"the body exceeds {limits.max_body_bytes} bytes.", 413)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limits.max_body_bytes:
-                raise wire.BadRequest(f"the body exceeds {limits.max_body_bytes} bytes.", 413)
+            if size > max_body:  # a chunked body, or one longer than it declared
+                raise too_large()
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -130,6 +181,12 @@ def build_service_app(
             )
         return settings, int(index), float(timeout)
 
+    def failed(what: str, route: str) -> JSONResponse:
+        """A 500 whose details go to the server's log, not to the client."""
+        ref = secrets.token_hex(4)
+        log.exception("%s (%s, error id %s)", what, route, ref)
+        return error(500, f"{what}; the server logged the details (error id {ref}).")
+
     async def certify(request, route: str):
         started = time.monotonic()
         label = "/v2/models/infer" if route == "v2" else "/v1/certify"
@@ -139,8 +196,19 @@ def build_service_app(
         return response
 
     async def _certify(request, route: str):
+        nonlocal reading
         if (r := refused(request)) is not None or (r := unknown(request)) is not None:
             return r
+        # before the body is read: its declared size, then room in the queue
+        if declared_too_large(request):
+            return error(413, str(too_large()))
+        try:
+            service.check_room(reading)
+        except QueueFull as e:
+            return busy(e)
+        except ShuttingDown as e:
+            return error(503, str(e), {"Retry-After": "5"})
+        reading += 1
         try:
             body = await read_body(request)
             images, params, request_id = await run_in_threadpool(parse, body, route)
@@ -151,12 +219,17 @@ def build_service_app(
         except wire.BadRequest as e:
             return error(e.status, str(e))
         except QueueFull as e:
-            seconds = max(1, int(round(e.retry_after)))
-            return error(429, str(e), {"Retry-After": str(seconds)})
+            return busy(e)
         except ShuttingDown as e:
             return error(503, str(e), {"Retry-After": "5"})
         except UserError as e:
             return error(400, " ".join(str(e).split()))
+        except ClientDisconnect:  # gone while its body was being read
+            return Response(status_code=499)
+        except Exception:
+            return failed("the server failed to read this request", route)
+        finally:
+            reading -= 1
         waiting = asyncio.wrap_future(ticket.future)
         try:
             while True:
@@ -170,8 +243,8 @@ def build_service_app(
         except asyncio.CancelledError:
             service.cancel(ticket)
             raise
-        except Exception as e:
-            return error(500, f"the base classifier failed: {type(e).__name__}: {e}")
+        except Exception:
+            return failed("the base classifier failed on this request", route)
         if ticket.cancelled:
             return Response(status_code=499)
         guarantee = {**settings.guarantee(), "noise_keys": service.noise_keys}
@@ -220,7 +293,9 @@ def build_service_app(
                 "platform": "dsmooth_smoothed",
                 "inputs": [{"name": "input", "datatype": "FP32", "shape": shape}],
                 "outputs": outputs,
-                "parameters": {**policy.settings.guarantee(), "noise_keys": service.noise_keys},
+                "parameters": wire.v2_parameters(
+                    {**policy.settings.guarantee(), "noise_keys": service.noise_keys}
+                ),
             }
         )
 

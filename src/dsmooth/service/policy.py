@@ -10,10 +10,11 @@ change what the certificate means, so they get a 400 that names the parameter.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from dsmooth.errors import UserError
 from dsmooth.noise import NOISE_VERSION
+from dsmooth.sequential import SequentialPlan
 
 METHODS = ("cp", "sequential")
 
@@ -54,15 +55,33 @@ class CertifySettings:
         """The most noise samples one image can take."""
         return self.n0 + (self.n if self.method == "cp" else self.n_max)
 
+    @property
+    def tolerance(self) -> float:
+        """The maximal-radius tolerance in effect: `tol`, or the sequential default."""
+        return SequentialPlan(self.sigma, self.alpha, self.n_max, None, self.tol).tolerance
+
     def guarantee(self) -> dict:
-        """The parameters a response reports, so a client can state or check its guarantee."""
-        out = asdict(self)
-        out["radius"] = list(self.radius) if self.radius is not None else None
+        """The parameters a response reports, so a client can state or check its guarantee.
+
+        Only the parameters that decide the certificate, each with its value in effect
+        (no nulls): cp has n; sequential has n_max and either `radius` (decision mode,
+        a list of floats) or `tol` (maximal-radius mode, a float, the default filled in).
+        """
+        out = {
+            "method": self.method,
+            "sigma": float(self.sigma),
+            "alpha": float(self.alpha),
+            "n0": int(self.n0),
+        }
         if self.method == "cp":
-            out.pop("n_max"), out.pop("radius"), out.pop("tol")
+            out["n"] = int(self.n)
         else:
-            out.pop("n")
-        out["noise_version"] = NOISE_VERSION
+            out["n_max"] = int(self.n_max)
+            if self.radius is not None:
+                out["radius"] = [float(r) for r in self.radius]
+            else:
+                out["tol"] = float(self.tolerance)
+        out.update(seed=int(self.seed), noise=self.noise, noise_version=int(NOISE_VERSION))
         return out
 
 
@@ -111,7 +130,7 @@ class Policy:
                 if s.method == "cp":
                     raise ParameterError(name, "only for the sequential method.")
                 tol = _number(name, value)
-                limit = s.tol if s.tol is not None else 0.1 * s.sigma
+                limit = s.tolerance
                 if not (0.0 < tol <= limit):
                     raise ParameterError(name, f"must be in (0, {limit:g}], got {value}.")
                 changes[name] = tol

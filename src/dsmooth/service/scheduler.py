@@ -5,7 +5,8 @@ Fairness: each batch is shared out round-robin over the requests that still need
 samples (each gets about B / R slots, its images taking turns), so a request with a
 100k-sample budget slows a small one down to its fair share and never starves it.
 Backpressure: at most `queue` images are admitted at once; beyond that `submit` raises
-`QueueFull` (HTTP 429). A request past its deadline gets what is certified so far
+`QueueFull` (HTTP 429), and so does `check_room`, which the HTTP side calls before it reads
+a request's body. A request past its deadline gets what is certified so far
 (`Certification.stop`). `close` stops admitting, lets in-flight work finish for a grace
 period, stops the rest the same way, and joins the worker.
 """
@@ -34,8 +35,8 @@ from dsmooth.smoothing import check_counts
 class QueueFull(Exception):
     """Admitting the request would exceed the bound on images in flight."""
 
-    def __init__(self, in_flight: int, capacity: int, retry_after: float):
-        super().__init__(f"{in_flight} of {capacity} image slots are in use; retry later.")
+    def __init__(self, used: int, capacity: int, retry_after: float):
+        super().__init__(f"{used} of {capacity} image slots are in use; retry later.")
         self.retry_after = retry_after
 
 
@@ -167,6 +168,9 @@ class CertificationService:
         """
         if not self._accepting:
             raise ShuttingDown("the server is shutting down.")
+        if self._in_flight + len(images) > self.capacity:  # before any work; checked again below
+            with self._cond:
+                raise QueueFull(self._in_flight, self.capacity, self._retry_after())
         seed = settings.seed
         if self.noise_secret:
             seed = keyed_seed(self.noise_secret, seed)
@@ -187,6 +191,18 @@ class CertificationService:
             self._tickets.append(ticket)
             self._cond.notify_all()
         return ticket
+
+    def check_room(self, reading: int = 0) -> None:
+        """Refuse a request before its body is read: ShuttingDown while closing, QueueFull
+        when no image slot is free once each of `reading` requests (admitted by this
+        check, their bodies still being read) holds one. `submit` checks again with the
+        real image count; this cheap check keeps a flood from being read and decoded."""
+        if not self._accepting:
+            raise ShuttingDown("the server is shutting down.")
+        with self._cond:
+            used = self._in_flight + max(0, int(reading))
+            if used >= self.capacity:
+                raise QueueFull(used, self.capacity, self._retry_after())
 
     def certify(
         self,

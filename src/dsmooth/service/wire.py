@@ -18,6 +18,21 @@ from dsmooth.service.certification import Outcome
 #: Top-level keys of the plain JSON route that are not certification parameters.
 JSON_RESERVED = ("images", "id", "datatype")
 
+#: Bytes one pixel value may take in a request body: a float32 in full precision as
+#: Python's json writes it ("0.0039215688593685627", 21 characters), its separator, and
+#: room for brackets and some whitespace. UINT8 values ("255, ") take far less.
+BYTES_PER_VALUE = 32
+
+#: Bytes of a request body besides its pixel values: keys, parameters, id.
+BODY_OVERHEAD = 64 * 2**10
+
+
+def body_limit(input_shape: tuple[int, int, int], max_images: int) -> int:
+    """The largest request body to accept: what `max_images` images of `input_shape` take
+    as JSON. Bodies beyond it are refused with 413 before they are read, so the limit
+    follows the model and the per-request image limit rather than a fixed constant."""
+    return int(max_images) * math.prod(input_shape) * BYTES_PER_VALUE + BODY_OVERHEAD
+
 
 class BadRequest(Exception):
     """A malformed or out-of-range request; `status` is the HTTP code to answer."""
@@ -120,6 +135,15 @@ def certificate_json(outcome: Outcome, index: int) -> dict:
     }
 
 
+def v2_parameters(guarantee: dict) -> dict:
+    """The guarantee as OIP v2 parameters, which are scalars: target radii become one
+    comma-separated string in full (repr) precision, since they decide when sampling stops."""
+    return {
+        k: (",".join(repr(float(r)) for r in v) if isinstance(v, list) else v)
+        for k, v in guarantee.items()
+    }
+
+
 def v2_response(name: str, request_id: str, outcomes: list[Outcome], first: int, guarantee: dict):
     """The OIP v2 infer response: one output tensor per certificate field."""
     n = len(outcomes)
@@ -127,15 +151,10 @@ def v2_response(name: str, request_id: str, outcomes: list[Outcome], first: int,
     def tensor(key: str, datatype: str, values: list) -> dict:
         return {"name": key, "datatype": datatype, "shape": [n], "data": values}
 
-    parameters = {  # radii in full (repr) precision: they decide when sampling stops
-        k: (",".join(repr(float(r)) for r in v) if isinstance(v, list) else v)
-        for k, v in guarantee.items()
-        if v is not None
-    }
     return {
         "model_name": name,
         "id": request_id,
-        "parameters": parameters,
+        "parameters": v2_parameters(guarantee),
         "outputs": [
             tensor("prediction", "INT64", [int(o.prediction) for o in outcomes]),
             tensor("radius", "FP64", [float(o.radius) for o in outcomes]),
