@@ -128,7 +128,20 @@ def test_denoiser_without_sigma_refuses_to_run():
     with pytest.raises(UserError, match="noise level"):
         denoiser(torch.rand(1, 3, 4, 4))
     composed = compose(torch.nn.Flatten(), denoiser, sigma=0.5)
-    assert composed.denoiser is denoiser and denoiser.timestep == timestep_for_sigma(alphas, 0.5)
+    assert composed.denoiser.timestep == timestep_for_sigma(alphas, 0.5)
+    assert composed.denoiser.model is denoiser.model  # the same weights, not a copy
+
+
+def test_at_sigma_leaves_the_denoiser_and_earlier_compositions_alone():
+    """compose at one sigma and then at another: each keeps its own timestep."""
+    alphas = linear_alphas()
+    denoiser = DiffusionDenoiser(PointEps(alphas, torch.zeros(1)), alphas, sigma=0.25)
+    low = compose(torch.nn.Flatten(), denoiser, sigma=0.12)
+    high = compose(torch.nn.Flatten(), denoiser, sigma=0.5)
+    assert denoiser.timestep == timestep_for_sigma(alphas, 0.25)
+    assert low.denoiser.timestep == timestep_for_sigma(alphas, 0.12)
+    assert high.denoiser.timestep == timestep_for_sigma(alphas, 0.5)
+    assert (low.sigma, high.sigma) == (0.12, 0.5)
 
 
 def test_smooth_noise_is_exactly_sigma_with_none_added_by_the_denoiser():
@@ -144,8 +157,8 @@ def test_smooth_noise_is_exactly_sigma_with_none_added_by_the_denoiser():
             super().__init__()
             self.inner = denoiser
 
-        def for_sigma(self, s):
-            self.inner.for_sigma(s)
+        def at_sigma(self, s):
+            self.inner = self.inner.at_sigma(s)
             return self
 
         def forward(self, x):
@@ -157,8 +170,9 @@ def test_smooth_noise_is_exactly_sigma_with_none_added_by_the_denoiser():
             seen_by_f.append(x.clone())
             return torch.stack([x.mean((1, 2, 3)), 1 - x.mean((1, 2, 3))], 1)
 
-    smooth = Smooth(compose(RecordF(), RecordD(), sigma=sigma), 2, sigma, seed=seed)
-    assert denoiser.timestep == timestep_for_sigma(alphas, sigma)
+    record_d = RecordD()
+    smooth = Smooth(compose(RecordF(), record_d, sigma=sigma), 2, sigma, seed=seed)
+    assert record_d.inner.timestep == timestep_for_sigma(alphas, sigma)
     x = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0))
     smooth.certify(x, 7, 13, 0.001, batch_size=5, index=index)
     drawn = torch.cat(
@@ -170,7 +184,7 @@ def test_smooth_noise_is_exactly_sigma_with_none_added_by_the_denoiser():
     received = torch.cat(seen_by_d)
     assert torch.equal(received, drawn + x)
     with torch.inference_mode():
-        redone = torch.cat([denoiser(b) for b in seen_by_d])
+        redone = torch.cat([record_d.inner(b) for b in seen_by_d])
     assert torch.equal(torch.cat(seen_by_f), redone)
 
 

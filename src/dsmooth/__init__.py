@@ -1,7 +1,7 @@
 """dsmooth: denoised smoothing (Salman et al. 2020) on Gaussian randomized smoothing
 (Cohen et al. 2019): certify any pretrained image classifier against l2 attacks."""
 
-from dsmooth.base import compose
+from dsmooth.base import SigmaMismatchWarning, compose
 from dsmooth.errors import UserError
 from dsmooth.models.loading import load
 from dsmooth.models.pretrained import list_pretrained, pretrained
@@ -12,6 +12,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "ABSTAIN",
+    "SigmaMismatchWarning",
     "Smooth",
     "UserError",
     "compose",

@@ -126,7 +126,8 @@ DDPM = "ddpm_cifar10"
 
 
 def build_pipeline(spec: str, sigma: float = 0.25) -> torch.nn.Module:
-    """`dncnn+cifar_resnet110` -> Composed(classifier, denoiser) with random weights."""
+    """`dncnn+cifar_resnet110` -> Composed(classifier, denoiser) with random weights,
+    composed at `sigma` (the DDPM's timestep follows it)."""
     from dsmooth.base import compose
     from dsmooth.errors import UserError
     from dsmooth.models import create
@@ -140,10 +141,10 @@ def build_pipeline(spec: str, sigma: float = 0.25) -> torch.nn.Module:
     if len(parts) == 2 and parts[0] == DDPM:
         from dsmooth.models.diffusion import random_ddpm_cifar10
 
-        denoiser = random_ddpm_cifar10(sigma)
+        denoiser = random_ddpm_cifar10()
     elif len(parts) == 2:
         denoiser = create(parts[0])
-    return compose(classifier, denoiser).eval().requires_grad_(False)
+    return compose(classifier, denoiser, sigma).eval().requires_grad_(False)
 
 
 def matmul_peak(dtype: torch.dtype, size: int, min_seconds: float = 1.0) -> tuple[float, int]:

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import torch
 
-from dsmooth.base import compose, to_labels
+from dsmooth.base import compose, denoiser_at_sigma, sigma_aware, to_labels
 from dsmooth.commands import source_options
 from dsmooth.data import ImageSet, load_images, match_classes, parse_class_names
 from dsmooth.errors import UserError, brief
@@ -171,7 +171,8 @@ def add_strict_option(p) -> None:
 
 
 def add_denoiser_sigma_option(p) -> None:
-    """--sigma for commands that run f(D(.)) outside certification (serve, export)."""
+    """--sigma (and --strict) for commands that run f(D(.)) outside certification (serve,
+    export)."""
     p.add_argument(
         "--sigma",
         type=float,
@@ -180,48 +181,30 @@ def add_denoiser_sigma_option(p) -> None:
         "diffusion denoiser, which picks its timestep from it; checked against a dsmooth "
         "denoiser's training sigma otherwise",
     )
+    add_strict_option(p)
 
 
 def prepare_denoiser(denoiser, sigma: float | None, strict: bool = False):
-    """The denoiser set up for --sigma: positive if given, required by a sigma-aware
-    denoiser (a diffusion model picks its timestep), compared with a checkpoint's sigma."""
+    """The denoiser set up for --sigma (dsmooth.base.denoiser_at_sigma): positive if given,
+    required by a sigma-aware denoiser, compared with a checkpoint's training sigma."""
     if sigma is not None:
         check_sigma(sigma)
     if denoiser is None:
         return None
-    if sigma is None and callable(getattr(denoiser, "for_sigma", None)):
-        raise UserError(
-            "this denoiser picks its denoising step from the noise level: give --sigma "
-            "(the sigma the served or exported model will see)."
-        )
-    check_denoiser_sigma(denoiser, sigma, strict)
-    if sigma is not None and callable(getattr(denoiser, "for_sigma", None)):
-        denoiser = denoiser.for_sigma(sigma) or denoiser
-    return denoiser
+    if sigma is None:
+        if sigma_aware(denoiser):
+            raise UserError(
+                "this denoiser picks its denoising step from the noise level: give --sigma "
+                "(the sigma the served or exported model will see)."
+            )
+        return denoiser
+    return denoiser_at_sigma(denoiser, sigma, strict=strict, warn=warn_sigma)
 
 
-def check_denoiser_sigma(denoiser, sigma: float | None, strict: bool = False) -> None:
-    """Warn (or with `strict`, raise a UserError) when a dsmooth denoiser checkpoint was
-    trained for another noise level: the certificate stays valid, but D then sees noise it
-    was not trained to remove and the certified accuracy usually collapses."""
-    config = getattr(denoiser, "dsmooth_config", None)
-    if sigma is None or not isinstance(config, dict) or config.get("kind") != "denoiser":
-        return
-    trained = config.get("sigma")
-    if isinstance(trained, bool) or not isinstance(trained, (int, float)):
-        return
-    if math.isclose(float(trained), float(sigma), rel_tol=1e-6):
-        return
-    mismatch = f"the denoiser was trained for sigma {trained:g} but is used at sigma {sigma:g}"
-    if strict:
-        raise UserError(
-            f"{mismatch}; use a denoiser trained for sigma {sigma:g}, or drop --strict."
-        )
-    print(
-        f"warning: {mismatch}; certificates stay valid but are likely much weaker "
-        "(--strict makes this an error).",
-        file=sys.stderr,
-    )
+def warn_sigma(message: str, hint: str = " (--strict makes this an error)") -> None:
+    """A denoiser's sigma mismatch as the commands print it: one line on stderr (`hint`
+    is for commands with --strict)."""
+    print(f"warning: {message}{hint}.", file=sys.stderr)
 
 
 def batch_size(text: str) -> int | str:
@@ -441,8 +424,9 @@ def check_out_folder(out) -> None:
 
 def load_base(args, device: torch.device, channels: int | None = None):
     """f(D(.)) from --classifier (with its foreign-weights and contract flags) and the
-    optional --denoiser, checked against --sigma (and --strict) when the command has them,
-    and against the images' `channels` when given."""
+    optional --denoiser, composed at --sigma when the command has it (the denoiser's
+    training sigma checked, with --strict, and a sigma-aware one set up for it), and
+    checked against the images' `channels` when given."""
     classifier = load_model(
         args.classifier,
         role="classifier",
@@ -451,15 +435,14 @@ def load_base(args, device: torch.device, channels: int | None = None):
         **source_options.collect(args),
     )
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
-    if denoiser is not None:
-        check_denoiser_sigma(denoiser, getattr(args, "sigma", None), getattr(args, "strict", False))
     if channels is not None:
         from dsmooth.sources.contract import check_channels
 
         check_channels(classifier, channels, "classifier")
         if denoiser is not None:
             check_channels(denoiser, channels, "denoiser")
-    return compose(classifier, denoiser, sigma=getattr(args, "sigma", None))
+    sigma, strict = getattr(args, "sigma", None), getattr(args, "strict", False)
+    return compose(classifier, denoiser, sigma, strict=strict, warn=warn_sigma)
 
 
 def build_smooth(args, data: ImageSet) -> Smooth:

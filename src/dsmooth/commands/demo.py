@@ -14,6 +14,7 @@ row at the paper's n.
 from __future__ import annotations
 
 import time
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def run(args) -> int:
     from dsmooth.analysis import analyze
     from dsmooth.base import compose
     from dsmooth.commands.analyze import make_warn
-    from dsmooth.commands.common import log_provenance
+    from dsmooth.commands.common import log_provenance, warn_sigma
     from dsmooth.data import load_images
     from dsmooth.engine import EngineOptions, accelerate, choose_threads, stderr_report
     from dsmooth.errors import UserError
@@ -137,9 +138,10 @@ def run(args) -> int:
     data = data.__class__(data.images[: args.images], data.labels[: args.images])
     classifier = pretrained(CLASSIFIER)
     rows = {"no denoiser": (classifier, None)}
+    warn = partial(warn_sigma, hint="")  # the demo has no --strict
     for name, spec in DENOISERS.items():
         if name.split()[0].lower() in args.denoisers:
-            rows[name] = (compose(classifier, pretrained(spec)), spec)
+            rows[name] = (compose(classifier, pretrained(spec), sigma, warn=warn), spec)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # No compilation: its one-off cost exceeds the whole demo on a small CPU.

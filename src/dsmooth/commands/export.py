@@ -58,7 +58,7 @@ def run(args) -> int:
     for name, m in (("denoiser", denoiser), ("classifier", classifier)):
         if m is not None and not isinstance(m, nn.Module):
             raise UserError(f"the {name} is black-box here; only PyTorch models can be exported.")
-    denoiser = common.prepare_denoiser(denoiser, args.sigma)
+    denoiser = common.prepare_denoiser(denoiser, args.sigma, args.strict)  # at --sigma
     model = denoiser if classifier is None else compose(classifier, denoiser)
     check_tf = False if args.no_tensorflow_check else None
     print(report_text(export(model, args.out, args.fmt, shape, check_tf)))

@@ -178,7 +178,7 @@ def run(args) -> int:
         args.classifier, role="classifier", device=device, **source_options.collect(args)
     )
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
-    model = compose(classifier, common.prepare_denoiser(denoiser, args.sigma))
+    model = compose(classifier, common.prepare_denoiser(denoiser, args.sigma, args.strict))
     serve(model, args.name, args.host, args.port, shape, args.max_batch, _announce)
     return 0
 

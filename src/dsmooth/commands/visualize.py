@@ -100,11 +100,15 @@ def denoising_grid(
     num_classes: int | None = None,
     names: Sequence[str] | None = None,
     device: str = "cpu",
+    *,
+    warn: Callable[[str], None] | None = None,
 ):
-    """Figure: one row per image; columns clean, then per sigma x + d (and D(x + d))."""
+    """Figure: one row per image; columns clean, then per sigma x + d (and D(x + d)), the
+    denoiser set up for each sigma (`dsmooth.base.denoiser_at_sigma`; a training-sigma
+    mismatch is said through `warn`)."""
     import torch
 
-    from dsmooth.base import to_labels
+    from dsmooth.base import denoiser_at_sigma, to_labels
     from dsmooth.noise import STAGE_SELECT, NoiseStream
     from dsmooth.plots import image_grid
 
@@ -147,9 +151,8 @@ def denoising_grid(
         panels.append(hwc(noisy))
         preds.append(predict(noisy))
         if denoiser is not None:
-            if callable(getattr(denoiser, "for_sigma", None)):  # a diffusion model's timestep
-                denoiser.for_sigma(sigma)
-            denoised = _to_image_tensor(_call(denoiser, noisy, "denoiser"), noisy)
+            at_sigma = denoiser_at_sigma(denoiser, sigma, warn=warn)  # a diffusion model's t*
+            denoised = _to_image_tensor(_call(at_sigma, noisy, "denoiser"), noisy)
             columns.append(f"D(x + d), σ={sigma:g}")
             panels.append(hwc(denoised))
             preds.append(predict(denoised))
@@ -165,6 +168,9 @@ def grid_from_args(args, data, num_classes: int | None = None, **classifier_opti
     """`denoising_grid` for the --classifier/--denoiser/--indices/--sigmas/--seed/
     --class-names/--device options (shared by visualize and report);
     `classifier_options` go to the classifier's loader."""
+    from functools import partial
+
+    from dsmooth.commands.common import warn_sigma
     from dsmooth.engine import resolve_device
     from dsmooth.sources import load_model
 
@@ -181,6 +187,7 @@ def grid_from_args(args, data, num_classes: int | None = None, **classifier_opti
         num_classes=num_classes,
         names=class_names(args.class_names, data.classes),
         device=args.device,
+        warn=partial(warn_sigma, hint=""),  # no --strict here
     )
 
 

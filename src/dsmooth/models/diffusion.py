@@ -7,7 +7,8 @@ forward process at the timestep t* where sqrt(1 - a_t) / sqrt(a_t) = 2 * sigma
 (a_t = alphas_cumprod[t]). Scaling by sqrt(a_t*) turns the input into x_t*; one epsilon
 prediction then gives x0_hat = (x_t - sqrt(1 - a_t*) eps) / sqrt(a_t*). D adds no noise
 of its own and is a deterministic function of its input, so the certified sigma is the
-sigma Smooth draws (docs/diffusion.md).
+sigma Smooth draws (docs/diffusion.md). t* depends on sigma, so D is sigma-aware:
+`compose(classifier, D, sigma=)` hands it the certified sigma through `D.at_sigma`.
 """
 
 from __future__ import annotations
@@ -102,15 +103,26 @@ class DiffusionDenoiser(nn.Module):
         self.timestep: int | None = None
         self.timesteps: tuple[int, ...] = ()
         if sigma is not None:
-            self.for_sigma(sigma)
+            self._select(sigma)
 
-    def for_sigma(self, sigma: float) -> DiffusionDenoiser:
-        """Select t* for noise level `sigma` ([0, 1] pixel units); returns self."""
+    def _select(self, sigma: float) -> None:
+        """Set t* (and the DDIM timesteps) for noise level `sigma`, in place."""
         t = timestep_for_sigma(self._abar, sigma)
         self.sigma, self.timestep = float(sigma), t
         grid = np.linspace(t, 0, self.steps).round().astype(int) if self.steps > 1 else [t]
         self.timesteps = tuple(dict.fromkeys(int(s) for s in grid))
-        return self
+
+    def at_sigma(self, sigma: float) -> DiffusionDenoiser:
+        """This denoiser at noise level `sigma` ([0, 1] pixel units): a new module sharing
+        the UNet (no weights copied), so `self`, and whatever was composed from it at
+        another sigma, keeps its own timestep. The hook `compose(..., sigma=)` calls."""
+        chosen = DiffusionDenoiser(
+            self.model, self._abar, sigma, self.steps, self.prediction_type
+        ).to(self.alphas_cumprod.device)
+        chosen.train(self.training)
+        if hasattr(self, "dsmooth_config"):  # what dsmooth.load attached
+            chosen.dsmooth_config = self.dsmooth_config
+        return chosen
 
     def train(self, mode: bool = True) -> DiffusionDenoiser:
         """The off-the-shelf model stays in eval mode: dropout would make D random."""
@@ -148,7 +160,7 @@ class DiffusionDenoiser(nn.Module):
         if self.timestep is None:
             raise UserError(
                 "the diffusion denoiser needs the noise level it removes: give --sigma, or "
-                "call for_sigma(sigma) / compose(classifier, denoiser, sigma=sigma)."
+                "use at_sigma(sigma) / compose(classifier, denoiser, sigma=sigma)."
             )
         xt = math.sqrt(self._abar[self.timesteps[0]]) * (2 * x - 1)
         for i, t in enumerate(self.timesteps):
@@ -274,9 +286,10 @@ DDPM_CIFAR10_UNET = {
 }
 
 
-def random_ddpm_cifar10(sigma: float, seed: int = 0) -> DiffusionDenoiser:
+def random_ddpm_cifar10(sigma: float | None = None, seed: int = 0) -> DiffusionDenoiser:
     """google/ddpm-cifar10-32's architecture and schedule (linear betas 1e-4..0.02, 1000
-    steps) with random weights: what one noise sample costs, without the download."""
+    steps) with random weights: what one noise sample costs, without the download. Without
+    `sigma` it is set up by `at_sigma` (`compose(..., sigma=)`)."""
     diffusers = _diffusers()
     torch.manual_seed(seed)
     unet = diffusers.UNet2DModel(**DDPM_CIFAR10_UNET)
