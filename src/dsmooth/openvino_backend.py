@@ -313,9 +313,21 @@ class OpenVINOEngine:
             # tracing Keras' torch layers warns on every shape turned into a constant; the
             # input keeps a dynamic batch and the fp32 agreement tests cover the result
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            return ov.convert_model(
-                self.model, example_input=example, input=[(-1, *self.image_shape)]
-            )
+            try:
+                return ov.convert_model(
+                    self.model, example_input=example, input=[(-1, *self.image_shape)]
+                )
+            except Exception as traced_error:
+                # The TorchScript frontend lacks some aten aliases (Keras' torch backend
+                # emits aten::subtract); torch.export lowers them to core ops it knows.
+                try:
+                    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+                    program = torch.export.export(
+                        self.model.eval(), (example,), dynamic_shapes=({0: batch},)
+                    )
+                    return ov.convert_model(program)
+                except Exception:
+                    raise traced_error from None
 
     def _quantize(self, graph, calibration: Calibration):
         try:
