@@ -2,10 +2,12 @@
 
 Each actor builds its own `Smooth` from the parsed command-line options (a plain dict),
 so models load once per worker, and certifies images by index with the same
-`jobs.certify_row` as a single-process run. Noise is drawn per image from (seed, index),
-so rows do not depend on how many workers ran or which one took an image. The driver
-hands images out one by one as workers finish (dynamic scheduling), appends rows to the
-one `ResultLog` in completion order, and reschedules the images of a worker that dies.
+`jobs.certify_row` and method object (dsmooth.methods, built once on the driver) as a
+single-process run; the log's columns come from the same `jobs.certify_columns`. Noise
+is drawn per image from (seed, index), so rows do not depend on how many workers ran
+or which one took an image. The driver hands images out one by one as workers finish
+(dynamic scheduling), appends rows to the one `ResultLog` in completion order, and
+reschedules the images of a worker that dies.
 The log stays the source of truth: a killed driver resumes like `dsmooth certify`.
 
 Ray is optional (`pip install 'dsmooth[ray]'`) and only imported when a job starts.
@@ -28,13 +30,9 @@ from tqdm.auto import tqdm
 
 from dsmooth.atomic import write_text
 from dsmooth.errors import UserError, brief
+from dsmooth.methods import Certifier
 from dsmooth.queries import count_queries
-from dsmooth.results import (
-    CERTIFY_COLUMNS,
-    SELECTION_ONLY,
-    SEQUENTIAL_CERTIFY_COLUMNS,
-    ResultLog,
-)
+from dsmooth.results import ResultLog
 
 #: Options that must be given; everything else defaults as in `dsmooth certify`.
 REQUIRED = ("classifier", "data", "sigma", "out")
@@ -106,7 +104,7 @@ def certify_options(options: Mapping | argparse.Namespace, out=None) -> dict:
 class CertifyWorker:
     """A Ray actor: loads data and models once, then certifies images by index."""
 
-    def __init__(self, options: dict):
+    def __init__(self, options: dict, method: Certifier):
         import ray
         import torch
 
@@ -115,13 +113,13 @@ class CertifyWorker:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
         self.args = SimpleNamespace(**options)
+        self.method = method
         self.error: str | None = None
         try:  # a UserError is reported by the first call, as one sentence on the driver
             self.data = common.load_data(self.args)
             self.smooth = common.build_smooth(self.args, self.data)
-            self.sequential = common.sequential_settings(self.args)
             # as in a single process: a `queries` entry per row for a remote classifier
-            _, self.row = count_queries(self.smooth, (), self._certify_row)
+            self.row = count_queries(self.smooth, self._certify_row)
         except UserError as e:
             self.error = str(e)
 
@@ -135,9 +133,7 @@ class CertifyWorker:
 
         a = self.args
         stop = bool(getattr(a, "stop_if_misclassified", False))
-        return certify_row(
-            self.smooth, self.data, i, a.n0, a.n, a.alpha, a.batch, self.sequential, stop
-        )
+        return certify_row(self.smooth, self.data, i, self.method, a.batch, stop)
 
     def pid(self) -> int:
         return os.getpid()
@@ -162,7 +158,7 @@ def certify_dataset(
     sorted by index at the end.
     """
     from dsmooth.commands import common
-    from dsmooth.jobs import select_indices, with_file_column
+    from dsmooth.jobs import certify_columns, select_indices
 
     opts = certify_options(options, out)
     for key in ("data", "classifier", "denoiser"):  # workers may run in another folder
@@ -170,22 +166,16 @@ def certify_dataset(
             opts[key] = str(Path(opts[key]).resolve())
     args = SimpleNamespace(**opts)
     common.check_sampling(args)
-    sequential = common.sequential_settings(args)
+    method = common.certify_method(args)
     if workers is not None and workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}.")
     ray = import_ray()
-    columns = CERTIFY_COLUMNS if sequential is None else SEQUENTIAL_CERTIFY_COLUMNS
-    if getattr(args, "stop_if_misclassified", False):
-        columns = (*columns, SELECTION_ONLY)
-    from dsmooth.sources.remote import is_remote
-
-    if is_remote(opts["classifier"]):  # as the single-process log: queries spent per image
-        columns = (*columns, "queries")
     data = common.load_data(args)
-    columns = with_file_column(args.out, columns, data)
     indices = select_indices(len(data), args.skip, args.max)
-    record = driver_provenance(args, opts, data, sequential)
-    del data
+    record, base = driver_provenance(args, opts, data, method)
+    stop = bool(getattr(args, "stop_if_misclassified", False))
+    columns = certify_columns(method, base, data, args.out, stop_if_misclassified=stop)
+    del data, base
     log = ResultLog(args.out, columns, record)
     start = time.perf_counter()
     summary = Summary(0, 0, 0.0, 0)
@@ -197,7 +187,8 @@ def certify_dataset(
         if todo:
             started = connect(ray, address, workers)
             try:
-                _Scheduler(ray, opts, todo, log, summary, workers, max_failures).run(progress)
+                scheduler = _Scheduler(ray, opts, method, todo, log, summary, workers, max_failures)
+                scheduler.run(progress)
             finally:
                 if started:
                     ray.shutdown()
@@ -209,10 +200,11 @@ def certify_dataset(
     return summary
 
 
-def driver_provenance(args, opts: dict, data, sequential: dict | None) -> dict:
+def driver_provenance(args, opts: dict, data, method: Certifier) -> tuple[dict, object]:
     """Resolve `--precision auto` (and `--noise auto`) once, here, so that workers on
     different hosts all run the same arithmetic (a mixed cluster cannot mix bf16 and fp32
-    rows), and build the log's provenance record from the models loaded on the driver."""
+    rows), and build the log's provenance record from the models loaded on the driver
+    (returned too: the log's columns are chosen from them)."""
     import torch
 
     from dsmooth.commands import common
@@ -232,10 +224,11 @@ def driver_provenance(args, opts: dict, data, sequential: dict | None) -> dict:
     base = common.load_base(args, torch.device("cpu"))
     num_classes = args.num_classes or common.infer_num_classes(base, data, torch.device("cpu"))
     compiled = bool(getattr(args, "compile", False))
-    return common.provenance_record(
-        args, base, num_classes, args.precision, device, compiled, data, "certify", sequential,
+    record = common.provenance_record(
+        args, base, num_classes, args.precision, device, compiled, data, "certify", method,
         backend=args.backend, noise_mode=args.noise,
     )  # fmt: skip
+    return record, base
 
 
 def connect(ray, address: str | None, workers: int | None) -> bool:
@@ -307,6 +300,7 @@ class _Scheduler:
         self,
         ray,
         opts: dict,
+        method: Certifier,
         todo: list[int],
         log: ResultLog,
         summary: Summary,
@@ -321,7 +315,7 @@ class _Scheduler:
             WorkerCrashedError,
         )
 
-        self.ray, self.opts, self.log, self.summary = ray, opts, log, summary
+        self.ray, self.opts, self.method, self.log, self.summary = ray, opts, method, log, summary
         self.task_error = RayTaskError
         self.lost_worker = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
         self.worker_class = _actor_class(ray, opts)
@@ -332,7 +326,7 @@ class _Scheduler:
         self.queue = deque(todo)
         self.pending: dict = {}  # ObjectRef -> (worker slot, image index)
         self.opened = log.path.exists()  # certify_dataset opened an existing log to resume it
-        self.actors = [self.worker_class.remote(opts) for _ in range(size)]
+        self.actors = [self.worker_class.remote(opts, method) for _ in range(size)]
 
     def feed(self, slot: int) -> None:
         busy = sum(1 for s, _ in self.pending.values() if s == slot)
@@ -387,7 +381,7 @@ class _Scheduler:
                 f"Ray workers died {self.summary.failures} times; giving up ({brief(error)})"
             ) from None
         self.ray.kill(self.actors[slot])
-        self.actors[slot] = self.worker_class.remote(self.opts)  # maybe on another node
+        self.actors[slot] = self.worker_class.remote(self.opts, self.method)  # maybe elsewhere
 
     def write(self, row: dict) -> None:
         if int(row["idx"]) in self.log.done:

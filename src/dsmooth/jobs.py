@@ -1,7 +1,9 @@
 """Dataset-level certification and prediction: the loop behind `dsmooth certify`.
 
 One image at a time, one durable log row per image, skipping rows already in the log;
-this is what makes a killed run resume without loss or duplicates.
+this is what makes a killed run resume without loss or duplicates. The certification
+method is an object (dsmooth.methods), and the log's columns are chosen here for every
+runner, this loop and the Ray one alike (`certify_columns`).
 """
 
 from __future__ import annotations
@@ -13,18 +15,18 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from dsmooth.data import ImageSet
+from dsmooth.errors import UserError
+from dsmooth.methods import Certificate, Certifier, check_certificate, make_method
 from dsmooth.noise import STAGE_SELECT
-from dsmooth.queries import count_queries
+from dsmooth.queries import QUERIES, count_queries, query_counter
 from dsmooth.results import (
     CERTIFY_COLUMNS,
     FILE,
     PREDICT_COLUMNS,
     SELECTION_ONLY,
-    SEQUENTIAL_CERTIFY_COLUMNS,
     ResultLog,
     format_time,
 )
-from dsmooth.sequential import certify_sequential
 from dsmooth.smoothing import Smooth
 
 
@@ -38,14 +40,11 @@ def certify_row(
     smooth: Smooth,
     data: ImageSet,
     i: int,
-    n0: int,
-    n: int,
-    alpha: float,
+    method: Certifier,
     batch_size: int,
-    sequential: dict | None = None,
     stop_if_misclassified: bool = False,
 ) -> dict:
-    """One log row; `sequential` (radius, n_max, tol) selects sequential CERTIFY + n_used.
+    """One log row: image i certified by `method`, its extra columns included.
 
     `stop_if_misclassified` stops after selection when the selected class is not the
     label: such an image is not certified correct at any radius whatever the estimation
@@ -54,32 +53,27 @@ def certify_row(
     """
     start = time.perf_counter()
     label = int(data.labels[i])
-    extra = {}
+    x = data.image(i)
+    flags = {}
+    certificate: Certificate | None = None
     if stop_if_misclassified:
-        selected = smooth.sample_counts(data.image(i), n0, batch_size, index=i, stage=STAGE_SELECT)
+        selected = smooth.sample_counts(x, method.n0, batch_size, index=i, stage=STAGE_SELECT)
         c_hat = int(selected.argmax())
-        extra[SELECTION_ONLY] = int(c_hat != label)
+        flags[SELECTION_ONLY] = int(c_hat != label)
         if c_hat != label:
-            row = {"idx": i, "label": label, "predict": c_hat, "radius": 0.0, "correct": 0}
-            row["time"] = format_time(time.perf_counter() - start)
-            used = {"n_used": n0} if sequential is not None else {}
-            return {**row, **used, **extra, **file_of(data, i)}
-    if sequential is None:
-        prediction, radius = smooth.certify(data.image(i), n0, n, alpha, batch_size, index=i)
-    else:
-        result = certify_sequential(
-            smooth, data.image(i), n0, alpha, batch_size=batch_size, index=i, **sequential
-        )
-        prediction, radius = result.prediction, result.radius
-        extra = {"n_used": result.n_used, **extra}
+            certificate = method.selection_only(c_hat)
+    if certificate is None:
+        certificate = method.certify(smooth, x, batch_size, index=i)
+    check_certificate(method, certificate)
     return {
         "idx": i,
         "label": label,
-        "predict": prediction,
-        "radius": float(radius),
-        "correct": int(prediction == label),
+        "predict": certificate.prediction,
+        "radius": float(certificate.radius),
+        "correct": int(certificate.prediction == label),
         "time": format_time(time.perf_counter() - start),
-        **extra,
+        **certificate.extra,
+        **flags,
         **file_of(data, i),
     }
 
@@ -123,6 +117,25 @@ def with_file_column(out, columns: tuple, data) -> tuple:
     return (*columns, FILE)
 
 
+def certify_columns(
+    method: Certifier, base, data, out, *, stop_if_misclassified: bool = False
+) -> tuple[str, ...]:
+    """The columns of a certify log, for every runner: the reference ones, the method's,
+    `selection_only` with `stop_if_misclassified`, then those of `log_columns`."""
+    columns = (*CERTIFY_COLUMNS, *method.columns)
+    if stop_if_misclassified:
+        columns = (*columns, SELECTION_ONLY)
+    return log_columns(columns, base, data, out)
+
+
+def log_columns(columns, base, data, out) -> tuple[str, ...]:
+    """`columns`, plus `queries` when the base classifier counts them (a remote one) and
+    `file` for image-folder data (see with_file_column)."""
+    if query_counter(base) is not None:
+        columns = (*columns, QUERIES)
+    return with_file_column(out, columns, data)
+
+
 def run(rows, log: ResultLog, indices: Iterable[int], desc: str, progress: bool = True) -> int:
     """Append `rows(i)` for every index not yet in the log; returns rows written."""
     todo = [i for i in indices if i not in log.done]
@@ -141,9 +154,9 @@ def certify_dataset(
     smooth: Smooth,
     data: ImageSet,
     out,
-    n0: int,
-    n: int,
-    alpha: float,
+    n0: int | None = None,
+    n: int | None = None,
+    alpha: float | None = None,
     batch_size: int = 64,
     skip: int = 1,
     max_index: int = -1,
@@ -151,29 +164,45 @@ def certify_dataset(
     sequential: dict | None = None,
     provenance: dict | None = None,
     stop_if_misclassified: bool = False,
+    *,
+    method: Certifier | None = None,
 ) -> int:
     """Certify every selected image into the TSV log `out`, resuming if it exists.
 
-    `sequential` = dict(n_max=..., radius=..., tol=...) runs sequential CERTIFY
-    (dsmooth.sequential) and logs `n_used` after the standard columns. `provenance`
+    `method` certifies (dsmooth.methods: CohenCP, Sequential, or any registered method);
+    without it, n0, n and alpha give CohenCP, or with `sequential` = dict(n_max=...,
+    radius=..., tol=...) Sequential, which logs `n_used`. `provenance`
     (dsmooth.provenance) is recorded beside a new log and checked against a resumed one.
     """
-    columns = CERTIFY_COLUMNS if sequential is None else SEQUENTIAL_CERTIFY_COLUMNS
-    if stop_if_misclassified:
-        columns = (*columns, SELECTION_ONLY)
+    method = method_of(method, n0, n, alpha, sequential)
     stop = stop_if_misclassified
+    columns = certify_columns(method, smooth.base_classifier, data, out, stop_if_misclassified=stop)
     return _log_dataset(
         smooth,
         data,
         out,
         columns,
-        lambda i: certify_row(smooth, data, i, n0, n, alpha, batch_size, sequential, stop),
+        lambda i: certify_row(smooth, data, i, method, batch_size, stop),
         skip,
         max_index,
         "certify",
         progress,
         provenance,
     )
+
+
+def method_of(
+    method: Certifier | None, n0: int | None, n: int | None, alpha, sequential: dict | None
+) -> Certifier:
+    """`method`, or the one that certify_dataset's n0, n, alpha and `sequential` describe."""
+    if method is not None:
+        if (n0, n, alpha, sequential) != (None, None, None, None):
+            raise UserError("give certify_dataset either a method or n0, n and alpha, not both.")
+        return method
+    if n0 is None or n is None or alpha is None:
+        raise UserError("certify_dataset needs a method, or n0, n and alpha.")
+    name = "cp" if sequential is None else "sequential"
+    return make_method(name, n0=n0, n=n, alpha=alpha, **(sequential or {}))
 
 
 def predict_dataset(
@@ -193,7 +222,7 @@ def predict_dataset(
         smooth,
         data,
         out,
-        PREDICT_COLUMNS,
+        log_columns(PREDICT_COLUMNS, smooth.base_classifier, data, out),
         lambda i: predict_row(smooth, data, i, n, alpha, batch_size),
         skip,
         max_index,
@@ -215,9 +244,8 @@ def _log_dataset(
     progress: bool,
     provenance: dict | None = None,
 ) -> int:
-    """`row(i)` for the selected images into the log `out` (with the queries column
-    when the classifier is remote); returns rows written."""
-    columns, rows = count_queries(smooth, columns, row)
-    columns = with_file_column(out, columns, data)
+    """`row(i)` for the selected images into the log `out` with these `columns` (its
+    `queries` entry counted here); returns rows written."""
+    rows = count_queries(smooth, row)
     with ResultLog(out, columns, provenance) as log:
         return run(rows, log, select_indices(len(data), skip, max_index), desc, progress)

@@ -8,7 +8,10 @@ the standard ones: the images sent while certifying that row, retries included.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+
+#: The column, after the standard ones (chosen with the others in dsmooth.jobs).
+QUERIES = "queries"
 
 
 def query_counter(base) -> Callable[[], int] | None:
@@ -19,17 +22,15 @@ def query_counter(base) -> Callable[[], int] | None:
     return None
 
 
-def count_queries(
-    smooth, columns: Sequence[str], rows: Callable[[int], dict]
-) -> tuple[tuple[str, ...], Callable[[int], dict]]:
-    """(columns, rows) with a `queries` column added when the base classifier counts them."""
+def count_queries(smooth, rows: Callable[[int], dict]) -> Callable[[int], dict]:
+    """`rows` with a `queries` entry added when the base classifier counts them."""
     counter = query_counter(smooth.base_classifier)
     if counter is None:
-        return tuple(columns), rows
+        return rows
 
     def counted(i: int) -> dict:
         before = counter()
         row = rows(i)
-        return {**row, "queries": counter() - before}
+        return {**row, QUERIES: counter() - before}
 
-    return (*columns, "queries"), counted
+    return counted

@@ -8,9 +8,11 @@ alpha_k, with sum_k alpha_k = alpha. By Boole's inequality, with probability >= 
 at the data, keeps P(certificate wrong) <= alpha. The argument and the stopping rules
 are in docs/sequential.md; this module implements exactly that argument.
 
-The procedure is vectorised over independent certifications: the product runs it on one
-image (`certify_sequential`), the validity tests and benchmark drive the very same
-`run_sequential` with binomial draws from a known pA.
+The looks are one resumable state machine, `SequentialTest`, vectorised over independent
+certifications: `run_sequential` drives it with a draw function (the product on one
+image in `certify_sequential`, the validity tests and benchmark with binomial draws from
+a known pA), and the certified service feeds it as its batches complete
+(dsmooth.service.certification). All three compute every bound and stop with this code.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from scipy.stats import beta, norm
 
 from dsmooth.errors import UserError
 from dsmooth.noise import SEQUENTIAL_MAX_ROUNDS, STAGE_SELECT, check_sigma, sequential_stage
-from dsmooth.stats import check_alpha
+from dsmooth.stats import check_alpha, check_count
 
 ABSTAIN = -1
 
@@ -182,6 +184,62 @@ def should_stop(plan: SequentialPlan, k: np.ndarray, n: int, p_lower: np.ndarray
     return stop, np.where(stop, reason, 0)
 
 
+class SequentialTest:
+    """The plan's looks as a state machine over `size` certifications, fed look by look.
+
+    `need` is the number of fresh samples each active certification draws for the next
+    look; `look(successes)` takes their successes (samples of the selected class), updates
+    the bounds and stops the certifications the rules of `should_stop` say are done. A
+    certification still active at the last look stops there with REASON_BUDGET.
+    """
+
+    def __init__(self, plan: SequentialPlan, size: int = 1):
+        self.plan = plan
+        self._schedule, self._levels = plan.schedule, plan.levels
+        self.round = 0  # the next look
+        self.active = np.arange(size)
+        self.successes = np.zeros(size, dtype=np.int64)
+        self.p_lower = np.zeros(size)
+        self.n_used = np.zeros(size, dtype=np.int64)  # estimation samples at the last look
+        self.reason = np.full(size, REASON_BUDGET, dtype=np.int64)
+
+    @property
+    def done(self) -> bool:
+        return self.active.size == 0
+
+    @property
+    def need(self) -> int:
+        """Fresh samples per active certification for the next look (0 when done)."""
+        if self.done:
+            return 0
+        previous = self._schedule[self.round - 1] if self.round else 0
+        return self._schedule[self.round] - previous
+
+    def look(self, successes) -> None:
+        """Take the successes among the `need` fresh samples of each active certification."""
+        if self.done:
+            raise RuntimeError("the sequential test is over; no look is due")
+        r, m, active = self.round, self.need, self.active
+        got = np.asarray(successes, dtype=np.int64)
+        if got.shape != active.shape or (got < 0).any() or (got > m).any():
+            raise ValueError("draw returned impossible success counts")
+        n, level = self._schedule[r], self._levels[r]
+        self.successes[active] += got
+        self.n_used[active] = n
+        k = self.successes[active]
+        self.p_lower[active] = np.maximum(self.p_lower[active], cp_lower(k, n, level))
+        self.round = r + 1
+        if r == len(self._schedule) - 1:
+            self.active = active[:0]
+            return
+        stop, why = should_stop(self.plan, k, n, self.p_lower[active])
+        self.reason[active[stop]] = why[stop]
+        self.active = active[~stop]
+
+    def outcome(self) -> SequentialOutcome:
+        return SequentialOutcome(self.p_lower, self.n_used, self.reason)
+
+
 DrawFn = Callable[[int, int, np.ndarray], np.ndarray]
 
 
@@ -192,30 +250,17 @@ def run_sequential(plan: SequentialPlan, draw: DrawFn, size: int) -> SequentialO
     the number of successes (samples of the selected class) among m *fresh* samples;
     round numbers are 0, 1, ... and each round must use new noise.
     """
-    successes = np.zeros(size, dtype=np.int64)
-    p_lower = np.zeros(size)
-    n_used = np.zeros(size, dtype=np.int64)
-    reason = np.full(size, REASON_BUDGET, dtype=np.int64)
-    active = np.arange(size)
-    previous = 0
-    schedule, levels = plan.schedule, plan.levels
-    for r, (n, level) in enumerate(zip(schedule, levels, strict=True)):
-        got = np.asarray(draw(r, n - previous, active), dtype=np.int64)
-        if got.shape != active.shape or (got < 0).any() or (got > n - previous).any():
-            raise ValueError("draw returned impossible success counts")
-        successes[active] += got
-        n_used[active] = n
-        k = successes[active]
-        p_lower[active] = np.maximum(p_lower[active], cp_lower(k, n, level))
-        previous = n
-        if r == len(schedule) - 1:
-            break
-        stop, why = should_stop(plan, k, n, p_lower[active])
-        reason[active[stop]] = why[stop]
-        active = active[~stop]
-        if active.size == 0:
-            break
-    return SequentialOutcome(p_lower, n_used, reason)
+    test = SequentialTest(plan, size)
+    while not test.done:
+        test.look(draw(test.round, test.need, test.active))
+    return test.outcome()
+
+
+def decide(c_hat: int | None, p_lower: float, sigma: float) -> tuple[int, float]:
+    """(c_hat, its radius) when the bound reaches 1/2, else (ABSTAIN, 0.0)."""
+    if p_lower < 0.5:
+        return ABSTAIN, 0.0
+    return c_hat, float(radius_of(p_lower, sigma))
 
 
 @dataclass
@@ -248,8 +293,6 @@ def certify_sequential(
     cannot grow by more than `tol` (default 0.1 sigma) within `n_max` samples. Either way
     the certificate is wrong with probability <= alpha.
     """
-    from dsmooth.smoothing import check_count
-
     check_count("n0", n0)
     check_count("batch_size", batch_size)
     radii = None if radius is None else tuple(float(r) for r in np.atleast_1d(radius))
@@ -266,8 +309,5 @@ def certify_sequential(
 
     out = run_sequential(plan, draw, 1)
     p_lower = float(out.p_lower[0])
-    n_used = int(n0 + out.n_used[0])
-    if p_lower < 0.5:
-        return SequentialResult(ABSTAIN, 0.0, n_used, p_lower, int(out.reason[0]))
-    r = float(radius_of(p_lower, smooth.sigma))
-    return SequentialResult(c_hat, r, n_used, p_lower, int(out.reason[0]))
+    prediction, r = decide(c_hat, p_lower, smooth.sigma)
+    return SequentialResult(prediction, r, int(n0 + out.n_used[0]), p_lower, int(out.reason[0]))

@@ -15,7 +15,9 @@ import torch
 from dsmooth import stats
 from dsmooth.base import label_function, module_device
 from dsmooth.errors import UserError
+from dsmooth.methods import make_method
 from dsmooth.noise import STAGE_ESTIMATE, STAGE_PREDICT, STAGE_SELECT, NoiseStream, check_sigma
+from dsmooth.stats import check_count
 
 ABSTAIN = -1
 
@@ -40,11 +42,6 @@ def check_image(x) -> torch.Tensor:
             f"[{lo:g}, {hi:g}]; divide 0-255 data by 255."
         )
     return x
-
-
-def check_count(name: str, value: int) -> None:
-    if int(value) < 1:
-        raise UserError(f"{name} must be at least 1, got {value}.")
 
 
 class Smooth:
@@ -108,22 +105,18 @@ class Smooth:
         """(class, l2 radius) certified with probability >= 1 - alpha, or (ABSTAIN, 0.0).
 
         The class is selected with n0 samples; its probability is bounded with n fresh
-        samples (never reusing the selection samples). `method="sequential"` instead
-        samples in rounds and stops early (dsmooth.sequential, docs/sequential.md): it
-        decides the target `radius` (one or more radii), or with `radius=None` finds the
-        radius to within `tol`, using at most `n_max` (default: n) estimation samples.
+        samples (never reusing the selection samples). Another `method` from the registry
+        (dsmooth.methods) certifies instead: "sequential" samples in rounds and stops
+        early (docs/sequential.md), deciding the target `radius` (one or more radii), or
+        with `radius=None` finding the radius to within `tol`, using at most `n_max`
+        (default: n) estimation samples.
         """
-        if method == "sequential":
-            from dsmooth.sequential import certify_sequential
-
+        if method != "cp":  # another certification method (dsmooth.methods)
             check_count("n", n)
-            budget = n if n_max is None else n_max
-            result = certify_sequential(
-                self, x, n0, alpha, budget, radius, batch_size, index=index, tol=tol
-            )
-            return result.prediction, result.radius
-        if method != "cp":
-            raise UserError(f"method must be 'cp' or 'sequential', got {method!r}.")
+            options = {"radius": radius, "n_max": n_max, "tol": tol}
+            certifier = make_method(method, n0=n0, n=n, alpha=alpha, **options)
+            certificate = certifier.certify(self, x, batch_size, index=index)
+            return certificate.prediction, certificate.radius
         check_count("n0", n0)
         check_count("n", n)
         stats.check_alpha(alpha)

@@ -60,6 +60,14 @@ def check_alpha(alpha: float) -> None:
         raise UserError(f"alpha must be in (0, 0.5), got {alpha}.")
 
 
+def check_count(name: str, value: int) -> None:
+    """A UserError unless a sample count (n0, n, a batch size) is at least 1."""
+    from dsmooth.errors import UserError
+
+    if int(value) < 1:
+        raise UserError(f"{name} must be at least 1, got {value}.")
+
+
 def max_certified_radius(sigma: float, alpha: float, n: int) -> float:
     """The largest radius CERTIFY can return with n estimation samples: every sample on
     the top class gives pA_lower = alpha ** (1 / n), the radius sigma * PhiInv(that).

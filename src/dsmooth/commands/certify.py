@@ -14,7 +14,8 @@ def register(sub) -> None:
         description="Certify each image with Cohen et al.'s CERTIFY: select with n0 samples, "
         "bound pA with n fresh samples, radius = sigma * PhiInv(pA_lower). Rerun with the "
         "same --out to resume. --method sequential stops sampling early with the same "
-        "guarantee (docs/sequential.md).",
+        "guarantee (docs/sequential.md); --method takes any registered method "
+        "(dsmooth.methods).",
     )
     common.add_model_options(p)
     common.add_data_options(p)
@@ -56,26 +57,23 @@ def run(args) -> int:
     if args.workers is not None:
         raise UserError("--workers needs --ray.")
     common.check_sampling(args)
-    sequential = common.sequential_settings(args)
+    method = common.certify_method(args)
     data = common.load_data(args)
     smooth = common.build_smooth(args, data)
-    record = common.log_provenance(args, smooth, data, "certify", sequential)
+    record = common.log_provenance(args, smooth, data, "certify", method)
     provenance.check_resume(args.out, record)
     common.report_engine(record)
     written = certify_dataset(
         smooth,
         data,
         args.out,
-        args.n0,
-        args.n,
-        args.alpha,
-        args.batch,
-        args.skip,
-        args.max,
+        batch_size=args.batch,
+        skip=args.skip,
+        max_index=args.max,
         progress=not args.no_progress,
-        sequential=sequential,
         provenance=record,
         stop_if_misclassified=args.stop_if_misclassified,
+        method=method,
     )
     if args.sorted:
         from dsmooth.distributed import sort_log

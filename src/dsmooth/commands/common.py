@@ -14,6 +14,7 @@ from dsmooth.base import compose, denoiser_at_sigma, sigma_aware, to_labels
 from dsmooth.commands import source_options
 from dsmooth.data import ImageSet, load_images, match_classes, parse_class_names
 from dsmooth.errors import UserError, brief
+from dsmooth.methods import METHODS, Certifier, make_method
 from dsmooth.noise import check_sigma
 from dsmooth.smoothing import NOISE_MODES, Smooth, check_count
 from dsmooth.sources import load_model
@@ -329,12 +330,12 @@ def calibration_for(args, data: ImageSet, precision: str):
 
 def add_sequential_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sequential certification (docs/sequential.md)")
+    methods = "; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items())
     g.add_argument(
         "--method",
-        choices=("cp", "sequential"),
+        choices=tuple(METHODS),
         default="cp",
-        help="cp: Cohen et al., fixed n (default); sequential: stop early, same guarantee, "
-        "log column n_used",
+        help=f"{methods} (default cp; docs/certification.md)",
     )
     g.add_argument(
         "--radius",
@@ -360,21 +361,19 @@ def add_sequential_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def sequential_settings(args) -> dict | None:
-    """Keyword arguments for sequential CERTIFY, or None for --method cp."""
-    if args.method != "sequential":
-        given = [f for f in ("radius", "n_max", "tol") if getattr(args, f) is not None]
-        if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise UserError(f"{flag} needs --method sequential.")
-        return None
-    n_max = args.n if args.n_max is None else args.n_max
-    check_count("n-max", n_max)
+def certify_method(args) -> Certifier:
+    """The --method object (dsmooth.methods) from certify's flags, which are checked here
+    first so that an error names the flag."""
+    if args.n_max is not None:
+        check_count("n-max", args.n_max)
     if args.radius is not None and any(not (r >= 0) or math.isinf(r) for r in args.radius):
         raise UserError(f"--radius values must be finite and >= 0, got {args.radius}.")
     if args.tol is not None and not (args.tol > 0):
         raise UserError(f"--tol must be positive, got {args.tol}.")
-    return {"n_max": n_max, "radius": args.radius, "tol": args.tol}
+    return make_method(
+        args.method, n0=args.n0, n=args.n, alpha=args.alpha,
+        radius=args.radius, n_max=args.n_max, tol=args.tol,
+    )  # fmt: skip
 
 
 def check_sampling(args) -> None:
@@ -536,7 +535,7 @@ def load_data(args) -> ImageSet:
 
 
 def log_provenance(
-    args, smooth: Smooth, data: ImageSet, command: str, sequential: dict | None = None
+    args, smooth: Smooth, data: ImageSet, command: str, method: Certifier | None = None
 ) -> dict:
     """The provenance record of a certify/predict log (dsmooth.provenance): what decides
     its rows, from the models and engine actually built, not from the flags' defaults."""
@@ -559,7 +558,7 @@ def log_provenance(
         bool(engine.compile_enabled) if engine is not None else False,
         data,
         command,
-        sequential,
+        method,
         backend=backend_of(base),
         calibration=getattr(engine, "calibration", None),
         graph_cache=getattr(engine, "cache", None),
@@ -582,13 +581,14 @@ def provenance_record(
     compiled: bool,
     data: ImageSet,
     command: str,
-    sequential: dict | None,
+    method: Certifier | None,
     backend: str = "torch",
     calibration: dict | None = None,
     graph_cache: str | None = None,
     noise_mode: str = "gaussian",
 ) -> dict:
-    """The record from its parts (the Ray driver has no engine of its own)."""
+    """The record from its parts (the Ray driver has no engine of its own); `method` is
+    None for predict."""
     from dsmooth import noise, provenance
 
     if args.denoiser:
@@ -598,16 +598,18 @@ def provenance_record(
         }
     else:
         models = {"classifier": provenance.describe_model(args.classifier, base)}
-    method = "predict" if command == "predict" else ("sequential" if sequential else "cp")
+    if method is None:
+        if command != "predict":
+            raise ValueError(f"a {command} record needs the certification method")
+        method_entries = {"method": "predict", "radius": None, "n_max": None, "tol": None}
+    else:  # method, radius, n_max, tol
+        method_entries = method.record()
     determining = {
         "sigma": float(args.sigma),
         "alpha": args.alpha,
         "n0": getattr(args, "n0", None),
         "n": args.n,
-        "method": method,
-        "radius": (sequential or {}).get("radius"),
-        "n_max": (sequential or {}).get("n_max"),
-        "tol": (sequential or {}).get("tol"),
+        **method_entries,
         "seed": args.seed,
         "noise_version": noise.NOISE_VERSION,
         "noise": noise_mode,

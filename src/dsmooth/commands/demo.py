@@ -126,6 +126,7 @@ def run(args) -> int:
     from dsmooth.errors import UserError
     from dsmooth.jobs import certify_dataset
     from dsmooth.log_settings import plot_cap, with_caps
+    from dsmooth.methods import CohenCP
     from dsmooth.models.pretrained import pretrained
     from dsmooth.plots import plot_curves
     from dsmooth.provenance import sidecar
@@ -151,6 +152,7 @@ def run(args) -> int:
         probe = accelerate(heaviest, EngineOptions(compile=False))
         threads = choose_threads(probe, tuple(data.image(0).shape), report=stderr_report)
     options = EngineOptions(compile=False, threads=threads)
+    method = CohenCP(args.n0, args.n, args.alpha)
     print(
         f"dsmooth demo: {args.images} bundled CIFAR-10 test images, sigma={sigma}, "
         f"n0={args.n0}, n={args.n}, alpha={args.alpha}, lattice noise"
@@ -166,12 +168,9 @@ def run(args) -> int:
         start = time.perf_counter()
         # the bundled images are 8-bit: lattice noise, as certify's --noise auto draws
         smooth = Smooth(accelerate(base, options), 10, sigma, seed=0, noise="lattice")
-        record = log_provenance(
-            provenance_args(args, CLASSIFIER, spec, sigma), smooth, data, "certify"
-        )
-        certify_dataset(
-            smooth, data, log, args.n0, args.n, args.alpha, batch_size=BATCH, provenance=record
-        )
+        pargs = provenance_args(args, CLASSIFIER, spec, sigma)
+        record = log_provenance(pargs, smooth, data, "certify", method)
+        certify_dataset(smooth, data, log, batch_size=BATCH, provenance=record, method=method)
         print(f"{name}: {time.perf_counter() - start:.0f} s -> {log}")
         logs[name] = log
     report = with_caps(

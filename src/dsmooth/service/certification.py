@@ -4,8 +4,9 @@ Offline, `Smooth.certify` draws all the noise of an image in one call. A server
 interleaves the samples of many images in one batch, so here each certification says
 what it needs next (`Need`: m samples of stream stage s), is fed class counts in chunks
 of any size, and advances when a need is complete. The arithmetic is the offline one,
-call for call (dsmooth.stats for CP, dsmooth.sequential's bounds and stopping rule), so
-with the same noise the answer equals `Smooth.certify(..., index=i)` exactly.
+call for call (dsmooth.stats for CP; for sequential, the very `SequentialTest` that
+`run_sequential` drives offline), so with the same noise the answer equals
+`Smooth.certify(..., index=i)` exactly.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from dsmooth.sequential import (
     REASON_CONVERGED,
     REASON_DECIDED,
     SequentialPlan,
-    cp_lower,
-    radius_of,
-    should_stop,
+    SequentialTest,
+    decide,
 )
 
 ABSTAIN = -1
@@ -139,8 +139,9 @@ class CPCertification(Certification):
 class SequentialCertification(Certification):
     """dsmooth.sequential's procedure for one image, look by look.
 
-    It mirrors `run_sequential` with one certification (arrays of size 1, the same
-    functions), so every look's bound and stopping decision is the offline one.
+    After selection it feeds a `SequentialTest` of one certification, the state machine
+    `run_sequential` drives offline, so every look's bound and stopping decision is the
+    offline one.
     """
 
     def __init__(
@@ -157,46 +158,25 @@ class SequentialCertification(Certification):
         radii = None if radius is None else tuple(float(r) for r in np.atleast_1d(radius))
         self.plan = SequentialPlan(float(sigma), float(alpha), int(n_max), radii, tol)
         self.sigma, self.n0 = float(sigma), int(n0)
-        self._schedule, self._levels = self.plan.schedule, self.plan.levels
         self.c_hat: int | None = None
-        self.round = -1  # -1: selection
-        self._successes = np.zeros(1, dtype=np.int64)
-        self._p_lower = np.zeros(1)
-        self._n_used = 0  # estimation samples at the last complete look
+        self.test = SequentialTest(self.plan)
         self.need = Need(STAGE_SELECT, self.n0)
 
     def _complete(self, counts: np.ndarray) -> None:
-        if self.round < 0:
+        if self.c_hat is None:  # selection
             self.c_hat = int(counts.argmax())
-            self._start_round(0)
-            return
-        r = self.round
-        n, level = self._schedule[r], self._levels[r]
-        self._successes += np.full(1, counts[self.c_hat], dtype=np.int64)
-        self._n_used = n
-        k = self._successes
-        self._p_lower = np.maximum(self._p_lower, cp_lower(k, n, level))
-        if r == len(self._schedule) - 1:
-            self._finish(REASON_BUDGET)
-            return
-        stop, why = should_stop(self.plan, k, n, self._p_lower)
-        if bool(stop[0]):
-            self._finish(int(why[0]))
         else:
-            self._start_round(r + 1)
-
-    def _start_round(self, r: int) -> None:
-        previous = 0 if r == 0 else self._schedule[r - 1]
-        self.round = r
-        self.need = Need(sequential_stage(r), self._schedule[r] - previous)
+            self.test.look(np.full(1, counts[self.c_hat], dtype=np.int64))
+        if self.test.done:
+            self._finish(int(self.test.reason[0]))
+        else:
+            self.need = Need(sequential_stage(self.test.round), self.test.need)
 
     def _result(self, reason: str, stopped_early: bool) -> Outcome:
-        p_lower = float(self._p_lower[0])
-        n_used = int(self.n0 + self._n_used)
-        if p_lower < 0.5:
-            return Outcome(ABSTAIN, 0.0, p_lower, n_used, reason, stopped_early)
-        r = float(radius_of(p_lower, self.sigma))
-        return Outcome(self.c_hat, r, p_lower, n_used, reason, stopped_early)
+        p_lower = float(self.test.p_lower[0])
+        n_used = int(self.n0 + self.test.n_used[0])
+        prediction, r = decide(self.c_hat, p_lower, self.sigma)
+        return Outcome(prediction, r, p_lower, n_used, reason, stopped_early)
 
     def _finish(self, code: int) -> None:
         self.need = None
