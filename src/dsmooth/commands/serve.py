@@ -202,8 +202,8 @@ def smoothed_settings(args):
         raise UserError("--smoothed needs --input-shape C,H,W (e.g. 3,32,32).")
     for flag in ("n0", "n", "batch", "queue", "max_images_per_request", "max_samples_per_request"):
         check_count("--" + flag.replace("_", "-"), getattr(args, flag))
-    sequential = common.sequential_settings(args)  # None for cp
-    n_max = sequential["n_max"] if sequential else args.n
+    method = common.certify_method(args)  # checks --radius/--n-max/--tol against --method
+    n_max = getattr(method, "n_max", args.n)
     if not (args.request_timeout > 0):
         raise UserError(f"--request-timeout must be positive, got {args.request_timeout}.")
     if not (args.grace >= 0):
