@@ -205,3 +205,28 @@ def test_certify_refuses_to_resume_a_malformed_log_and_leaves_it_alone(
     assert len(errors) == 1 and f"{out}, line {line}" in errors[0] and re.search(says, errors[0])
     assert out.read_bytes() == data
     assert not list(tmp_path.glob("out.tsv.*"))  # no provenance record, no temp file
+
+
+@pytest.mark.parametrize("how", ["replaced", "removed"])
+def test_a_log_replaced_under_a_running_writer_stops_it_without_losing_rows(tmp_path, how):
+    """A git merge or checkout rewrites a tracked log by replacing its file; a writer that
+    kept appending would put every later row into the unlinked old file."""
+    path = tmp_path / "log.tsv"
+    columns = ("idx", "label", "predict", "radius", "correct", "time")
+    row = {"idx": 0, "label": 1, "predict": 1, "radius": 0.5, "correct": 1, "time": "0:00:01"}
+    with ResultLog(path, columns) as log:
+        log.append(row)
+        kept = path.read_text()
+        if how == "replaced":
+            (tmp_path / "new.tsv").write_text(kept)
+            (tmp_path / "new.tsv").replace(path)
+        else:
+            path.unlink()
+        with pytest.raises(UserError, match=f"was {how} by another program"):
+            log.append({**row, "idx": 1})
+    if how == "replaced":
+        assert path.read_text() == kept  # nothing lost, nothing half-written
+        with ResultLog(path, columns) as log:  # and the same command resumes
+            assert log.done == {0}
+            log.append({**row, "idx": 1})
+        assert len(path.read_text().splitlines()) == 3

@@ -135,9 +135,26 @@ class ResultLog:
             format_radius(row[c]) if c == "radius" else format_value(row[c]) for c in self.columns
         )
         line += "\n"
+        self._check_same_file()
         os.write(self._fd, line.encode("utf-8"))
         os.fsync(self._fd)
         self.done.add(int(row["idx"]))
+
+    def _check_same_file(self) -> None:
+        """Refuse to append once the path names another file than the one opened: a
+        program that rewrites files by replacing them (a git merge, stash or checkout,
+        an editor) would otherwise leave every later row in an unlinked file, lost."""
+        opened = os.fstat(self._fd)
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+            raise UserError(
+                f"{self.path} was {'removed' if now is None else 'replaced'} by another "
+                "program while this run was writing it; stopping so that no row is lost "
+                "(run the same command again to resume from what the file holds)."
+            )
 
     def close(self) -> None:
         if self._fd is not None:
