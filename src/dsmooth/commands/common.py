@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -328,14 +329,24 @@ def calibration_for(args, data: ImageSet, precision: str):
     return Calibration(images, float(args.sigma), int(args.seed))
 
 
-def add_sequential_options(p: argparse.ArgumentParser) -> None:
+def add_sequential_options(
+    p: argparse.ArgumentParser,
+    *,
+    default: str | None = "cp",
+    shown_default: str | None = None,
+    methods: Sequence[str] | None = None,
+) -> None:
+    """--method (from the METHODS registry, or the `methods` a command supports) and the
+    sequential flags. `default` None with a `shown_default` lets a command tell whether
+    --method was given (serve applies its own defaults)."""
     g = p.add_argument_group("sequential certification (docs/sequential.md)")
-    methods = "; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items())
+    names = tuple(methods or METHODS)
+    summary = "; ".join(f"{name}: {METHODS[name].summary}" for name in names)
     g.add_argument(
         "--method",
-        choices=tuple(METHODS),
-        default="cp",
-        help=f"{methods} (default cp; docs/certification.md)",
+        choices=names,
+        default=default,
+        help=f"{summary} (default {shown_default or default}; docs/certification.md)",
     )
     g.add_argument(
         "--radius",

@@ -137,14 +137,10 @@ def add_smoothed_options(p) -> None:
 
 def add_sequential_flags(p) -> None:
     """--method, --radius, --n-max and --tol as `certify` has them (commands.common), with
-    the server's default method, sequential, and None on the parser to tell when given.
-
-    common.add_sequential_options has no parameter for the default method, so its help
-    text for --method (which names cp the default) is replaced here."""
-    common.add_sequential_options(p)
-    p.set_defaults(method=None)
-    method = p._option_string_actions["--method"]  # argparse keeps no public handle
-    method.help = "sequential: stop sampling early, same guarantee (default); cp: fixed --n"
+    the server's default method, sequential, and None on the parser to tell when given."""
+    common.add_sequential_options(
+        p, default=None, shown_default="sequential", methods=("cp", "sequential")
+    )
 
 
 def parse_shape(text: str | None) -> tuple[int, int, int] | None:
