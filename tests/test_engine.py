@@ -193,6 +193,20 @@ def test_bf16_casts_inside_the_classifier_and_returns_float32(image):
     assert agreement >= 0.9
 
 
+def test_fp32_on_cuda_turns_off_tf32_convolutions():
+    """PyTorch's default runs cuDNN convolutions in TF32: not the fp32 f a log names."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    try:
+        conv.fp32_precision = matmul.fp32_precision = "tf32"
+        engine.ieee_fp32(torch.device("cpu"))
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")  # CPU: as is
+        engine.ieee_fp32(torch.device("cuda"))
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
+
+
 def test_black_box_callables_pass_through():
     def labels(x):
         return torch.zeros(len(x), dtype=torch.long)

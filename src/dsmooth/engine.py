@@ -182,6 +182,15 @@ def set_threads(threads: int | str | None) -> None:
     torch.set_num_threads(int(threads))
 
 
+def ieee_fp32(device: torch.device) -> None:
+    """Make fp32 mean IEEE fp32 on a CUDA GPU. PyTorch runs cuDNN convolutions in TF32 there
+    by default (a 10-bit mantissa): another f than the one a log records as fp32, and one
+    whose labels can differ from the CPU's. A process-wide setting, as PyTorch keeps it."""
+    if device.type == "cuda":
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+
+
 def untraceable_part(model: nn.Module) -> str | None:
     """Why torch.compile should not trace `model`, or None: a part of it says so with a
     `compilable = False` attribute (Keras layers: dynamo recompiles them without end, one
@@ -217,6 +226,8 @@ class EngineModule(nn.Module):
             raise UserError("--precision int8 runs on OpenVINO; use --backend openvino or auto.")
         self.report = report
         set_threads(options.threads)
+        if self.precision == "fp32":
+            ieee_fp32(self.device)
         model = model.eval().to(self.device)
         self.channels_last = bool(options.channels_last)
         if self.channels_last:
