@@ -84,3 +84,17 @@ def conv_checkpoint(tmp_path) -> Path:
         {"architecture": "cifar_resnet20", "kwargs": {"num_classes": 3}},
     )
     return path
+
+
+@pytest.fixture
+def denoiser_025(tmp_path) -> Path:
+    """A tiny DnCNN checkpoint (the identity at init) that records training sigma 0.25."""
+    from dsmooth.models import create
+    from dsmooth.models.checkpoint import save_checkpoint
+
+    kwargs = {"depth": 3, "n_channels": 4}
+    path = tmp_path / "denoiser"
+    save_checkpoint(
+        create("dncnn", **kwargs), path, {"architecture": "dncnn", "kwargs": kwargs, "sigma": 0.25}
+    )
+    return path

@@ -17,8 +17,6 @@ from torch import nn
 from dsmooth.base import SigmaMismatchWarning, compose, denoiser_at_sigma, trained_sigma
 from dsmooth.cli import main
 from dsmooth.errors import UserError
-from dsmooth.models import create
-from dsmooth.models.checkpoint import save_checkpoint
 from dsmooth.models.pretrained import pretrained
 from dsmooth.smoothing import Smooth
 
@@ -141,17 +139,6 @@ def test_visualize_sets_up_the_denoiser_per_sigma(tiny_data_file, tiny_classifie
 
 
 # --- a checkpoint trained for another sigma: one warning line, none when they match ---------
-
-
-@pytest.fixture
-def denoiser_025(tmp_path) -> Path:
-    """A tiny DnCNN checkpoint (the identity at init) that records sigma 0.25."""
-    kwargs = {"depth": 3, "n_channels": 4}
-    path = tmp_path / "denoiser"
-    save_checkpoint(
-        create("dncnn", **kwargs), path, {"architecture": "dncnn", "kwargs": kwargs, "sigma": 0.25}
-    )
-    return path
 
 
 def test_a_shipped_denoiser_at_another_sigma_warns_in_the_library():

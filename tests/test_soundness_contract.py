@@ -14,8 +14,6 @@ from scipy.stats import norm
 from dsmooth import ABSTAIN, Smooth, UserError, stats
 from dsmooth.base import to_labels
 from dsmooth.cli import main
-from dsmooth.models import create
-from dsmooth.models.checkpoint import save_checkpoint
 from dsmooth.sequential import SequentialPlan, certify_sequential
 
 SHAPE = (1, 4, 4)
@@ -156,17 +154,6 @@ def test_calls_without_index_fail():
 
 
 # --- 4. a denoiser used at another sigma than it was trained for ------------------------
-
-
-@pytest.fixture
-def denoiser_025(tmp_path) -> Path:
-    """A tiny (identity at init) DnCNN checkpoint that records sigma 0.25."""
-    kwargs = {"depth": 3, "n_channels": 4}
-    path = tmp_path / "denoiser"
-    save_checkpoint(
-        create("dncnn", **kwargs), path, {"architecture": "dncnn", "kwargs": kwargs, "sigma": 0.25}
-    )
-    return path
 
 
 def certify_argv(data, classifier, out, command="certify", sigma="0.25"):

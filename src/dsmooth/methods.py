@@ -132,17 +132,12 @@ class Sequential(Certifier):
 
     @classmethod
     def from_options(
-        cls,
-        *,
-        n0: int,
-        n: int,
-        alpha: float,
-        radius: float | Sequence[float] | None = None,
-        n_max: int | None = None,
-        tol: float | None = None,
+        cls, *, n0: int, n: int, alpha: float, n_max: int | None = None, **options
     ) -> Sequential:
-        """`--n-max` defaults to `--n`; `--radius` gives the target radii."""
-        return cls(n0, alpha, n if n_max is None else n_max, radius, tol)
+        """`--n-max` defaults to `--n`; `--radius` gives the target radii, `--tol` the
+        maximal-radius tolerance."""
+        n_max = n if n_max is None else n_max
+        return cls(n0, alpha, n_max, options.get("radius"), options.get("tol"))
 
     def certify(self, smooth: Smooth, x, batch_size: int = 64, *, index: int) -> Certificate:
         r = certify_sequential(
