@@ -563,6 +563,7 @@ def write_status(rates_here: dict | None = None) -> str:
             + " | ".join("" if c is None else f"{c:.0f}" for c in cells)
             + " |"
         )
+    text += partial_results()
     text += ["", "## Stretches of work (hosts.tsv)", ""]
     hosts = STATE / "hosts.tsv"
     if hosts.is_file():
@@ -578,6 +579,29 @@ def write_status(rates_here: dict | None = None) -> str:
     tmp.write_text(out)
     os.replace(tmp, STATE / "STATUS.md")
     return out
+
+
+def partial_results() -> list[str]:
+    """Certified accuracy so far in each log (correct with radius >= r, over its rows): a
+    progress view only, since the rows are the first images, not a sample of the 500."""
+    logs = [s for s in steps() if isinstance(s, Certify) and s.rows()]
+    if not logs:
+        return []
+    text = ["", "## Certified accuracy so far (% of the rows each log has; not final)", ""]
+    text += ["| log | rows | " + " | ".join(f"r = {r}" for r in RADII) + " |"]
+    text += ["|---|---|" + "---|" * len(RADII)]
+    for step in logs:
+        rows = step.rows()
+        cells = [
+            sum(r["correct"] == "1" and float(r["radius"]) >= float(t) for r in rows) / len(rows)
+            for t in RADII
+        ]
+        text.append(
+            f"| {step.name} | {len(rows)} / {step.images} | "
+            + " | ".join(f"{100 * c:.1f}" for c in cells)
+            + " |"
+        )
+    return text
 
 
 def record(step, before: str, seconds: float, status: str) -> None:
