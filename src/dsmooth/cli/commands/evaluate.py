@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dsmooth.commands import common
+from dsmooth.cli.commands import common
 from dsmooth.noise import check_sigma
 
 
