@@ -42,7 +42,7 @@ NUM_CLASSES = 10
 TARGET_RATE, TARGET_RATIO = 1200.0, 8.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BenchSettings:
     """What one `dsmooth bench` run measures, and how (its flags)."""
 
@@ -158,7 +158,7 @@ def bench_pipeline(
     if options.threads == "auto":
         options = replace(options, threads=None)
     smooth, batch = smooth_for(
-        copy.deepcopy(reference), NUM_CLASSES, settings.sigma, image_shape=IMAGE_SHAPE,
+        copy.deepcopy(reference), NUM_CLASSES, sigma=settings.sigma, image_shape=IMAGE_SHAPE,
         options=options, batch=settings.batch, warm_up=False, report=report,
     )  # fmt: skip
     fast = smooth.base_classifier
@@ -230,9 +230,9 @@ def openvino_paths(reference, settings: BenchSettings, fast, report) -> dict:
         options = engine.EngineOptions(precision=p, backend="openvino", threads=threads)
         try:
             smooth, _ = smooth_for(
-                copy.deepcopy(reference), NUM_CLASSES, settings.sigma, image_shape=IMAGE_SHAPE,
-                options=options, calibration=calibration if p == "int8" else None,
-                warm_up=False, report=report,
+                copy.deepcopy(reference), NUM_CLASSES, sigma=settings.sigma,
+                image_shape=IMAGE_SHAPE, options=options,
+                calibration=calibration if p == "int8" else None, warm_up=False, report=report,
             )  # fmt: skip
         except Exception as e:  # e.g. no native bf16 in OpenVINO: measure fp32 instead
             report(f"dsmooth bench: openvino {p} skipped ({e})")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import KW_ONLY, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -61,6 +61,7 @@ class CertifyJob:
 
     classifier: str
     data: str
+    _: KW_ONLY
     sigma: float
     method: Certifier | None = None
     out: str | None = None
@@ -108,14 +109,20 @@ class CertifyJob:
     @property
     def n_estimate(self) -> int:
         """The estimation samples the log records as `n`."""
-        if self.n is not None:
-            return self.n
-        return int(getattr(self.method, "n", None) or self.method.n_max)
+        n = self.n
+        if n is None:
+            n = getattr(self.method, "n", None) or getattr(self.method, "n_max", None)
+        if n is None:
+            raise UserError("give the job n, the estimation samples its log records.")
+        return int(n)
 
     @property
     def level(self) -> float:
         """The failure probability alpha."""
-        return float(self.alpha if self.alpha is not None else self.method.alpha)
+        alpha = self.alpha if self.alpha is not None else getattr(self.method, "alpha", None)
+        if alpha is None:
+            raise UserError("give the job alpha, the failure probability its log records.")
+        return float(alpha)
 
     def with_paths_resolved(self) -> CertifyJob:
         """The job with the data and model files as absolute paths (for workers that may
@@ -185,7 +192,7 @@ class CertifyJob:
         options = engine.for_work(options, self.planned_samples(len(data)))
         precision = engine.resolve_precision(options.precision, device)
         smooth, batch = pipeline.smooth_for(
-            base, num_classes, self.sigma, image_shape=shape, options=options, seed=self.seed,
+            base, num_classes, sigma=self.sigma, image_shape=shape, options=options, seed=self.seed,
             noise=pipeline.resolve_noise(self.noise, data, self.data), batch=self.batch,
             first=self.n0 or self.n_estimate,
             calibration=pipeline.calibration_for(
@@ -218,10 +225,10 @@ def run_record(job: CertifyJob, smooth: Smooth, data: ImageSet, batch: int) -> d
     record = provenance_record(
         job,
         eng.model if eng is not None else base,
-        smooth.num_classes,
-        precision,
-        eng.device if eng is not None else smooth.device,
-        data,
+        num_classes=smooth.num_classes,
+        precision=precision,
+        device=eng.device if eng is not None else smooth.device,
+        data=data,
         compiled=bool(eng.compile_enabled) if eng is not None else False,
         batch=batch,
         backend=backend_of(base),
@@ -240,11 +247,11 @@ def run_record(job: CertifyJob, smooth: Smooth, data: ImageSet, batch: int) -> d
 def provenance_record(
     job: CertifyJob,
     base,
+    *,
     num_classes: int,
     precision: str,
     device,
     data: ImageSet,
-    *,
     compiled: bool,
     batch: int | str,
     backend: str = "torch",
@@ -356,7 +363,7 @@ REQUIRED = ("classifier", "data", "sigma", "out")
 
 def job_from_options(options: Mapping, *, predict: bool = False) -> CertifyJob:
     """CertifyJob.from_options: `dsmooth certify`'s defaults, overridden by `options`."""
-    job_fields = {f.name for f in fields(CertifyJob)} - {"method", "model_options", "engine"}
+    job_fields = {f.name for f in fields(CertifyJob)} - {"_", "method", "model_options", "engine"}
     known = job_fields | set(MODEL_OPTIONS) | set(ENGINE_OPTIONS) | set(METHOD_OPTIONS)
     unknown = sorted(set(options) - known - set(RUN_OPTIONS))
     if unknown:

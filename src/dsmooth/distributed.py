@@ -199,7 +199,7 @@ def settle(job: CertifyJob, data) -> tuple[CertifyJob, dict, object]:
     base = job.load_base(cpu)
     num_classes = job.num_classes or pipeline.infer_num_classes(base, data, cpu)
     record = provenance_record(
-        job, base, num_classes, precision, device, data,
+        job, base, num_classes=num_classes, precision=precision, device=device, data=data,
         compiled=bool(job.engine.compile), batch=job.batch, backend=backend,
         noise_mode=job.noise,
     )  # fmt: skip

@@ -139,8 +139,8 @@ def calibration_for(data: ImageSet, precision: str, sigma: float, seed: int, cou
 def smooth_for(
     base,
     num_classes: int,
-    sigma: float,
     *,
+    sigma: float,
     image_shape: Sequence[int],
     options: engine.EngineOptions,
     seed: int = 0,

@@ -103,10 +103,10 @@ def torch_outputs(f):
 def denoiser_report(
     denoiser: nn.Module,
     images: torch.Tensor,
+    *,
     labels: torch.Tensor,
     sigma: float,
     classifier=None,
-    *,
     batch: int = 250,
     precision: str = "fp32",
     seed: int = 0,

@@ -85,7 +85,7 @@ def run(args) -> int:
     if args.classifier:
         classifier = load_model(args.classifier, role="classifier", **source_options.collect(args))
     result = denoiser_report(
-        denoiser, images, labels, args.sigma, classifier, batch=args.batch,
+        denoiser, images, labels=labels, sigma=args.sigma, classifier=classifier, batch=args.batch,
         precision=precision, seed=args.seed, progress=not args.no_progress,
     )  # fmt: skip
     for k, v in result.items():

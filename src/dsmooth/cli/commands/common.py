@@ -368,12 +368,6 @@ def build_job(job: CertifyJob) -> Built:
     return built
 
 
-def calibration_for(args, data: ImageSet, precision: str):
-    """int8's calibration set from --calibration-images, --sigma and --seed, or None."""
-    count = getattr(args, "calibration_images", 300)
-    return pipeline.calibration_for(data, precision, args.sigma, args.seed, count)
-
-
 def load_base(args, device: torch.device, channels: int | None = None):
     """f(D(.)) from --classifier (with its foreign-weights and contract flags) and the
     optional --denoiser, composed at --sigma when the command has it, with --strict
