@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dsmooth.commands.bench import main
+from dsmooth.cli.commands.bench import main
 
 RESULT = Path(__file__).resolve().parent / "results" / "certify_throughput.txt"
 

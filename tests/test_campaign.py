@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from training_helpers import TEST, TRAIN, needs_cifar
 
 from dsmooth.cli import build_parser, main
-from dsmooth.commands.train_classifier import recipe_from_args
+from dsmooth.cli.commands.train_classifier import recipe_from_args
 from dsmooth.models.checkpoint import load_checkpoint
 from dsmooth.training.classifier import ClassifierRecipe
 from dsmooth.training.denoiser import DenoiserRecipe

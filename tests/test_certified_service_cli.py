@@ -65,7 +65,7 @@ def test_flags_give_the_server_settings_and_a_body_limit_from_the_shape(tiny_cla
     """Sequential by default (the flags are certify's, commands.common), n_max from --n;
     the body limit follows --input-shape and --max-images-per-request."""
     from dsmooth.cli import build_parser
-    from dsmooth.commands.serve import smoothed_settings
+    from dsmooth.cli.commands.serve import smoothed_settings
     from dsmooth.service.wire import body_limit
 
     parse = build_parser().parse_args

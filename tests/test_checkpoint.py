@@ -284,7 +284,7 @@ def _run(command_module, argv: list[str]) -> int:
 
 
 def test_import_weights_command_writes_a_checkpoint(tmp_path, capsys):
-    from dsmooth.commands import import_weights as cmd
+    from dsmooth.cli.commands import import_weights as cmd
 
     m = trained_like("cifar_resnet20")
     torch.save(foreign_layouts(m)["dataparallel_nested"], tmp_path / "w.th")

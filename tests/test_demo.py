@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from dsmooth.analysis import analyze
-from dsmooth.commands.demo import RADII, table
+from dsmooth.cli.commands.demo import RADII, table
 from dsmooth.log_settings import DAGGER
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"

@@ -355,7 +355,7 @@ def test_export_with_sigma_writes_the_denoiser_at_its_timestep(ddpm_folder, tmp_
 
 def test_bench_builds_the_ddpm_cifar10_unet_with_random_weights():
     pytest.importorskip("diffusers")
-    from dsmooth.commands.bench import DDPM, build_pipeline
+    from dsmooth.bench import DDPM, build_pipeline
 
     pipeline = build_pipeline(f"{DDPM}+cifar_resnet20", sigma=0.5)
     unet = pipeline.denoiser.model

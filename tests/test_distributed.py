@@ -8,6 +8,7 @@ the test of the error `--ray` gives then.
 from __future__ import annotations
 
 import os
+import pickle
 import secrets
 import shutil
 import signal
@@ -168,15 +169,17 @@ def test_sort_log_orders_rows_by_index_and_drops_a_partial_row(tmp_path):
 
 
 def test_python_options_take_the_cli_defaults(files):
-    from dsmooth.distributed import certify_options
+    from dsmooth.certify_job import CertifyJob
+    from dsmooth.methods import CohenCP
 
-    opts = certify_options(options(files), "out.tsv")
-    assert (opts["n"], opts["batch"], opts["out"], opts["skip"]) == (N, BATCH, "out.tsv", 1)
-    assert opts["alpha"] == 0.001 and opts["method"] == "cp" and "func" not in opts
+    job = CertifyJob.from_options({**options(files), "out": "out.tsv"})
+    assert (job.n, job.batch, job.out, job.skip) == (N, BATCH, "out.tsv", 1)
+    assert job.alpha == 0.001 and job.method == CohenCP(job.method.n0, N, 0.001)
+    assert pickle.loads(pickle.dumps(job)) == job  # what each Ray worker is sent
     with pytest.raises(UserError, match="unknown certify options \\['nn'\\]"):
-        certify_options({**options(files), "nn": 5}, "out.tsv")
+        CertifyJob.from_options({**options(files), "nn": 5, "out": "out.tsv"})
     with pytest.raises(UserError, match="'out'"):
-        certify_options(options(files))
+        CertifyJob.from_options(options(files))
 
 
 def free_port() -> int:

@@ -298,7 +298,7 @@ def test_cli_bad_engine_flags_exit_2(
 
 def test_reference_loop_counts_like_the_reference():
     """The benchmark's reference loop (locuslab's _sample_noise) counts every sample."""
-    from dsmooth.commands.bench import reference_sample_noise
+    from dsmooth.bench import reference_sample_noise
 
     torch.manual_seed(0)
     counts = reference_sample_noise(

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dsmooth import engine
-from dsmooth.commands.common import threads_value
+from dsmooth.cli.commands.common import threads_value
 from dsmooth.engine import EngineModule, EngineOptions, accelerate, choose_threads, for_work
 
 SHAPE = (3, 8, 8)

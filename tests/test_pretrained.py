@@ -12,7 +12,7 @@ SHIPPED = dsmooth.list_pretrained()
 
 
 def test_the_demo_models_are_shipped():
-    from dsmooth.commands.demo import CLASSIFIER, DENOISERS
+    from dsmooth.cli.commands.demo import CLASSIFIER, DENOISERS
 
     assert {CLASSIFIER, *DENOISERS.values()} <= set(SHIPPED)
 

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def run_evaluate(argv: list[str]) -> int:
-    from dsmooth.commands import evaluate
+    from dsmooth.cli.commands import evaluate
 
     parser = argparse.ArgumentParser()
     evaluate.register(parser.add_subparsers())
@@ -58,7 +58,7 @@ def test_resnet20_accuracy_with_its_imagenet_normalisation(resnet20, test_set):
 
 @pytest.mark.slow
 def test_resnet56_through_import_weights_and_evaluate(tmp_path, capsys):
-    from dsmooth.commands import import_weights
+    from dsmooth.cli.commands import import_weights
 
     parser = argparse.ArgumentParser()
     import_weights.register(parser.add_subparsers())

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from dsmooth.cli import main
-from dsmooth.commands.visualize import class_names, denoising_grid
 from dsmooth.data import load_images
 from dsmooth.errors import UserError
 from dsmooth.smoothing import Smooth
 from dsmooth.sources import load_model
+from dsmooth.visualize import class_names, denoising_grid
 
 
 class Blur(nn.Module):

@@ -1,9 +1,10 @@
 """Certification scaled out on Ray: one actor per worker, rows streamed to one log.
 
-Each actor builds its own `Smooth` from the parsed command-line options (a plain dict),
-so models load once per worker, and certifies images by index with the same
-`jobs.certify_row` and method object (dsmooth.methods, built once on the driver) as a
-single-process run; the log's columns come from the same `jobs.certify_columns`. Noise
+Each actor builds its own `Smooth` from the `CertifyJob` it is sent (frozen and
+picklable: the driver settles what must be the same everywhere, then every worker
+builds exactly that), so models load once per worker, and certifies images by index
+with the same `jobs.certify_row` and method object as a single-process run; the log's
+columns come from the same `jobs.certify_columns`. Noise
 is drawn per image from (seed, index), so rows do not depend on how many workers ran
 or which one took an image. The driver hands images out one by one as workers finish
 (dynamic scheduling), appends rows to the one `ResultLog` in completion order, and
@@ -15,27 +16,22 @@ Ray is optional (`pip install 'dsmooth[ray]'`) and only imported when a job star
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 from tqdm.auto import tqdm
 
 from dsmooth.atomic import write_text
+from dsmooth.certify_job import CertifyJob
 from dsmooth.errors import UserError, brief
-from dsmooth.methods import Certifier
 from dsmooth.queries import count_queries
 from dsmooth.results import ResultLog
-
-#: Options that must be given; everything else defaults as in `dsmooth certify`.
-REQUIRED = ("classifier", "data", "sigma", "out")
 
 #: Images queued per worker: one running, one waiting, so no worker idles on a round trip.
 IN_FLIGHT = 2
@@ -76,48 +72,20 @@ def import_ray():
     return ray
 
 
-def certify_options(options: Mapping | argparse.Namespace, out=None) -> dict:
-    """`dsmooth certify`'s defaults, overridden by `options` (CLI names: n0, batch, max...).
-
-    Only plain values are kept, since the dict travels to every worker.
-    """
-    from dsmooth.cli import build_parser
-
-    given = dict(vars(options) if isinstance(options, argparse.Namespace) else options)
-    if out is not None:
-        given["out"] = str(out)
-    placeholders = ["certify", "--classifier", "-", "--data", "-", "--sigma", "1", "--out", "-"]
-    merged = vars(build_parser().parse_args(placeholders))
-    unknown = sorted(set(given) - set(merged) - {"func"})
-    if unknown:
-        raise UserError(f"unknown certify options {unknown}; use dsmooth certify's option names.")
-    for name in REQUIRED:
-        merged[name] = None
-    merged.update(given)
-    missing = [name for name in REQUIRED if merged.get(name) is None]
-    if missing:
-        raise UserError(f"certify options {missing} are required.")
-    plain = (str, int, float, bool, list, tuple, type(None))
-    return {k: v for k, v in merged.items() if isinstance(v, plain)}
-
-
 class CertifyWorker:
-    """A Ray actor: loads data and models once, then certifies images by index."""
+    """A Ray actor: builds the job's data and models once, then certifies images by index."""
 
-    def __init__(self, options: dict, method: Certifier):
+    def __init__(self, job: CertifyJob):
         import ray
         import torch
 
-        from dsmooth.commands import common
-
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
-        self.args = SimpleNamespace(**options)
-        self.method = method
+        self.job = job
         self.error: str | None = None
         try:  # a UserError is reported by the first call, as one sentence on the driver
-            self.data = common.load_data(self.args)
-            self.smooth = common.build_smooth(self.args, self.data)
+            built = job.build()
+            self.smooth, self.data, self.batch = built.smooth, built.data, built.batch
             # as in a single process: a `queries` entry per row for a remote classifier
             self.row = count_queries(self.smooth, self._certify_row)
         except UserError as e:
@@ -131,16 +99,17 @@ class CertifyWorker:
     def _certify_row(self, i: int) -> dict:
         from dsmooth.jobs import certify_row
 
-        a = self.args
-        stop = bool(getattr(a, "stop_if_misclassified", False))
-        return certify_row(self.smooth, self.data, i, self.method, a.batch, stop)
+        job = self.job
+        return certify_row(
+            self.smooth, self.data, i, job.method, self.batch, job.stop_if_misclassified
+        )
 
     def pid(self) -> int:
         return os.getpid()
 
 
 def certify_dataset(
-    options: Mapping | argparse.Namespace,
+    job: CertifyJob | Mapping,
     out=None,
     *,
     address: str | None = None,
@@ -149,34 +118,35 @@ def certify_dataset(
     progress: bool = True,
     max_failures: int | None = None,
 ) -> Summary:
-    """Certify the selected images on Ray into the TSV log `out`, resuming if it exists.
+    """Certify the selected images on Ray into the job's TSV log, resuming if it exists.
 
-    `options` are `dsmooth certify`'s (classifier, data, sigma, n0, n, alpha, batch, seed,
-    skip, max, method, ...). `address` is an existing cluster ("HOST:PORT" or "auto");
-    None or "local" starts Ray in this process (or reuses an initialised one). `workers`
-    defaults to the CPUs (GPUs with a cuda device) Ray offers. `sort` rewrites the log
-    sorted by index at the end.
+    `job` is a CertifyJob, or `dsmooth certify`'s options by their names (classifier,
+    data, sigma, n0, n, alpha, batch, seed, skip, max, method, ...;
+    `CertifyJob.from_options`); `out` replaces its log. `address` is an existing cluster
+    ("HOST:PORT" or "auto"); None or "local" starts Ray in this process (or reuses an
+    initialised one). `workers` defaults to the CPUs (GPUs with a cuda device) Ray
+    offers. `sort` rewrites the log sorted by index at the end.
     """
-    from dsmooth.commands import common
     from dsmooth.jobs import certify_columns, select_indices
 
-    opts = certify_options(options, out)
-    for key in ("data", "classifier", "denoiser"):  # workers may run in another folder
-        if opts.get(key) and Path(opts[key]).exists():
-            opts[key] = str(Path(opts[key]).resolve())
-    args = SimpleNamespace(**opts)
-    common.check_sampling(args)
-    method = common.certify_method(args)
+    if not isinstance(job, CertifyJob):
+        job = CertifyJob.from_options({**job, **({"out": str(out)} if out is not None else {})})
+    elif out is not None:
+        job = replace(job, out=str(out))
+    if job.method is None:
+        raise UserError("a Ray run certifies: give the job a certification method.")
+    job = job.with_paths_resolved()  # workers may run in another folder
+    job.check()
     if workers is not None and workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}.")
     ray = import_ray()
-    data = common.load_data(args)
-    indices = select_indices(len(data), args.skip, args.max)
-    record, base = driver_provenance(args, opts, data, method)
-    stop = bool(getattr(args, "stop_if_misclassified", False))
-    columns = certify_columns(method, base, data, args.out, stop_if_misclassified=stop)
+    data = job.load_data()
+    indices = select_indices(len(data), job.skip, job.max)
+    job, record, base = settle(job, data)
+    stop = job.stop_if_misclassified
+    columns = certify_columns(job.method, base, data, job.out, stop_if_misclassified=stop)
     del data, base
-    log = ResultLog(args.out, columns, record)
+    log = ResultLog(job.out, columns, record)
     start = time.perf_counter()
     summary = Summary(0, 0, 0.0, 0)
     try:
@@ -187,7 +157,7 @@ def certify_dataset(
         if todo:
             started = connect(ray, address, workers)
             try:
-                scheduler = _Scheduler(ray, opts, method, todo, log, summary, workers, max_failures)
+                scheduler = _Scheduler(ray, job, todo, log, summary, workers, max_failures)
                 scheduler.run(progress)
             finally:
                 if started:
@@ -200,35 +170,40 @@ def certify_dataset(
     return summary
 
 
-def driver_provenance(args, opts: dict, data, method: Certifier) -> tuple[dict, object]:
-    """Resolve `--precision auto` (and `--noise auto`) once, here, so that workers on
-    different hosts all run the same arithmetic (a mixed cluster cannot mix bf16 and fp32
-    rows), and build the log's provenance record from the models loaded on the driver
-    (returned too: the log's columns are chosen from them)."""
+def settle(job: CertifyJob, data) -> tuple[CertifyJob, dict, object]:
+    """The job every worker runs, with `precision auto` (and `noise auto`) resolved once,
+    here, so that workers on different hosts all run the same arithmetic (a mixed cluster
+    cannot mix bf16 and fp32 rows); the log's provenance record, from the models loaded on
+    the driver; and those models (the log's columns are chosen from them)."""
     import torch
 
-    from dsmooth.commands import common
+    from dsmooth import pipeline
+    from dsmooth.certify_job import provenance_record
     from dsmooth.engine import resolve_device, resolve_precision
 
-    device = resolve_device(args.device)
-    opts["precision"] = args.precision = resolve_precision(args.precision, device)
-    if args.precision == "int8":
+    device = resolve_device(job.device)
+    precision = resolve_precision(job.engine.precision, device)
+    if precision == "int8":
         raise UserError(
             "--precision int8 is calibrated per process, so a cluster could mix classifiers; "
             "use fp32 or bf16 with --workers."
         )
     # auto would measure on each worker, and hosts may choose differently: torch it is
-    backend = getattr(args, "backend", "auto")
-    opts["backend"] = args.backend = "torch" if backend == "auto" else backend
-    opts["noise"] = args.noise = common.resolve_noise(args, data)
-    base = common.load_base(args, torch.device("cpu"))
-    num_classes = args.num_classes or common.infer_num_classes(base, data, torch.device("cpu"))
-    compiled = bool(getattr(args, "compile", False))
-    record = common.provenance_record(
-        args, base, num_classes, args.precision, device, compiled, data, "certify", method,
-        backend=args.backend, noise_mode=args.noise,
+    backend = "torch" if job.engine.backend == "auto" else job.engine.backend
+    job = replace(
+        job,
+        engine=replace(job.engine, precision=precision, backend=backend),
+        noise=pipeline.resolve_noise(job.noise, data, job.data),
+    )
+    cpu = torch.device("cpu")
+    base = job.load_base(cpu)
+    num_classes = job.num_classes or pipeline.infer_num_classes(base, data, cpu)
+    record = provenance_record(
+        job, base, num_classes=num_classes, precision=precision, device=device, data=data,
+        compiled=bool(job.engine.compile), batch=job.batch, backend=backend,
+        noise_mode=job.noise,
     )  # fmt: skip
-    return record, base
+    return job, record, base
 
 
 def connect(ray, address: str | None, workers: int | None) -> bool:
@@ -267,21 +242,21 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
         ) from None
 
 
-def _actor_class(ray, opts: dict):
+def _actor_class(ray, job: CertifyJob):
     """CertifyWorker as a Ray actor: one CPU each, or one GPU each for a cuda device."""
     resources = {"num_cpus": 1}
-    if str(opts.get("device", "cpu")).startswith("cuda"):
+    if str(job.device).startswith("cuda"):
         resources["num_gpus"] = 1
     return ray.remote(max_restarts=0, max_task_retries=0, **resources)(CertifyWorker)
 
 
-def _pool_size(ray, opts: dict, workers: int | None, images: int) -> int:
+def _pool_size(ray, job: CertifyJob, workers: int | None, images: int) -> int:
     """Workers to start: as asked, or one per CPU (GPU for cuda) of the cluster.
 
     Asking for more than the cluster has would leave actors waiting forever with images
     assigned to them, so that is an error.
     """
-    kind = "GPU" if str(opts.get("device", "cpu")).startswith("cuda") else "CPU"
+    kind = "GPU" if str(job.device).startswith("cuda") else "CPU"
     available = int(ray.cluster_resources().get(kind, 0))
     if available < 1:
         raise UserError(f"the Ray cluster has no {kind} for a worker.")
@@ -299,8 +274,7 @@ class _Scheduler:
     def __init__(
         self,
         ray,
-        opts: dict,
-        method: Certifier,
+        job: CertifyJob,
         todo: list[int],
         log: ResultLog,
         summary: Summary,
@@ -315,18 +289,18 @@ class _Scheduler:
             WorkerCrashedError,
         )
 
-        self.ray, self.opts, self.method, self.log, self.summary = ray, opts, method, log, summary
+        self.ray, self.job, self.log, self.summary = ray, job, log, summary
         self.task_error = RayTaskError
         self.lost_worker = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
-        self.worker_class = _actor_class(ray, opts)
-        size = _pool_size(ray, opts, workers, len(todo))
+        self.worker_class = _actor_class(ray, job)
+        size = _pool_size(ray, job, workers, len(todo))
         self.limit = max_failures if max_failures is not None else 3 * size
         summary.workers = size
         self.total = len(todo)
         self.queue = deque(todo)
         self.pending: dict = {}  # ObjectRef -> (worker slot, image index)
         self.opened = log.path.exists()  # certify_dataset opened an existing log to resume it
-        self.actors = [self.worker_class.remote(opts, method) for _ in range(size)]
+        self.actors = [self.worker_class.remote(job) for _ in range(size)]
 
     def feed(self, slot: int) -> None:
         busy = sum(1 for s, _ in self.pending.values() if s == slot)
@@ -381,7 +355,7 @@ class _Scheduler:
                 f"Ray workers died {self.summary.failures} times; giving up ({brief(error)})"
             ) from None
         self.ray.kill(self.actors[slot])
-        self.actors[slot] = self.worker_class.remote(self.opts, self.method)  # maybe elsewhere
+        self.actors[slot] = self.worker_class.remote(self.job)  # maybe elsewhere
 
     def write(self, row: dict) -> None:
         if int(row["idx"]) in self.log.done:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
@@ -28,6 +29,9 @@ from dsmooth.results import (
     format_time,
 )
 from dsmooth.smoothing import Smooth
+
+if TYPE_CHECKING:
+    from dsmooth.certify_job import Built, CertifyJob
 
 
 def select_indices(total: int, skip: int = 1, max_index: int = -1) -> list[int]:
@@ -108,8 +112,8 @@ def with_file_column(out, columns: tuple, data) -> tuple:
     version without that column (it then resumes as it was written)."""
     if not getattr(data, "files", None):
         return tuple(columns)
-    path = Path(out)
-    if path.is_file():
+    path = Path(out) if out is not None else None
+    if path is not None and path.is_file():
         with open(path, encoding="utf-8", errors="replace") as fh:
             header = fh.readline().rstrip("\r\n").split("\t")
         if header == list(columns):
@@ -151,9 +155,9 @@ def run(rows, log: ResultLog, indices: Iterable[int], desc: str, progress: bool 
 
 
 def certify_dataset(
-    smooth: Smooth,
-    data: ImageSet,
-    out,
+    smooth: Smooth | CertifyJob,
+    data: ImageSet | None = None,
+    out=None,
     n0: int | None = None,
     n: int | None = None,
     alpha: float | None = None,
@@ -169,11 +173,19 @@ def certify_dataset(
 ) -> int:
     """Certify every selected image into the TSV log `out`, resuming if it exists.
 
-    `method` certifies (dsmooth.methods: CohenCP, Sequential, or any registered method);
-    without it, n0, n and alpha give CohenCP, or with `sequential` = dict(n_max=...,
-    radius=..., tol=...) Sequential, which logs `n_used`. `provenance`
+    Given a `CertifyJob` instead of a Smooth, runs the job (`run_job`; the other
+    arguments but `progress` are the job's). `method` certifies (dsmooth.methods:
+    CohenCP, Sequential, or any registered method); without it, n0, n and alpha give
+    CohenCP, or with `sequential` = dict(n_max=..., radius=..., tol=...) Sequential,
+    which logs `n_used`. `provenance`
     (dsmooth.provenance) is recorded beside a new log and checked against a resumed one.
     """
+    from dsmooth.certify_job import CertifyJob
+
+    if isinstance(smooth, CertifyJob):
+        if data is not None or out is not None:
+            raise UserError("certify_dataset takes a job alone, or a Smooth, data and out.")
+        return run_job(smooth, progress=progress)
     method = method_of(method, n0, n, alpha, sequential)
     stop = stop_if_misclassified
     columns = certify_columns(method, smooth.base_classifier, data, out, stop_if_misclassified=stop)
@@ -249,3 +261,31 @@ def _log_dataset(
     rows = count_queries(smooth, row)
     with ResultLog(out, columns, provenance) as log:
         return run(rows, log, select_indices(len(data), skip, max_index), desc, progress)
+
+
+def run_job(job: CertifyJob, *, built: Built | None = None, progress: bool = True) -> int:
+    """Run a CertifyJob into its log (certify, or predict for a job without a method),
+    resuming if the log exists; `built` is the job's `build()` when the caller has it
+    already. Returns rows written."""
+    from dsmooth.provenance import check_resume
+
+    if built is None:
+        job.check()
+        built = job.build()
+        check_resume(job.out, built.record)
+    smooth, data, batch = built.smooth, built.data, built.batch
+    if job.method is None:
+        n, alpha = job.n_estimate, job.level
+
+        def row(i):
+            return predict_row(smooth, data, i, n, alpha, batch)
+    else:
+        method, stop = job.method, job.stop_if_misclassified
+
+        def row(i):
+            return certify_row(smooth, data, i, method, batch, stop)
+
+    return _log_dataset(
+        smooth, data, job.out, built.columns, row, job.skip, job.max, job.command,
+        progress, built.record,
+    )  # fmt: skip

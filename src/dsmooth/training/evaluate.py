@@ -70,3 +70,59 @@ def evaluate_denoiser(
     for name, c in correct.items():
         result[f"{prefix}{name}_acc"] = c / n if n else math.nan
     return result
+
+
+def clean_accuracy(f, images, labels, batch: int, precision: str = "fp32") -> float:
+    """The accuracy of `f` on the clean images (uint8 NHWC, as training reads them)."""
+    correct = 0
+    with torch.no_grad(), autocast(precision, torch.device("cpu")):
+        for i in range(0, len(images), batch):
+            out = f(to_float_nchw(images[i : i + batch]))
+            pred = out.argmax(1) if out.ndim == 2 else out
+            correct += int((pred.cpu() == labels[i : i + batch]).sum())
+    return correct / max(len(images), 1)
+
+
+def torch_outputs(f):
+    """`f` with its outputs as torch tensors (a black-box source such as ONNX answers in
+    numpy); an nn.Module as it is."""
+    import numpy as np
+
+    if isinstance(f, torch.nn.Module):
+        return f
+
+    def run(x):
+        out = f(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
+
+    return run
+
+
+def denoiser_report(
+    denoiser: nn.Module,
+    images: torch.Tensor,
+    *,
+    labels: torch.Tensor,
+    sigma: float,
+    classifier=None,
+    batch: int = 250,
+    precision: str = "fp32",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """PSNR of D(x + d) and, with a classifier, the accuracy of f(D(x + d)) next to the
+    no-denoiser baseline f(x + d) and the clean accuracy f(x) (`dsmooth test-denoiser`)."""
+    classifiers = {} if classifier is None else {"noisy": torch_outputs(classifier)}
+    common = dict(batch=batch, precision=precision, seed=seed, progress=progress)
+    result = {"n": len(images), "sigma": sigma, "precision": precision}
+    result.update(
+        evaluate_denoiser(denoiser, images, labels, sigma, classifiers, prefix="", **common)
+    )
+    if classifiers:
+        baseline = evaluate_denoiser(None, images, labels, sigma, classifiers, prefix="", **common)
+        result["psnr_noisy_input"] = baseline["psnr"]
+        result["no_denoiser_noisy_acc"] = baseline["noisy_acc"]
+        result["clean_acc"] = clean_accuracy(classifiers["noisy"], images, labels, batch, precision)
+    return result

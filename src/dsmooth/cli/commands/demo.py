@@ -14,11 +14,11 @@ row at the paper's n.
 from __future__ import annotations
 
 import time
-from functools import partial
 from importlib import resources
 from pathlib import Path
 
-from dsmooth.commands.common import add_threads_option
+from dsmooth.certify_job import CertifyJob
+from dsmooth.cli.commands.common import add_threads_option
 
 SAMPLE = "cifar10_test_every20.npz"
 CLASSIFIER = "cifar10-resnet20-akamaster"
@@ -59,26 +59,25 @@ def sample_path() -> Path:
     return Path(str(resources.files("dsmooth") / "assets" / SAMPLE))
 
 
-def provenance_args(args, classifier: str, denoiser: str | None, sigma: float):
-    """The certify options the demo's runs amount to, for their provenance records
-    (dsmooth.provenance), so `dsmooth report` shows the demo's settings too."""
-    import argparse
+def demo_job(args, denoiser: str | None, sigma: float, threads) -> CertifyJob:
+    """The certify job of one demo row: the shipped classifier, `denoiser` (a shipped
+    name or None), the bundled images, lattice noise (they are 8-bit, as certify's
+    --noise auto would choose), and no compilation (its one-off cost exceeds the whole
+    demo on a small CPU)."""
+    from dsmooth.engine import EngineOptions
+    from dsmooth.methods import CohenCP
 
-    return argparse.Namespace(
-        classifier=classifier,
+    return CertifyJob(
+        classifier=CLASSIFIER,
         denoiser=denoiser,
         data=str(sample_path()),
-        class_names="cifar10",
         sigma=sigma,
-        alpha=args.alpha,
-        n0=args.n0,
-        n=args.n,
-        seed=0,
+        method=CohenCP(args.n0, args.n, args.alpha),
+        num_classes=10,
+        class_names="cifar10",
         batch=BATCH,
-        precision=None,
-        backend=None,
-        channels_last=False,
-        stop_if_misclassified=False,
+        noise="lattice",
+        engine=EngineOptions(compile=False, threads=threads, backend="torch"),
     )
 
 
@@ -87,8 +86,8 @@ def table(report, decimals: int = 0) -> str:
     certified accuracy at each radius of `report.radii` > 0 (a dagger where the run's n
     cannot reach it), ACR, abstain rate and time per image, then what the columns mean."""
     from dsmooth.analysis import percent
-    from dsmooth.commands.report import md_table
     from dsmooth.log_settings import DAGGER, with_caps
+    from dsmooth.report import md_table
 
     report = with_caps(report)
     radii = [r for r in report.radii if r > 0]
@@ -117,42 +116,34 @@ def table(report, decimals: int = 0) -> str:
 
 
 def run(args) -> int:
+    from dataclasses import replace
+
     from dsmooth.analysis import analyze
-    from dsmooth.base import compose
-    from dsmooth.commands.analyze import make_warn
-    from dsmooth.commands.common import log_provenance, warn_sigma
+    from dsmooth.cli.commands.analyze import make_warn
     from dsmooth.data import load_images
     from dsmooth.engine import EngineOptions, accelerate, choose_threads, stderr_report
     from dsmooth.errors import UserError
-    from dsmooth.jobs import certify_dataset
+    from dsmooth.jobs import run_job
     from dsmooth.log_settings import plot_cap, with_caps
-    from dsmooth.methods import CohenCP
-    from dsmooth.models.pretrained import pretrained
     from dsmooth.plots import plot_curves
     from dsmooth.provenance import sidecar
-    from dsmooth.smoothing import Smooth
 
     if not 1 <= args.images <= 500:
         raise UserError(f"--images must be between 1 and 500, got {args.images}.")
     sigma = 0.25
     data = load_images(sample_path())
     data = data.__class__(data.images[: args.images], data.labels[: args.images])
-    classifier = pretrained(CLASSIFIER)
-    rows = {"no denoiser": (classifier, None)}
-    warn = partial(warn_sigma, hint="")  # the demo has no --strict
+    rows = {"no denoiser": demo_job(args, None, sigma, args.threads)}
     for name, spec in DENOISERS.items():
         if name.split()[0].lower() in args.denoisers:
-            rows[name] = (compose(classifier, pretrained(spec), sigma, warn=warn), spec)
+            rows[name] = demo_job(args, spec, sigma, args.threads)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # No compilation: its one-off cost exceeds the whole demo on a small CPU.
-    threads = args.threads
-    if threads == "auto":  # measured once, on the heaviest row, for all of them
-        heaviest = list(rows.values())[-1][0]
+    if args.threads == "auto":  # measured once, on the heaviest row, for all of them
+        heaviest = list(rows.values())[-1].load_base("cpu")
         probe = accelerate(heaviest, EngineOptions(compile=False))
         threads = choose_threads(probe, tuple(data.image(0).shape), report=stderr_report)
-    options = EngineOptions(compile=False, threads=threads)
-    method = CohenCP(args.n0, args.n, args.alpha)
+        rows = {k: replace(j, engine=replace(j.engine, threads=threads)) for k, j in rows.items()}
     print(
         f"dsmooth demo: {args.images} bundled CIFAR-10 test images, sigma={sigma}, "
         f"n0={args.n0}, n={args.n}, alpha={args.alpha}, lattice noise"
@@ -161,16 +152,13 @@ def run(args) -> int:
     for name, spec in DENOISERS.items():
         print(f"  {name}: {spec}")
     logs = {}
-    for name, (base, spec) in rows.items():
+    for name, job in rows.items():
         log = out_dir / f"certify_{name.replace(' ', '_').lower()}.tsv"
         log.unlink(missing_ok=True)  # the demo always starts afresh
         sidecar(log).unlink(missing_ok=True)
         start = time.perf_counter()
-        # the bundled images are 8-bit: lattice noise, as certify's --noise auto draws
-        smooth = Smooth(accelerate(base, options), 10, sigma, seed=0, noise="lattice")
-        pargs = provenance_args(args, CLASSIFIER, spec, sigma)
-        record = log_provenance(pargs, smooth, data, "certify", method)
-        certify_dataset(smooth, data, log, batch_size=BATCH, provenance=record, method=method)
+        job = replace(job, out=str(log))
+        run_job(job, built=job.build(data=data))
         print(f"{name}: {time.perf_counter() - start:.0f} s -> {log}")
         logs[name] = log
     report = with_caps(

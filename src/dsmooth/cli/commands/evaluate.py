@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dsmooth.commands import common
+from dsmooth.cli.commands import common
 from dsmooth.noise import check_sigma
 
 
@@ -91,24 +91,19 @@ def run(args) -> int:
 def accelerated(args, base, data, images: int):
     """The base classifier run by the engine with the command's engine options, settled
     for `images` forward passes (twice that with --sigma), as certify runs it."""
-    from types import SimpleNamespace
-
     from dsmooth import engine
+    from dsmooth.pipeline import calibration_for
 
     samples = images * (2 if args.sigma is not None else 1)
     options = engine.for_work(common.engine_options(args), samples)
     precision = engine.resolve_precision(options.precision, engine.resolve_device(args.device))
-    calibrate = SimpleNamespace(  # int8: clean images when there is no --sigma
-        calibration_images=args.calibration_images,
-        sigma=args.sigma if args.sigma is not None else 0.0,
-        seed=args.seed,
-    )
+    sigma = args.sigma if args.sigma is not None else 0.0  # int8: clean images without --sigma
     return engine.accelerate(
         base,
         options,
         report=engine.stderr_report,
         image_shape=tuple(data.image(0).shape),
-        calibration=common.calibration_for(calibrate, data, precision),
+        calibration=calibration_for(data, precision, sigma, args.seed, args.calibration_images),
     )
 
 
@@ -134,7 +129,7 @@ def engine_record(args, base) -> dict:
 
 
 def report_engine(record: dict) -> None:
-    """One line on stderr, as certify prints it (commands.common.report_engine)."""
+    """One line on stderr, as certify prints it (dsmooth.cli.commands.common.report_engine)."""
     from dsmooth.engine import stderr_report
 
     stderr_report(

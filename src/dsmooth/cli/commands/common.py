@@ -1,25 +1,27 @@
-"""Options and set-up shared by the commands that run a smoothed classifier."""
+"""Options shared by the commands that run a smoothed classifier, and the few adapters
+from their parsed arguments to the library (dsmooth.certify_job, dsmooth.pipeline)."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from dsmooth.base import compose, denoiser_at_sigma, sigma_aware, to_labels
-from dsmooth.commands import source_options
-from dsmooth.data import ImageSet, load_images, match_classes, parse_class_names
-from dsmooth.errors import UserError, brief
-from dsmooth.methods import METHODS, Certifier, make_method
+from dsmooth import pipeline, provenance
+from dsmooth.base import denoiser_at_sigma, sigma_aware
+from dsmooth.certify_job import Built, CertifyJob, method_from_options
+from dsmooth.cli.commands import source_options
+from dsmooth.data import ImageSet
+from dsmooth.errors import UserError
+from dsmooth.methods import METHODS, Certifier
 from dsmooth.noise import check_sigma
-from dsmooth.smoothing import NOISE_MODES, Smooth, check_count
-from dsmooth.sources import load_model
-from dsmooth.stats import check_alpha
+from dsmooth.pipeline import infer_num_classes, warn_sigma
+from dsmooth.smoothing import NOISE_MODES
+
+__all__ = ["infer_num_classes", "warn_sigma"]  # used by the commands from here
 
 
 def _shipped() -> str:
@@ -121,8 +123,7 @@ def add_class_names_option(g) -> None:
 
 def align_labels(args, data, num_classes: int) -> None:
     """The data's labels in the classifier's label order (dsmooth.data.match_classes)."""
-    spec = getattr(args, "class_names", None)
-    match_classes(data, num_classes, parse_class_names(spec) if spec else None)
+    pipeline.align_labels(data, num_classes, getattr(args, "class_names", None))
 
 
 def add_sampling_options(p: argparse.ArgumentParser, certify: bool) -> None:
@@ -201,12 +202,6 @@ def prepare_denoiser(denoiser, sigma: float | None, strict: bool = False):
             )
         return denoiser
     return denoiser_at_sigma(denoiser, sigma, strict=strict, warn=warn_sigma)
-
-
-def warn_sigma(message: str, hint: str = " (--strict makes this an error)") -> None:
-    """A denoiser's sigma mismatch as the commands print it: one line on stderr (`hint`
-    is for commands with --strict)."""
-    print(f"warning: {message}{hint}.", file=sys.stderr)
 
 
 def batch_size(text: str) -> int | str:
@@ -309,26 +304,6 @@ def engine_options(args):
     )
 
 
-def planned_samples(args, data: ImageSet) -> int:
-    """About how many noise samples the run draws (at most): images x (n0 + n or n_max)."""
-    stop = len(data) if getattr(args, "max", -1) < 0 else min(args.max, len(data))
-    images = len(range(0, stop, max(1, getattr(args, "skip", 1))))
-    n = max(args.n, getattr(args, "n_max", None) or 0)
-    return images * (getattr(args, "n0", 0) + n)
-
-
-def calibration_for(args, data: ImageSet, precision: str):
-    """int8's calibration set: the first --calibration-images images at --sigma, or None."""
-    if precision != "int8":
-        return None
-    from dsmooth.openvino_backend import Calibration
-
-    count = getattr(args, "calibration_images", 300)
-    check_count("calibration-images", count)
-    images = torch.stack([data.image(i) for i in range(min(count, len(data)))])
-    return Calibration(images, float(args.sigma), int(args.seed))
-
-
 def add_sequential_options(
     p: argparse.ArgumentParser,
     *,
@@ -373,284 +348,39 @@ def add_sequential_options(
 
 
 def certify_method(args) -> Certifier:
-    """The --method object (dsmooth.methods) from certify's flags, which are checked here
-    first so that an error names the flag."""
-    if args.n_max is not None:
-        check_count("n-max", args.n_max)
-    if args.radius is not None and any(not (r >= 0) or math.isinf(r) for r in args.radius):
-        raise UserError(f"--radius values must be finite and >= 0, got {args.radius}.")
-    if args.tol is not None and not (args.tol > 0):
-        raise UserError(f"--tol must be positive, got {args.tol}.")
-    return make_method(
-        args.method, n0=args.n0, n=args.n, alpha=args.alpha,
-        radius=args.radius, n_max=args.n_max, tol=args.tol,
-    )  # fmt: skip
+    """The --method object (dsmooth.methods) from certify's flags, which are checked first
+    so that an error names the flag (dsmooth.certify_job.method_from_options)."""
+    return method_from_options(vars(args), n=args.n, alpha=args.alpha)
 
 
-def check_sampling(args) -> None:
-    check_sigma(args.sigma)
-    check_alpha(args.alpha)
-    if getattr(args, "n0", 1) < 1:
-        check_count("n0", args.n0)
-    check_count("n", args.n)
-    if args.batch != "auto":
-        check_count("batch", args.batch)
-    if args.skip < 1:
-        raise UserError(f"skip must be at least 1, got {args.skip}.")
-    check_out_folder(args.out)
-    check_existing_log(args.out)
+def job_from_args(args, predict: bool = False) -> CertifyJob:
+    """The CertifyJob a certify (or predict) command line describes, checked."""
+    job = CertifyJob.from_options(vars(args), predict=predict)
+    job.check()
+    return job
 
 
-def check_existing_log(out) -> None:
-    """Refuse a malformed log before any model is loaded, rather than once it is about to
-    be resumed (ResultLog checks it again then, against the run's exact columns)."""
-    from pathlib import Path
-
-    from dsmooth.results import read_rows
-
-    path = Path(out)
-    if not (path.is_file() and path.stat().st_size > 0):
-        return
-    with open(path, encoding="utf-8", errors="replace") as f:
-        header = f.readline().rstrip("\r\n").split("\t")
-    if not {"idx", "label", "predict"} <= set(header):
-        raise UserError(
-            f"{path} exists but is not a result log (header: {' '.join(header)}); "
-            "choose another --out."
-        )
-    read_rows(path)
-
-
-def check_out_folder(out) -> None:
-    """A UserError, before anything is loaded or printed, when the log cannot be created."""
-    from pathlib import Path
-
-    folder = Path(out).parent
-    if not folder.is_dir():
-        raise UserError(f"the output folder {folder} does not exist.")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"the output folder {folder} is not writable.")
+def build_job(job: CertifyJob) -> Built:
+    """Build the job, check a resumed log's provenance and say how the engine runs."""
+    built = job.build()
+    provenance.check_resume(job.out, built.record)
+    report_engine(built.record)
+    return built
 
 
 def load_base(args, device: torch.device, channels: int | None = None):
     """f(D(.)) from --classifier (with its foreign-weights and contract flags) and the
-    optional --denoiser, composed at --sigma when the command has it (the denoiser's
-    training sigma checked, with --strict, and a sigma-aware one set up for it), and
-    checked against the images' `channels` when given."""
-    classifier = load_model(
-        args.classifier,
-        role="classifier",
-        device=device,
-        **weights_options(args),
-        **source_options.collect(args),
-    )
-    denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
-    if channels is not None:
-        from dsmooth.sources.contract import check_channels
-
-        check_channels(classifier, channels, "classifier")
-        if denoiser is not None:
-            check_channels(denoiser, channels, "denoiser")
-    sigma, strict = getattr(args, "sigma", None), getattr(args, "strict", False)
-    return compose(classifier, denoiser, sigma, strict=strict, warn=warn_sigma)
-
-
-def build_smooth(args, data: ImageSet) -> Smooth:
-    """Load models, infer and check num_classes, and wrap them in a Smooth."""
-    from dsmooth.engine import resolve_device
-
-    device = resolve_device(args.device)
-    base = load_base(args, device, channels=int(data.image(0).shape[0]))
-    num_classes = args.num_classes or infer_num_classes(base, data, device)
-    if args.num_classes is not None:
-        probe_output_size(base, data, device, num_classes)
-    align_labels(args, data, num_classes)
-    if len(data.labels) and int(data.labels.max()) >= num_classes:
-        raise UserError(
-            f"the data has label {int(data.labels.max())} but the classifier has "
-            f"{num_classes} classes."
-        )
-    from dsmooth import engine
-
-    options = engine.for_work(engine_options(args), planned_samples(args, data))
-    precision = engine.resolve_precision(options.precision, device)
-    base = engine.accelerate(
-        base,
-        options,
-        report=engine.stderr_report,
-        image_shape=tuple(data.image(0).shape),
-        calibration=calibration_for(args, data, precision),
-    )
-    if getattr(args, "batch", None) == "auto":
-        args.batch = engine.choose_batch_size(
-            base, tuple(data.image(0).shape), report=engine.stderr_report
-        )
-    if isinstance(base, engine.EngineModule):  # compile before the first row is timed
-        first = min(getattr(args, "n0", None) or args.n, args.batch)
-        base.warm_up(tuple(data.image(0).shape), (first, args.batch))
-    return Smooth(base, num_classes, args.sigma, seed=args.seed, noise=resolve_noise(args, data))
-
-
-def resolve_noise(args, data) -> str:
-    """--noise auto is lattice for 8-bit data and gaussian otherwise; asking for lattice
-    noise on float data is refused, since only 8-bit images sit on the lattice."""
-    asked = getattr(args, "noise", "gaussian")
-    eight_bit = is_eight_bit(data)
-    if asked == "auto":
-        return "lattice" if eight_bit else "gaussian"
-    if asked == "lattice" and not eight_bit:
-        raise UserError(
-            f"--noise lattice needs 8-bit images, but {args.data} holds float images; "
-            "use --noise gaussian, or store the images as uint8."
-        )
-    return asked
-
-
-def is_eight_bit(data) -> bool:
-    """Whether every image is m / 255 by construction: uint8 arrays and image files."""
-    images = getattr(data, "images", None)
-    return images is None or images.dtype == np.uint8
-
-
-def _probe(base, data: ImageSet, device):
-    x = data.image(0)[None].to(device)
-    with torch.inference_mode():
-        try:
-            return base(x)
-        except UserError:
-            raise
-        except Exception as e:
-            raise UserError(
-                f"the model failed on an image of shape {tuple(x.shape)} ({brief(e)})."
-            ) from None
-
-
-def infer_num_classes(base, data: ImageSet, device) -> int:
-    """The classifier's score width, or the dataset's class count for label outputs."""
-    out = _probe(base, data, device)
-    shape = tuple(getattr(out, "shape", ()))
-    if len(shape) == 2:
-        return int(shape[1])
-    return max(data.num_classes, 2)
-
-
-def probe_output_size(base, data: ImageSet, device, num_classes: int) -> None:
-    to_labels(_probe(base, data, device), num_classes, 1)
+    optional --denoiser, composed at --sigma when the command has it, with --strict
+    (dsmooth.pipeline.load_base)."""
+    return pipeline.load_base(
+        args.classifier, args.denoiser, device=device, sigma=getattr(args, "sigma", None),
+        strict=getattr(args, "strict", False), channels=channels,
+        options={**weights_options(args), **source_options.collect(args)},
+    )  # fmt: skip
 
 
 def load_data(args) -> ImageSet:
-    data = load_images(args.data, getattr(args, "size", None))
-    if len(data) == 0:
-        raise UserError(f"{args.data} contains no images.")
-    return data
-
-
-def log_provenance(
-    args, smooth: Smooth, data: ImageSet, command: str, method: Certifier | None = None
-) -> dict:
-    """The provenance record of a certify/predict log (dsmooth.provenance): what decides
-    its rows, from the models and engine actually built, not from the flags' defaults."""
-    from dsmooth.engine import backend_of, is_engine
-
-    base = smooth.base_classifier
-    engine = base if is_engine(base) else None
-    if engine is not None:
-        precision = engine.precision
-    elif getattr(base, "precision", "fp32") == "fp32":  # black-box, or ONNX in fp32
-        precision = "fp32 (not a torch module)"
-    else:  # an ONNX model OpenVINO runs in bf16: another f than fp32's
-        precision = f"{base.precision} ({base.runtime})"
-    record = provenance_record(
-        args,
-        engine.model if engine is not None else base,
-        smooth.num_classes,
-        precision,
-        engine.device if engine is not None else smooth.device,
-        bool(engine.compile_enabled) if engine is not None else False,
-        data,
-        command,
-        method,
-        backend=backend_of(base),
-        calibration=getattr(engine, "calibration", None),
-        graph_cache=getattr(engine, "cache", None),
-        noise_mode=smooth.noise,
-    )
-    # once per process, not per row: the rows' time column excludes it (docs/engine.md)
-    seconds = sum(getattr(engine, "compile_seconds", {}).values())
-    record["engine"]["compile_seconds"] = round(float(seconds), 1)
-    if getattr(base, "runtime", None):  # what ran a model the engine does not convert
-        record["engine"]["runtime"] = base.runtime
-    return record
-
-
-def provenance_record(
-    args,
-    base,
-    num_classes: int,
-    precision: str,
-    device,
-    compiled: bool,
-    data: ImageSet,
-    command: str,
-    method: Certifier | None,
-    backend: str = "torch",
-    calibration: dict | None = None,
-    graph_cache: str | None = None,
-    noise_mode: str = "gaussian",
-) -> dict:
-    """The record from its parts (the Ray driver has no engine of its own); `method` is
-    None for predict."""
-    from dsmooth import noise, provenance
-
-    if args.denoiser:
-        models = {
-            "classifier": provenance.describe_model(args.classifier, base.classifier),
-            "denoiser": provenance.describe_model(args.denoiser, base.denoiser),
-        }
-    else:
-        models = {"classifier": provenance.describe_model(args.classifier, base)}
-    if method is None:
-        if command != "predict":
-            raise ValueError(f"a {command} record needs the certification method")
-        method_entries = {"method": "predict", "radius": None, "n_max": None, "tol": None}
-    else:  # method, radius, n_max, tol
-        method_entries = method.record()
-    determining = {
-        "sigma": float(args.sigma),
-        "alpha": args.alpha,
-        "n0": getattr(args, "n0", None),
-        "n": args.n,
-        **method_entries,
-        "seed": args.seed,
-        "noise_version": noise.NOISE_VERSION,
-        "noise": noise_mode,
-        "num_classes": num_classes,
-        "precision": precision,
-        "backend": backend,
-        "calibration": calibration,
-        "device_type": torch.device(device).type,
-        "models": models,
-        "data": {"spec": str(args.data), "images": len(data)},
-        "class_names": getattr(args, "class_names", None),
-        "stop_if_misclassified": bool(getattr(args, "stop_if_misclassified", False)),
-    }
-    informing = {
-        "device": str(device),
-        "engine": {
-            "asked_precision": getattr(args, "precision", None),
-            "asked_backend": getattr(args, "backend", None),
-            "graph_cache": graph_cache,
-            "compile": compiled,
-            "channels_last": bool(getattr(args, "channels_last", False)),
-            "batch": args.batch,
-            "threads": torch.get_num_threads(),
-        },
-    }
-    denoiser = getattr(base, "denoiser", None) if args.denoiser else None
-    if getattr(denoiser, "timestep", None) is not None:  # a diffusion denoiser's t*
-        informing["denoiser_timestep"] = int(denoiser.timestep)
-        informing["denoiser_steps"] = int(getattr(denoiser, "steps", 1))
-    return provenance.record(command, determining, informing)
+    return pipeline.load_data(args.data, getattr(args, "size", None))
 
 
 def report_summary(out, written: int) -> None:

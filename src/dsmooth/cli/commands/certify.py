@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dsmooth import provenance
-from dsmooth.commands import common
+from dsmooth.cli.commands import common
 from dsmooth.errors import UserError
 
 
@@ -50,46 +49,30 @@ def add_scale_out_options(p) -> None:
 
 
 def run(args) -> int:
-    from dsmooth.jobs import certify_dataset
+    from dsmooth.jobs import run_job
 
-    if args.ray is not None:
-        return run_on_ray(args)
-    if args.workers is not None:
+    if args.workers is not None and args.ray is None:
         raise UserError("--workers needs --ray.")
-    common.check_sampling(args)
-    method = common.certify_method(args)
-    data = common.load_data(args)
-    smooth = common.build_smooth(args, data)
-    record = common.log_provenance(args, smooth, data, "certify", method)
-    provenance.check_resume(args.out, record)
-    common.report_engine(record)
-    written = certify_dataset(
-        smooth,
-        data,
-        args.out,
-        batch_size=args.batch,
-        skip=args.skip,
-        max_index=args.max,
-        progress=not args.no_progress,
-        provenance=record,
-        stop_if_misclassified=args.stop_if_misclassified,
-        method=method,
-    )
+    job = common.job_from_args(args)
+    if args.ray is not None:
+        return run_on_ray(job, args)
+    built = common.build_job(job)
+    written = run_job(job, built=built, progress=not args.no_progress)
     if args.sorted:
         from dsmooth.distributed import sort_log
 
-        sort_log(args.out)
-    common.report_summary(args.out, written)
+        sort_log(job.out)
+    common.report_summary(job.out, written)
     return 0
 
 
-def run_on_ray(args) -> int:
+def run_on_ray(job, args) -> int:
     import sys
 
     from dsmooth.distributed import certify_dataset
 
     summary = certify_dataset(
-        args,
+        job,
         address=args.ray,
         workers=args.workers,
         sort=args.sorted,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsmooth.commands import common
+from dsmooth.cli.commands import common
 from dsmooth.errors import UserError
 
 
@@ -43,7 +43,7 @@ def run(args) -> int:
     from torch import nn
 
     from dsmooth.base import compose
-    from dsmooth.commands.serve import parse_shape
+    from dsmooth.cli.commands.serve import parse_shape
     from dsmooth.export import export, report_text
     from dsmooth.noise import check_sigma
     from dsmooth.sources import load_model

@@ -1,12 +1,15 @@
 """`dsmooth test-denoiser`: PSNR of D(x + d) and accuracy of f(D(x + d)) under noise on
-a data split, next to the no-denoiser baseline f(x + d) and clean accuracy f(x)."""
+a data split, next to the no-denoiser baseline f(x + d) and clean accuracy f(x).
+
+(Named check_denoiser, not test_denoiser, so that nothing takes it for a test module;
+the measurement is `dsmooth.training.evaluate.denoiser_report`.)"""
 
 from __future__ import annotations
 
 import json
 
-from dsmooth.commands import source_options
-from dsmooth.commands.common import DATA_FORMS, DENOISER_FORMS, MODEL_FORMS, add_strict_option
+from dsmooth.cli.commands import source_options
+from dsmooth.cli.commands.common import DATA_FORMS, DENOISER_FORMS, MODEL_FORMS, add_strict_option
 from dsmooth.engine import default_precision
 from dsmooth.noise import check_sigma
 
@@ -57,12 +60,12 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from dsmooth.commands.common import prepare_denoiser
+    from dsmooth.cli.commands.common import prepare_denoiser
     from dsmooth.engine import resolve_precision, set_threads
     from dsmooth.errors import UserError
     from dsmooth.sources import load_model
     from dsmooth.training.data import load_training_set
-    from dsmooth.training.evaluate import evaluate_denoiser
+    from dsmooth.training.evaluate import denoiser_report
 
     check_sigma(args.sigma)
     if args.batch < 1:
@@ -78,62 +81,16 @@ def run(args) -> int:
     denoiser = prepare_denoiser(denoiser, args.sigma, args.strict)  # sigma check, timestep
     if not isinstance(denoiser, torch.nn.Module):
         raise UserError(f"{args.denoiser} is not a PyTorch denoiser dsmooth can run.")
-    classifiers = {}
+    classifier = None
     if args.classifier:
-        f = load_model(args.classifier, role="classifier", **source_options.collect(args))
-        classifiers["noisy"] = torch_outputs(f)
-    common = dict(
-        batch=args.batch, precision=precision, seed=args.seed, progress=not args.no_progress
-    )
-    result = {"n": len(images), "sigma": args.sigma, "precision": precision}
-    result.update(
-        evaluate_denoiser(denoiser, images, labels, args.sigma, classifiers, prefix="", **common)
-    )
-    if classifiers:
-        baseline = evaluate_denoiser(
-            None, images, labels, args.sigma, classifiers, prefix="", **common
-        )
-        result["psnr_noisy_input"] = baseline["psnr"]
-        result["no_denoiser_noisy_acc"] = baseline["noisy_acc"]
-        result["clean_acc"] = _clean_accuracy(
-            classifiers["noisy"], images, labels, args.batch, precision
-        )
+        classifier = load_model(args.classifier, role="classifier", **source_options.collect(args))
+    result = denoiser_report(
+        denoiser, images, labels=labels, sigma=args.sigma, classifier=classifier, batch=args.batch,
+        precision=precision, seed=args.seed, progress=not args.no_progress,
+    )  # fmt: skip
     for k, v in result.items():
         print(f"{k}\t{v:.4f}" if isinstance(v, float) else f"{k}\t{v}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)
     return 0
-
-
-def _clean_accuracy(f, images, labels, batch: int, precision: str = "fp32") -> float:
-    import torch
-
-    from dsmooth.training.augment import to_float_nchw
-    from dsmooth.training.precision import autocast
-
-    correct = 0
-    with torch.no_grad(), autocast(precision, torch.device("cpu")):
-        for i in range(0, len(images), batch):
-            out = f(to_float_nchw(images[i : i + batch]))
-            pred = out.argmax(1) if out.ndim == 2 else out
-            correct += int((pred.cpu() == labels[i : i + batch]).sum())
-    return correct / max(len(images), 1)
-
-
-def torch_outputs(f):
-    """`f` with its outputs as torch tensors (a black-box source such as ONNX answers in
-    numpy); an nn.Module as it is."""
-    import numpy as np
-    import torch
-
-    if isinstance(f, torch.nn.Module):
-        return f
-
-    def run(x):
-        out = f(x)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
-
-    return run

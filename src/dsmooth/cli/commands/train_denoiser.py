@@ -3,8 +3,8 @@ the MSE, Stab or Clf objective (Salman et al. 2020), white-box or through surrog
 
 from __future__ import annotations
 
-from dsmooth.commands import source_options
-from dsmooth.commands.train_classifier import (
+from dsmooth.cli.commands import source_options
+from dsmooth.cli.commands.train_classifier import (
     add_arch_kwargs,
     add_augment_options,
     add_data_options,

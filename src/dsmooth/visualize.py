@@ -1,8 +1,9 @@
-"""`dsmooth visualize`: clean, noisy and denoised images with the classifier's labels.
+"""The denoising grid: clean, noisy and denoised images with the classifier's labels.
 
 The noise shown for image i at a given sigma and seed is the first selection sample
-that `dsmooth certify --seed SEED` draws for that image (dsmooth.noise, stage
-STAGE_SELECT), so the picture shows what the base classifier actually saw.
+that certification with that seed draws for that image (dsmooth.noise, stage
+STAGE_SELECT), so the picture shows what the base classifier actually saw. Used by
+`dsmooth visualize` and by `dsmooth report`'s sample images.
 """
 
 from __future__ import annotations
@@ -16,45 +17,9 @@ from dsmooth.errors import UserError, brief
 from dsmooth.noise import check_sigma
 
 MAX_IMAGES = 32
+
+
 MAX_SIGMAS = 8
-
-
-def register(sub) -> None:
-    from dsmooth.commands import common
-
-    p = sub.add_parser(
-        "visualize",
-        help="PNG grid of clean, noisy (x + d) and denoised images with predicted labels",
-        description="Draw, for chosen images and noise levels, the clean image, the noisy "
-        "image x + d (d ~ N(0, sigma^2 I); the first noise sample certify draws for it with "
-        "the same --seed) and, with --denoiser, the denoised D(x + d), each captioned with "
-        "the classifier's label (green: correct, red: wrong). Noisy images are clipped to "
-        "[0, 1] for display only.",
-    )
-    common.add_model_options(p)
-    p.add_argument("--data", required=True, help="images and labels: " + common.DATA_FORMS)
-    p.add_argument(
-        "--indices",
-        type=int,
-        nargs="+",
-        default=[0, 1, 2, 3],
-        help="image indices (default 0 1 2 3)",
-    )
-    p.add_argument(
-        "--sigmas",
-        type=float,
-        nargs="+",
-        default=[0.12, 0.25, 0.5],
-        help="noise levels in [0,1] pixel units (default 0.12 0.25 0.5)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="noise seed, as in certify (default 0)")
-    p.add_argument(
-        "--class-names",
-        default=None,
-        help="'cifar10' or comma-separated names (default: folder names, else numbers)",
-    )
-    p.add_argument("--out", required=True, help="output image (.png, .svg or .pdf)")
-    p.set_defaults(func=run)
 
 
 def class_names(spec: str | None, data_classes: Sequence[str]) -> list[str] | None:
@@ -162,48 +127,3 @@ def denoising_grid(
     colors = [["tab:green" if p[r] == labels[r] else "tab:red" for p in preds] for r in rows]
     row_titles = [f"#{i}: {name(y)}" for i, y in zip(indices, labels, strict=True)]
     return image_grid(images, captions, columns, row_titles, colors)
-
-
-def grid_from_args(args, data, num_classes: int | None = None, **classifier_options):
-    """`denoising_grid` for the --classifier/--denoiser/--indices/--sigmas/--seed/
-    --class-names/--device options (shared by visualize and report);
-    `classifier_options` go to the classifier's loader."""
-    from functools import partial
-
-    from dsmooth.commands.common import warn_sigma
-    from dsmooth.engine import resolve_device
-    from dsmooth.sources import load_model
-
-    device = resolve_device(args.device)
-    classifier = load_model(args.classifier, role="classifier", device=device, **classifier_options)
-    denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
-    return denoising_grid(
-        classifier,
-        data,
-        args.indices,
-        args.sigmas,
-        denoiser=denoiser,
-        seed=args.seed,
-        num_classes=num_classes,
-        names=class_names(args.class_names, data.classes),
-        device=args.device,
-        warn=partial(warn_sigma, hint=""),  # no --strict here
-    )
-
-
-def run(args) -> int:
-    from dsmooth.commands import common, source_options
-    from dsmooth.plots import check_figure_path, save_figure
-
-    check_figure_path(args.out)
-    data = common.load_data(args)
-    fig = grid_from_args(
-        args,
-        data,
-        num_classes=args.num_classes,
-        **common.weights_options(args),
-        **source_options.collect(args),
-    )
-    save_figure(fig, args.out)
-    print(f"wrote {args.out}")
-    return 0

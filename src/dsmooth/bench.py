@@ -1,4 +1,5 @@
-"""`dsmooth bench`: noise samples/s of the certify loop, reference loop vs our engine.
+"""The `dsmooth bench` measurements: noise samples/s of the certify loop, reference loop
+vs our engine.
 
 In one run and side by side (interleaved rounds, so a busy shared machine slows both
 alike), for each pipeline `[denoiser+]classifier` of registry architectures with random
@@ -16,20 +17,23 @@ weights on 32x32 images:
 It prints samples/s, the ratios to (a) and to (b), FLOPs per sample (convolutions and linear layers,
 counted with hooks), achieved GFLOP/s, and that as a fraction of the matmul peaks measured
 in the same run (the fp32 peak again in each pipeline's rounds, under the same load).
+The engine side builds its Smooth with the one recipe certification uses
+(`dsmooth.pipeline.smooth_for`).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import ceil
 
 import numpy as np
 import torch
+
+from dsmooth.engine import EngineOptions
 
 DEFAULT_PIPELINES = ["dncnn+cifar_resnet110", "dncnn+cifar_resnet20", "cifar_resnet110"]
 IMAGE_SHAPE = (3, 32, 32)
@@ -38,60 +42,20 @@ NUM_CLASSES = 10
 TARGET_RATE, TARGET_RATIO = 1200.0, 8.0
 
 
-def register(sub) -> None:
-    from dsmooth.commands import common
+@dataclass(frozen=True, kw_only=True)
+class BenchSettings:
+    """What one `dsmooth bench` run measures, and how (its flags)."""
 
-    p = sub.add_parser(
-        "bench",
-        help="measure noise samples/s: the reference fp32 eager loop vs our engine",
-        description="Throughput of the certify loop (noise + base classifier + counting) on "
-        "32x32 images with random weights: the reference implementation's fp32 eager loop "
-        "(batch 400) against dsmooth's engine, measured in interleaved rounds, plus FLOP/s "
-        "and the fraction of this machine's measured matmul peak. See docs/engine.md.",
-    )
-    p.add_argument(
-        "--pipelines",
-        nargs="+",
-        default=DEFAULT_PIPELINES,
-        metavar="[DENOISER+]CLASSIFIER",
-        help="registry architectures, or ddpm_cifar10 as the denoiser (google/ddpm-cifar10-32's "
-        f"UNet, random weights; needs the [diffusion] extra) (default: "
-        f"{' '.join(DEFAULT_PIPELINES)})",
-    )
-    p.add_argument(
-        "--samples", type=int, default=800, help="noise samples per side per round (default 800)"
-    )
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
-    p.add_argument(
-        "--reference-batch", type=int, default=400, help="batch of the reference loop (400)"
-    )
-    p.add_argument(
-        "--batch",
-        type=common.batch_size,
-        default="auto",
-        help="engine batch, or 'auto' to measure (default auto)",
-    )
-    p.add_argument("--sigma", type=float, default=0.25, help="noise level (default 0.25)")
-    p.add_argument(
-        "--peak-size", type=int, default=4096, help="matmul size for the peak (default 4096)"
-    )
-    p.add_argument(
-        "--peak-seconds", type=float, default=1.0, help="time per matmul peak (default 1)"
-    )
-    p.add_argument(
-        "--openvino",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also measure the OpenVINO backend at the torch engine's precision and in int8 "
-        "(default on where OpenVINO is installed)",
-    )
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--out", default=None, help="also write the report to this file")
-    common.add_engine_options(p)
-    p.set_defaults(func=run)
-
-
-# --- (a) the reference loop -----------------------------------------------------------
+    sigma: float = 0.25
+    samples: int = 800  # noise samples per side per round
+    rounds: int = 2
+    reference_batch: int = 400
+    batch: int | str = "auto"
+    peak_size: int = 4096
+    peak_seconds: float = 1.0
+    openvino: bool = True
+    device: str = "cpu"
+    engine: EngineOptions = field(default_factory=EngineOptions)  # (b), the torch engine
 
 
 def _count_arr(arr: np.ndarray, length: int) -> np.ndarray:
@@ -115,9 +79,6 @@ def reference_sample_noise(
             predictions = base_classifier(batch + noise).argmax(1)
             counts += _count_arr(predictions.cpu().numpy(), NUM_CLASSES)
         return counts
-
-
-# --- measurements -----------------------------------------------------------------------
 
 
 #: A denoiser name that is not a registry architecture: the UNet of google/ddpm-cifar10-32
@@ -183,43 +144,53 @@ class PipelineResult:
         return self.engine_rate / self.reference_rate
 
 
-def bench_pipeline(spec: str, args, report: Callable[[str], None]) -> PipelineResult:
+def bench_pipeline(
+    spec: str, settings: BenchSettings, report: Callable[[str], None]
+) -> PipelineResult:
+    """Measure one pipeline: (a) against (b), and (c)/(d) with OpenVINO, interleaved."""
     from dsmooth import engine
-    from dsmooth.smoothing import Smooth
+    from dsmooth.pipeline import smooth_for
 
-    reference = build_pipeline(spec, args.sigma)
+    reference = build_pipeline(spec, settings.sigma)
     flops = engine.count_flops(reference, IMAGE_SHAPE)
-    fast = engine.accelerate(copy.deepcopy(reference), torch_engine_options(args))
-    batch = args.batch
-    if batch == "auto":
-        batch = engine.choose_batch_size(fast, IMAGE_SHAPE, report=report)
-    smooth = Smooth(fast, NUM_CLASSES, args.sigma, seed=0)
+    # no thread measurement per pipeline: `run` set the threads once for all of them
+    options = settings.engine
+    if options.threads == "auto":
+        options = replace(options, threads=None)
+    smooth, batch = smooth_for(
+        copy.deepcopy(reference), NUM_CLASSES, sigma=settings.sigma, image_shape=IMAGE_SHAPE,
+        options=options, batch=settings.batch, warm_up=False, report=report,
+    )  # fmt: skip
+    fast = smooth.base_classifier
     x = torch.rand(IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     smooth.sample_counts(x, batch, batch, index=0)  # warm-up: compiles (once per process)
     warm = time.perf_counter() - start
     compile_seconds = sum(getattr(fast, "compile_seconds", {}).values())
     compiled = bool(getattr(fast, "compile_enabled", False))
-    reference_sample_noise(reference, x, min(args.reference_batch, args.samples), 400, args.sigma)
-    others = openvino_paths(reference, args, fast, report) if args.openvino else {}
+    samples = settings.samples
+    reference_sample_noise(
+        reference, x, min(settings.reference_batch, samples), 400, settings.sigma
+    )
+    others = openvino_paths(reference, settings, fast, report) if settings.openvino else {}
     for s in others.values():
         s.sample_counts(x, batch, batch, index=0)  # warm-up
     t_ref = t_eng = 0.0
     t_other = dict.fromkeys(others, 0.0)
     peaks = []
-    for r in range(args.rounds):
-        peaks.append(matmul_peak(torch.float32, args.peak_size, args.peak_seconds)[0])
+    for r in range(settings.rounds):
+        peaks.append(matmul_peak(torch.float32, settings.peak_size, settings.peak_seconds)[0])
         start = time.perf_counter()
-        reference_sample_noise(reference, x, args.samples, args.reference_batch, args.sigma)
+        reference_sample_noise(reference, x, samples, settings.reference_batch, settings.sigma)
         t_ref += time.perf_counter() - start
         start = time.perf_counter()
-        smooth.sample_counts(x, args.samples, batch, index=r + 1)
+        smooth.sample_counts(x, samples, batch, index=r + 1)
         t_eng += time.perf_counter() - start
         for name, s in others.items():
             start = time.perf_counter()
-            s.sample_counts(x, args.samples, batch, index=r + 1)
+            s.sample_counts(x, samples, batch, index=r + 1)
             t_other[name] += time.perf_counter() - start
-    total = args.samples * args.rounds
+    total = samples * settings.rounds
     result = PipelineResult(
         spec,
         flops / 1e9,
@@ -240,41 +211,34 @@ def bench_pipeline(spec: str, args, report: Callable[[str], None]) -> PipelineRe
     return result
 
 
-def torch_engine_options(args):
-    """(b): the torch engine with the given flags; compile on unless --no-compile (a
-    benchmark is the long run that compilation pays for)."""
-    from dataclasses import replace
-
-    from dsmooth.commands.common import engine_options
-
-    options = engine_options(args)
-    return replace(options, backend="torch", compile=options.compile is not False)
-
-
-def openvino_paths(reference, args, fast, report) -> dict:
+def openvino_paths(reference, settings: BenchSettings, fast, report) -> dict:
     """Smooth objects over the OpenVINO backend: the torch engine's precision where
     OpenVINO has it (else fp32), and int8; empty when OpenVINO is not installed."""
     from dsmooth import engine, openvino_backend
-    from dsmooth.smoothing import Smooth
+    from dsmooth.pipeline import smooth_for
 
-    if openvino_backend.unavailable() is not None or torch.device(args.device).type != "cpu":
+    if openvino_backend.unavailable() is not None or torch.device(settings.device).type != "cpu":
         return {}
     out = {}
     precision = getattr(fast, "precision", "fp32")
     g = torch.Generator().manual_seed(1)
     calibration = openvino_backend.Calibration(
-        torch.rand((64, *IMAGE_SHAPE), generator=g), args.sigma
+        torch.rand((64, *IMAGE_SHAPE), generator=g), settings.sigma
     )
+    threads = settings.engine.threads
     for p in dict.fromkeys([precision, "int8"]):
-        options = engine.EngineOptions(precision=p, backend="openvino", threads=args.threads)
+        options = engine.EngineOptions(precision=p, backend="openvino", threads=threads)
         try:
-            ov = engine.accelerate(copy.deepcopy(reference), options, report, IMAGE_SHAPE,
-                                   calibration if p == "int8" else None)  # fmt: skip
+            smooth, _ = smooth_for(
+                copy.deepcopy(reference), NUM_CLASSES, sigma=settings.sigma,
+                image_shape=IMAGE_SHAPE, options=options,
+                calibration=calibration if p == "int8" else None, warm_up=False, report=report,
+            )  # fmt: skip
         except Exception as e:  # e.g. no native bf16 in OpenVINO: measure fp32 instead
             report(f"dsmooth bench: openvino {p} skipped ({e})")
             continue
-        if engine.backend_of(ov) == "openvino":
-            out[p] = Smooth(ov, NUM_CLASSES, args.sigma, seed=0)
+        if engine.backend_of(smooth.base_classifier) == "openvino":
+            out[p] = smooth
     return out
 
 
@@ -384,54 +348,3 @@ def format_report(results: list[PipelineResult], peaks: dict, context: dict) -> 
             )
     lines += ov_lines
     return "\n".join(lines)
-
-
-def run(args) -> int:
-    from dsmooth import engine
-    from dsmooth.noise import check_sigma
-    from dsmooth.smoothing import check_count
-
-    for name in ("samples", "rounds", "reference_batch", "peak_size"):
-        check_count(name.replace("_", "-"), getattr(args, name))
-    if args.batch != "auto":
-        check_count("batch", args.batch)
-    check_sigma(args.sigma)
-    for spec in args.pipelines:  # fail before measuring anything
-        build_pipeline(spec, args.sigma)
-    report = engine.stderr_report
-    options = torch_engine_options(args)
-    engine.set_threads(options.threads)
-    load_start = load_average()
-    report("dsmooth bench: measuring the matmul peaks ...")
-    peaks = {
-        "fp32": matmul_peak(torch.float32, args.peak_size, args.peak_seconds),
-        "bf16": matmul_peak(torch.bfloat16, args.peak_size, args.peak_seconds),
-        "int8": openvino_int8_peak(1024, args.peak_seconds) if args.openvino else None,
-    }
-    results = [bench_pipeline(spec, args, report) for spec in args.pipelines]
-    precision = engine.resolve_precision(options.precision, engine.resolve_device(options.device))
-    compiled = all(r.compiled for r in results)
-    context = {
-        "cpu": engine.cpu_model(),
-        "load_start": load_start,
-        "reference_batch": args.reference_batch,
-        "samples": args.samples,
-        "rounds": args.rounds,
-        "engine": f"precision {precision} (asked: {options.precision}), "
-        f"compile {'on (inductor, freezing)' if compiled else 'off/failed: eager'}, "
-        f"channels_last {'on' if options.channels_last else 'off'}, inference mode, "
-        f"batch {args.batch}, Smooth.sample_counts (noise float32, seeded per block)",
-    }
-    text = format_report(results, peaks, context)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for benchmarks/certify_throughput.py."""
-    from dsmooth.cli import main as cli_main
-
-    return cli_main(["bench", *(argv or [])])

@@ -3,7 +3,7 @@ with --smoothed the smoothed classifier itself: a certificate per image (docs/se
 
 from __future__ import annotations
 
-from dsmooth.commands import common, source_options
+from dsmooth.cli.commands import common, source_options
 from dsmooth.errors import UserError
 
 

@@ -1,4 +1,4 @@
-"""The `dsmooth` command: one subcommand per module in `dsmooth.commands`.
+"""The `dsmooth` command: one subcommand per module in `dsmooth.cli.commands`.
 
 Each command module defines `register(subparsers)`, which adds its parser and sets
 `func`. A `UserError` anywhere becomes one sentence on stderr and exit code 2.
@@ -12,7 +12,7 @@ import sys
 
 from dsmooth.errors import UserError
 
-#: Subcommand modules under dsmooth.commands, in --help order.
+#: Subcommand modules under dsmooth.cli.commands, in --help order.
 COMMANDS = [
     "certify",
     "predict",
@@ -31,6 +31,10 @@ COMMANDS = [
 ]
 
 
+#: Commands whose module is not named after them (a module named test_* looks like a test).
+MODULES = {"test-denoiser": "check_denoiser"}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse exits 2 too; keep it to one line
         self.exit(2, f"dsmooth: error: {message}\n")
@@ -46,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dsmooth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        importlib.import_module(f"dsmooth.commands.{name.replace('-', '_')}").register(sub)
+        module = MODULES.get(name, name.replace("-", "_"))
+        importlib.import_module(f"dsmooth.cli.commands.{module}").register(sub)
     return parser
 
 

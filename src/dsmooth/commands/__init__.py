@@ -1,1 +1,0 @@
-"""Subcommands of the `dsmooth` CLI, one module each (see dsmooth.cli.COMMANDS)."""
