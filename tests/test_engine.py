@@ -195,16 +195,17 @@ def test_bf16_casts_inside_the_classifier_and_returns_float32(image):
 
 def test_fp32_on_cuda_turns_off_tf32_convolutions():
     """PyTorch's default runs cuDNN convolutions in TF32: not the fp32 f a log names."""
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    before = conv.fp32_precision, matmul.fp32_precision
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.allow_tf32, matmul.allow_tf32
     try:
-        conv.fp32_precision = matmul.fp32_precision = "tf32"
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
         engine.ieee_fp32(torch.device("cpu"))
-        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")  # CPU: as is
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)  # CPU: left as is
         engine.ieee_fp32(torch.device("cuda"))
-        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+        assert cudnn.conv.fp32_precision != "tf32"  # the newer API agrees
     finally:
-        conv.fp32_precision, matmul.fp32_precision = before
+        cudnn.allow_tf32, matmul.allow_tf32 = before
 
 
 def test_black_box_callables_pass_through():

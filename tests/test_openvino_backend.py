@@ -13,7 +13,7 @@ import torch
 from test_engine import EAGER, SHAPE, TinyConvNet
 from torch import nn
 
-from dsmooth import Smooth, engine, openvino_backend
+from dsmooth import Smooth, compose, engine, openvino_backend
 from dsmooth.cli import main
 from dsmooth.engine import EngineModule, EngineOptions, accelerate
 from dsmooth.errors import UserError
@@ -102,6 +102,65 @@ def test_the_fingerprint_sees_code_as_well_as_weights():
     with torch.no_grad():
         a.fc.bias.add_(1)
     assert openvino_backend.module_fingerprint(a) != fa
+
+
+def strided(stride: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=stride, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    )  # fmt: skip
+
+
+class Scaled(nn.Module):
+    """A sigma-aware toy denoiser: its noise level is a plain float, not a weight."""
+
+    def __init__(self, sigma: float = 0.25):
+        super().__init__()
+        self.sigma = sigma
+
+    def at_sigma(self, sigma: float) -> nn.Module:
+        return Scaled(sigma)
+
+    def forward(self, x):
+        return x / (1 + self.sigma)
+
+
+def test_equal_weights_with_other_settings_get_other_keys():
+    """Every layer's settings count, not only the first of each class; so do plain
+    attributes such as a sigma-aware denoiser's noise level."""
+    a, b = strided(1), strided(2)
+    weights = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    assert all(torch.equal(p, q) for p, q in weights)
+    assert openvino_backend.module_fingerprint(a) != openvino_backend.module_fingerprint(b)
+    at = [compose(TinyConvNet(), Scaled(), sigma=s) for s in (0.25, 0.5)]
+    assert openvino_backend.module_fingerprint(at[0]) != openvino_backend.module_fingerprint(at[1])
+
+
+class Branchy(nn.Module):
+    """A data-dependent branch: a trace keeps only the branch its example input took."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = TinyConvNet()
+
+    def forward(self, x):
+        if x.mean() > 0.5:
+            return self.net(1 - x)
+        return self.net(x)
+
+
+def test_a_trace_that_warns_is_not_trusted():
+    """The torch.rand example takes one branch; the engine must not freeze it."""
+    torch.manual_seed(0)
+    model = Branchy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a fallback to torch says so
+        fast = accelerate(model, OV_FP32, image_shape=SHAPE)
+    low, high = torch.rand((8, *SHAPE)) * 0.4, 0.6 + torch.rand((8, *SHAPE)) * 0.4
+    with torch.no_grad():
+        for x in (low, high):
+            np.testing.assert_allclose(np.asarray(fast(x)), model(x).numpy(), atol=1e-4)
 
 
 def test_a_missing_openvino_falls_back_to_torch_with_one_warning(monkeypatch):

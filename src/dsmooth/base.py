@@ -110,6 +110,9 @@ class Composed(nn.Module):
         self.denoiser = denoiser
         self.sigma = sigma
 
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}"  # part of a converted graph's cache key
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.denoiser is not None:
             x = self.denoiser(x)

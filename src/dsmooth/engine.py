@@ -187,8 +187,10 @@ def ieee_fp32(device: torch.device) -> None:
     by default (a 10-bit mantissa): another f than the one a log records as fp32, and one
     whose labels can differ from the CPU's. A process-wide setting, as PyTorch keeps it."""
     if device.type == "cuda":
-        torch.backends.cudnn.conv.fp32_precision = "ieee"
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        # the flags every torch since 2.2 reads (the newer fp32_precision API, mixed with
+        # them, makes later readers of these flags, inductor among them, raise)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def untraceable_part(model: nn.Module) -> str | None:

@@ -60,32 +60,51 @@ def cache_root() -> Path:
 
 
 def module_fingerprint(model: nn.Module) -> str | None:
-    """A checksum of a module's weights and of the code of every module class in it, or
-    None when some code cannot be read (then nothing is cached: a changed forward with
-    the same weights must never reuse an old graph)."""
+    """A checksum of a module's weights, of the settings of every submodule (its name,
+    `extra_repr` and plain attributes: strides, paddings, a composition's sigma) and of
+    the code of every module class in it, or None when some code cannot be read (then
+    nothing is cached: a changed forward with the same weights must never reuse an old
+    graph). Equal weights with another stride or sigma give another key."""
     from dsmooth.provenance import tensor_sha256
 
-    h = hashlib.sha256(tensor_sha256(model).encode())
+    h = hashlib.sha256(b"fingerprint v2|" + tensor_sha256(model).encode())
     seen: set[type] = set()
-    for m in model.modules():
+    for name, m in model.named_modules():
         cls = type(m)
+        h.update(f"{name}|{cls.__module__}.{cls.__qualname__}|{m.extra_repr()}|".encode())
+        h.update(_plain_attributes(m).encode())
         if isinstance(m, torch.jit.ScriptModule):
             try:
                 h.update(str(m.code).encode())
             except Exception:
                 return None
             continue
-        if cls in seen:
-            continue
-        seen.add(cls)
-        h.update(f"{cls.__module__}.{cls.__qualname__}|{m.extra_repr()}|".encode())
-        if cls.__module__.startswith("torch.nn."):
+        if cls in seen or cls.__module__.startswith("torch.nn."):
             continue  # torch's own layers: their version is in the key
+        seen.add(cls)
         try:
             h.update(inspect.getsource(cls).encode())
         except (OSError, TypeError):
             return None
     return h.hexdigest()
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_attributes(m: nn.Module) -> str:
+    """A module's own settings held as plain Python values (what `forward` may read
+    besides weights), in a stable order; tensors, submodules and hooks are left out."""
+    items = []
+    for key, value in sorted(vars(m).items()):
+        if key.startswith("_"):
+            continue
+        plain = isinstance(value, _PLAIN) or (
+            isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value)
+        )
+        if plain:
+            items.append(f"{key}={value!r}")
+    return ";".join(items) + "|"
 
 
 @dataclass(frozen=True)
@@ -309,25 +328,36 @@ class OpenVINOEngine:
         example = torch.rand((2, *self.image_shape), generator=torch.Generator().manual_seed(0))
         if self.report is not None:
             self.report("dsmooth: converting the base classifier to OpenVINO (cached after) ...")
-        with torch.no_grad(), warnings.catch_warnings():
-            # tracing Keras' torch layers warns on every shape turned into a constant; the
-            # input keeps a dynamic batch and the fp32 agreement tests cover the result
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            try:
-                return ov.convert_model(
-                    self.model, example_input=example, input=[(-1, *self.image_shape)]
-                )
-            except Exception as traced_error:
-                # The TorchScript frontend lacks some aten aliases (Keras' torch backend
-                # emits aten::subtract); torch.export lowers them to core ops it knows.
+        with torch.no_grad():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", torch.jit.TracerWarning)
                 try:
-                    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-                    program = torch.export.export(
-                        self.model.eval(), (example,), dynamic_shapes=({0: batch},)
-                    )
-                    return ov.convert_model(program)
-                except Exception:
+                    shape = [(-1, *self.image_shape)]
+                    graph = ov.convert_model(self.model, example_input=example, input=shape)
+                    traced_error = None
+                except Exception as e:
+                    graph, traced_error = None, e
+            warned = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+            if graph is not None and not warned:
+                return graph
+            # A trace that warned took a Python value from a tensor (a branch, a shape) and
+            # may compute another function on other inputs; and the TorchScript frontend
+            # lacks some aten aliases (Keras' BatchNormalization emits aten::subtract).
+            # torch.export refuses data-dependent branches and lowers aliases to core ops.
+            try:
+                batch = torch.export.Dim("batch", min=1, max=1 << 16)
+                program = torch.export.export(
+                    self.model.eval(), (example,), dynamic_shapes=({0: batch},)
+                )
+                return ov.convert_model(program)
+            except Exception as export_error:
+                if traced_error is not None:
                     raise traced_error from None
+                first = str(warned[0].message).split(".")[0]
+                raise RuntimeError(
+                    f"the traced graph may not hold for other inputs ({first}) and "
+                    f"torch.export failed ({type(export_error).__name__})"
+                ) from None
 
     def _quantize(self, graph, calibration: Calibration):
         try:
