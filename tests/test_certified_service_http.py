@@ -574,6 +574,28 @@ def test_a_request_whose_body_is_being_read_holds_a_queue_slot(model):
     assert first[0] == 200, first
 
 
+def test_a_stalled_upload_gets_408_and_frees_its_slot(model):
+    """A client that never finishes its body is answered after the request timeout, and
+    the queue slot it held while being read is free again."""
+    limits = Limits(max_body_bytes=200_000, max_images=8, max_samples=100_000, timeout=0.3)
+    app, service = make_app(model, queue=1, limits=limits)
+    body = json.dumps({"images": batch(1).tolist()}).encode()
+    headers = {"content-length": len(body)}
+
+    async def main():
+        never = asyncio.Event()  # the body never arrives
+        stalled = await asgi_call(app, "/v1/certify", headers, body_receiver(body, [], never))
+        after = await asgi_call(app, "/v1/certify", headers, body_receiver(body, []))
+        return stalled, after
+
+    try:
+        stalled, after = asyncio.run(main())
+    finally:
+        service.close()
+    assert stalled[0] == 408 and "did not arrive within 0.3 s" in stalled[2].decode(), stalled
+    assert after[0] == 200, after
+
+
 def test_the_body_limit_follows_the_input_shape_and_image_limit(model):
     """Derived from the shape and --max-images-per-request: a declared body beyond it is
     refused before it is read, with a 413 that names the limit; the largest request the

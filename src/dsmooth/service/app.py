@@ -210,7 +210,10 @@ def build_service_app(
             return error(503, str(e), {"Retry-After": "5"})
         reading += 1
         try:
-            body = await read_body(request)
+            try:  # a stalled upload must not hold its queue slot for ever
+                body = await asyncio.wait_for(read_body(request), limits.timeout)
+            except TimeoutError:
+                return error(408, f"the request body did not arrive within {limits.timeout:g} s.")
             images, params, request_id = await run_in_threadpool(parse, body, route)
             settings, first, timeout = check_request(images, params)
             ticket = await run_in_threadpool(
