@@ -204,6 +204,18 @@ def test_records_keep_the_provenance_entries_of_older_logs():
     }
 
 
+def test_a_method_reading_options_records_them_by_default():
+    """So that a log made with one n_max does not resume under another."""
+
+    @dataclass(frozen=True)
+    class Budgeted(Abstain):
+        options: ClassVar[tuple[str, ...]] = ("n_max",)
+        n_max: int = 0
+
+    assert Budgeted(1, 1, 0.01, n_max=500).record()["n_max"] == 500
+    assert Budgeted(1, 1, 0.01, n_max=500).record() != Budgeted(1, 1, 0.01, n_max=9).record()
+
+
 def test_registry_refuses_what_it_cannot_serve():
     with pytest.raises(UserError, match="method must be one of 'cp', 'sequential'"):
         make_method("bayes", n0=1, n=1, alpha=0.01)
@@ -216,6 +228,14 @@ def test_registry_refuses_what_it_cannot_serve():
         register_method(Other)
     with pytest.raises(TypeError):
         register_method(dict)
+    with pytest.raises(ValueError, match="does not override selection_only"):
+
+        @dataclass(frozen=True)
+        class Columns(Abstain):
+            name: ClassVar[str] = "columns-without-selection"
+            columns: ClassVar[tuple[str, ...]] = ("votes",)
+
+        register_method(Columns)
     with pytest.raises(UserError, match="n0 must be at least 1"):
         CohenCP(0, 10, 0.01)
     with pytest.raises(UserError, match="n_max must be at least 1"):

@@ -72,9 +72,14 @@ class Certifier(ABC):
         return Certificate(prediction, 0.0)
 
     def record(self) -> dict:
-        """The method's entries of a log's provenance record (dsmooth.provenance); a
-        method reading `options` overrides this to record them."""
-        return {"method": self.name, "radius": None, "n_max": None, "tol": None}
+        """The method's entries of a log's provenance record (dsmooth.provenance): the
+        options it reads are recorded from its attributes of the same names, so a log
+        does not resume under other values."""
+        record = {"method": self.name, "radius": None, "n_max": None, "tol": None}
+        for key in self.options:
+            value = getattr(self, key, None)
+            record[key] = list(value) if isinstance(value, tuple) else value
+        return record
 
     @classmethod
     def from_options(cls, *, n0: int, n: int, alpha: float, **options) -> Certifier:
@@ -167,6 +172,10 @@ def register_method(cls: type[Certifier]) -> type[Certifier]:
     unknown = set(cls.options) - set(OPTIONAL)
     if unknown:
         raise ValueError(f"{cls.name}: options {sorted(unknown)} are not certify options")
+    if cls.columns and cls.selection_only is Certifier.selection_only:
+        # else --stop-if-misclassified fails at the first misclassified image, hours in
+        raise ValueError(f"{cls.name}: declares columns {list(cls.columns)} but does not "
+                         "override selection_only to fill them")  # fmt: skip
     METHODS[cls.name] = cls
     return cls
 
