@@ -259,7 +259,7 @@ class Ship:
         card = tmp / "MODEL_CARD.md"
         card.write_text(
             f"# {self.train.shipped}\n\nTrained by the CIFAR-10 campaign "
-            "(results/campaign.py, results/cifar10/STATUS.md) with dsmooth commands only:\n\n"
+            "(results/campaign.py, results/cifar10/STATUS.md) with the dsmooth CLI only:\n\n"
             "```bash\ndsmooth " + " ".join(_portable(a) for a in self.train.argv) + "\n```\n\n"
             "Stored as float16 (loading restores float32). metrics.csv: the run's epochs; "
             "evaluation.json: measured on the shipped weights. Licence: MIT, as dsmooth.\n"

@@ -735,6 +735,7 @@ def test_the_client_reads_retry_after_as_seconds_or_an_http_date():
     assert retry_after(email.utils.formatdate(now + 30), now) == 30.0  # a numeric zone
     assert retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0
     assert retry_after(None, now) == retry_after("soon", now) == retry_after("", now) == 1.0
+    assert retry_after("\u00b2", now) == 1.0  # a superscript digit is no delay-seconds
     date = email.utils.formatdate(time.time() + 60, usegmt=True)
     busy = httpx.Response(429, headers={"Retry-After": date}, json={"error": "full"})
     with pytest.raises(ServerBusy) as e:

@@ -115,7 +115,7 @@ def retry_after(value: str | None, now: float | None = None, default: float = 1.
     ("Wed, 21 Oct 2026 07:28:00 GMT"), RFC 9110 section 10.2.3; `default` when it is
     missing or unreadable, 0 for a date already past. `now` is a time.time() value."""
     text = (value or "").strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # "²".isdigit() is True too
         return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)
