@@ -189,3 +189,14 @@ def test_decision_mode_logs_report_only_at_their_targets(
     assert cells[("seq.tsv", "0.2")] != "" and cells[("seq.tsv", "0")] != ""
     assert (tmp_path / "c.png").stat().st_size > 0
     assert np.isnan(log.acr) and not np.isnan(read_log(cp).acr)
+
+
+def test_a_tf32_era_cuda_log_does_not_resume_under_ieee_fp32():
+    """fp32 on a GPU became IEEE fp32 (TF32 off): another f, so a GPU log made before
+    must not take rows from after; CPU logs, old or new, compare equal."""
+    from dsmooth.provenance import differences
+
+    before = {"device_type": "cuda", "precision": "fp32"}
+    assert differences(before, {**before, "cuda_fp32": "ieee"}) == ["cuda_fp32"]
+    cpu = {"device_type": "cpu", "precision": "fp32"}
+    assert differences(cpu, {**cpu, "cuda_fp32": None}) == []

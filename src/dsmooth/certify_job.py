@@ -287,6 +287,7 @@ def provenance_record(
         "backend": backend,
         "calibration": calibration,
         "device_type": torch.device(device).type,
+        "cuda_fp32": "ieee" if (torch.device(device).type, precision) == ("cuda", "fp32") else None,
         "models": models,
         "data": {"spec": str(job.data), "images": len(data)},
         "class_names": job.class_names,

@@ -43,6 +43,7 @@ DETERMINING = (
     "backend",
     "calibration",
     "device_type",
+    "cuda_fp32",  # "ieee" (TF32 off, dsmooth.engine.ieee_fp32) for fp32 on a GPU, else null
     "models",
     "data",
     "class_names",
