@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import LinearBinary
 from scipy.optimize import brentq
 from scipy.stats import norm
 
@@ -133,18 +134,6 @@ def test_maximal_radius_mode_stops_when_the_radius_cannot_grow_by_tol():
 
 
 # --- the product path -----------------------------------------------------------------
-
-
-class LinearBinary(torch.nn.Module):
-    """f(x) = [w.x + b > 0]: P[f(x + d) = 1] = Phi((w.x + b) / (sigma ||w||))."""
-
-    def __init__(self, w: torch.Tensor, b: float):
-        super().__init__()
-        self.register_buffer("w", w.flatten().double())
-        self.b = b
-
-    def forward(self, x):
-        return (x.flatten(1).double() @ self.w + self.b > 0).long()
 
 
 def model_with_pa(p_a: float, sigma: float):

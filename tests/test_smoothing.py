@@ -3,23 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from helpers import LinearBinary
 from scipy.stats import norm
 
 from dsmooth import ABSTAIN, Smooth, UserError, compose
 
 SHAPE = (1, 4, 4)
-
-
-class LinearBinary(torch.nn.Module):
-    """f(x) = [w.x + b > 0]; g's exact radius at x is |w.x + b| / ||w||."""
-
-    def __init__(self, w: torch.Tensor, b: float):
-        super().__init__()
-        self.register_buffer("w", w.flatten().double())
-        self.b = b
-
-    def forward(self, x):
-        return (x.flatten(1).double() @ self.w + self.b > 0).long()
 
 
 def oracle(seed=0):
