@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LinearClassifier
+from helpers import recording_compiler
 
 from dsmooth import Smooth
 from dsmooth.noise import BLOCK, STAGE_ESTIMATE, NoiseStream, sequential_stage
@@ -275,15 +276,7 @@ def test_a_compiled_engine_is_compiled_once_and_padding_leaves_answers_unchanged
     from dsmooth.engine import EngineModule, EngineOptions
 
     calls = []
-
-    def fake_compile(module, **options):
-        def run(x):
-            calls.append(tuple(x.shape))
-            return module(x)
-
-        return run
-
-    monkeypatch.setattr(engine.torch, "compile", fake_compile)
+    monkeypatch.setattr(engine.torch, "compile", recording_compiler(calls))
     eager = LinearClassifier(3 * 8 * 8, CLASSES).eval()
     fast = EngineModule(LinearClassifier(3 * 8 * 8, CLASSES), EngineOptions("fp32", True))
     fast.warm_up(SHAPE, (37,))

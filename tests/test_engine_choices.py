@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import recording_compiler
 from torch import nn
 
 from dsmooth import engine
@@ -122,15 +123,7 @@ def test_warm_up_compiles_each_batch_size_before_the_run(monkeypatch):
     """The shapes a run will use are compiled up front (inductor itself is exercised in
     test_engine.py; here a stand-in compiler records each compilation)."""
     compiled = []
-
-    def fake_compile(model, **options):
-        def run(x):
-            compiled.append(tuple(x.shape))
-            return model(x)
-
-        return run
-
-    monkeypatch.setattr(engine.torch, "compile", fake_compile)
+    monkeypatch.setattr(engine.torch, "compile", recording_compiler(compiled))
     fast = EngineModule(Tiny(), EngineOptions(precision="fp32", compile=True))
     seconds = fast.warm_up(SHAPE, (4, 16, 16))
     assert set(fast.compile_seconds) == {(4, *SHAPE), (16, *SHAPE)}
