@@ -30,6 +30,7 @@ reproduce: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	cd src && ../$(BIN)/lint-imports --config ../pyproject.toml
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks

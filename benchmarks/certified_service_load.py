@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from dsmooth import Smooth, load_model
-from dsmooth.base import compose
+from dsmooth.pipeline.compose import compose
 
 EXACT_ENV = {"DSMOOTH_PRECISION": "fp32", "DSMOOTH_COMPILE": "0", "DSMOOTH_BACKEND": "torch"}
 
@@ -417,7 +417,7 @@ def sigterm_under_load(proc, url: str, images, args, clients: int = 8):
 
 def fault_report(proc, url: str, images, args, shape) -> tuple[list[str], bool]:
     """Run the fault cases on the running server; (report lines, all passed)."""
-    from dsmooth.service.wire import body_limit
+    from dsmooth.deploy.service.wire import body_limit
 
     lines, ok = ["faults:"], True
 

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from dsmooth import compose, load_model
-from dsmooth.engine import EngineOptions, accelerate, cpu_model, native_bf16
-from dsmooth.export import export
+from dsmooth.deploy.export import export
+from dsmooth.pipeline.engine import EngineOptions, accelerate, cpu_model, native_bf16
 
 SHAPE = (3, 32, 32)
 

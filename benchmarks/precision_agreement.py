@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dsmooth import Smooth, compose, load_model, stats
-from dsmooth.datasets import load_dataset
-from dsmooth.engine import EngineOptions, accelerate, backend_of, native_bf16, set_threads
-from dsmooth.openvino_backend import Calibration
-from dsmooth.smoothing import ABSTAIN
+from dsmooth import Smooth, compose, load_model
+from dsmooth.certify import stats
+from dsmooth.certify.smooth import ABSTAIN
+from dsmooth.data.datasets import load_dataset
+from dsmooth.pipeline.engine import EngineOptions, accelerate, backend_of, native_bf16, set_threads
+from dsmooth.pipeline.openvino_backend import Calibration
 
 RADII = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
 
@@ -41,7 +42,9 @@ def parse(argv=None):
     p.add_argument("--denoiser", default=None, help="optional denoiser spec")
     p.add_argument("--mean", default=None, help="input mean of a foreign classifier")
     p.add_argument("--std", default=None, help="input std of a foreign classifier")
-    p.add_argument("--data", required=True, help="dataset spec (dsmooth.datasets.load_dataset)")
+    p.add_argument(
+        "--data", required=True, help="dataset spec (dsmooth.data.datasets.load_dataset)"
+    )
     p.add_argument("--images", type=int, default=100, help="first N images (default 100)")
     p.add_argument("--sigma", type=float, default=0.25)
     p.add_argument("--n0", type=int, default=100)

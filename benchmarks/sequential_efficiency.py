@@ -12,7 +12,7 @@ choice, see docs/sequential.md, and --abstain-pa changes it).
 Both methods then certify the *same* images with the *same* pA, REPEATS times each,
 simulated at the level of counts (binomial draws; the selection step keeps the logged
 prediction). Fixed-n is Cohen et al.'s CERTIFY (n0 = 100, n = 100,000, alpha = 0.001).
-Sequential runs `dsmooth.sequential.run_sequential`, the code the product runs, in
+Sequential runs `dsmooth.certify.sequential.run_sequential`, the code the product runs, in
 decision mode for the radii 0.25/0.5/0.75 and in maximal-radius mode with budget
 n_max = 100,000. Samples include the n0 = 100 selection samples for both methods.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import norm
 
-from dsmooth.sequential import SequentialPlan, cp_lower, radius_of, run_sequential
+from dsmooth.certify.sequential import SequentialPlan, cp_lower, radius_of, run_sequential
 
 LOGS = Path(__file__).resolve().parents[2] / "shared/fixtures/paper-logs/certify/cifar10"
 RADII = (0.25, 0.5, 0.75)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from dsmooth.engine import cpu_model
 from dsmooth.models import create
+from dsmooth.pipeline.engine import cpu_model
 from dsmooth.training.augment import to_float_nchw
 from dsmooth.training.objectives import DenoiserObjective
 from dsmooth.training.precision import autocast, bf16_is_fast

@@ -1,4 +1,4 @@
-"""Reading, checking and summarising result logs (dsmooth.analysis), on hand-made logs."""
+"""Reading, checking and summarising result logs (dsmooth.analysis.tables), on hand-made logs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from dsmooth.analysis import (
+from dsmooth.analysis.tables import (
     LogWarning,
     Series,
     analyze,

@@ -1,4 +1,4 @@
-"""`dsmooth analyze` on the command line, and its accuracy curves (dsmooth.plots)."""
+"""`dsmooth analyze` on the command line, and its accuracy curves (dsmooth.analysis.plots)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from dsmooth.analysis import analyze
+from dsmooth.analysis.plots import default_max_radius, plot_curves
+from dsmooth.analysis.tables import analyze
 from dsmooth.cli import main
 from dsmooth.errors import UserError
-from dsmooth.plots import default_max_radius, plot_curves
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsmooth.analysis import PAPER_RADII, LogWarning, analyze, percent, read_log
+from dsmooth.analysis.tables import PAPER_RADII, LogWarning, analyze, percent, read_log
 from dsmooth.cli import main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -141,7 +141,7 @@ def test_cli_prints_the_table2_rows(capsys, tmp_path):
 
 
 def test_paper_curves(tmp_path):
-    from dsmooth.plots import plot_curves
+    from dsmooth.analysis.plots import plot_curves
 
     report = analyze(
         groups=[

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dsmooth.analysis import analyze, parse_seconds, read_log
-from dsmooth.data import load_images
-from dsmooth.jobs import certify_dataset, predict_dataset
-from dsmooth.smoothing import Smooth
+from dsmooth.analysis.tables import analyze, parse_seconds, read_log
+from dsmooth.certify.smooth import Smooth
+from dsmooth.data.images import load_images
+from dsmooth.runs.local import certify_dataset, predict_dataset
 
 
 def raw_rows(path):

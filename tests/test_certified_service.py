@@ -16,12 +16,12 @@ from conftest import LinearClassifier
 from helpers import recording_compiler
 
 from dsmooth import Smooth
-from dsmooth.noise import BLOCK, STAGE_ESTIMATE, NoiseStream, sequential_stage
-from dsmooth.sequential import SequentialPlan, certify_sequential, cp_lower, radius_of
-from dsmooth.service.certification import ABSTAIN, make_certification
-from dsmooth.service.policy import CertifySettings
-from dsmooth.service.samples import ImageSamples
-from dsmooth.service.scheduler import CertificationService, QueueFull, ShuttingDown
+from dsmooth.certify.noise import BLOCK, STAGE_ESTIMATE, NoiseStream, sequential_stage
+from dsmooth.certify.sequential import SequentialPlan, certify_sequential, cp_lower, radius_of
+from dsmooth.deploy.service.certification import ABSTAIN, make_certification
+from dsmooth.deploy.service.policy import CertifySettings
+from dsmooth.deploy.service.samples import ImageSamples
+from dsmooth.deploy.service.scheduler import CertificationService, QueueFull, ShuttingDown
 
 SHAPE = (3, 8, 8)
 CLASSES = 3
@@ -160,7 +160,7 @@ def test_service_equals_offline_across_concurrent_requests(model, service):
 def test_a_noise_secret_keys_the_noise_and_the_operator_can_reproduce_it(model):
     """With a secret, the noise of (seed, index) is not the public stream a client could
     compute; the operator reproduces answers offline with keyed_seed(secret, seed)."""
-    from dsmooth.service.samples import keyed_seed
+    from dsmooth.deploy.service.samples import keyed_seed
 
     secret = b"operator secret, 32 bytes long.."
     assert keyed_seed(secret, 7) != keyed_seed(b"another secret of some length", 7)
@@ -272,8 +272,8 @@ def test_a_compiled_engine_is_compiled_once_and_padding_leaves_answers_unchanged
     static shape (warmed up at --batch, as `serve --smoothed` does) and zero-pads shorter
     batches up to it, dropping the padded rows: one compilation, and the certificates of
     an uncompiled model (here a stand-in compiler; inductor is test_engine's)."""
-    from dsmooth import engine
-    from dsmooth.engine import EngineModule, EngineOptions
+    from dsmooth.pipeline import engine
+    from dsmooth.pipeline.engine import EngineModule, EngineOptions
 
     calls = []
     monkeypatch.setattr(engine.torch, "compile", recording_compiler(calls))

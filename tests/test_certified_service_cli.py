@@ -18,7 +18,7 @@ from service_helpers import dsmooth_server  # noqa: E402
 
 from dsmooth import Smooth  # noqa: E402
 from dsmooth.cli import main  # noqa: E402
-from dsmooth.client import CertifiedClient  # noqa: E402
+from dsmooth.deploy.client import CertifiedClient  # noqa: E402
 
 
 def smoothed(model_file, *extra: str) -> list[str]:
@@ -66,7 +66,7 @@ def test_flags_give_the_server_settings_and_a_body_limit_from_the_shape(tiny_cla
     the body limit follows --input-shape and --max-images-per-request."""
     from dsmooth.cli import build_parser
     from dsmooth.cli.commands.serve import smoothed_settings
-    from dsmooth.service.wire import body_limit
+    from dsmooth.deploy.service.wire import body_limit
 
     parse = build_parser().parse_args
     policy, limits = smoothed_settings(parse(smoothed(tiny_classifier_file, "--n", "500")))

@@ -20,12 +20,12 @@ from service_helpers import LiveServer  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from dsmooth import Smooth  # noqa: E402
-from dsmooth.client import CertifiedClient, ServerBusy, ServiceError  # noqa: E402
+from dsmooth.deploy.client import CertifiedClient, ServerBusy, ServiceError  # noqa: E402
+from dsmooth.deploy.service.app import Limits, build_service_app  # noqa: E402
+from dsmooth.deploy.service.policy import CertifySettings, Policy  # noqa: E402
+from dsmooth.deploy.service.scheduler import CertificationService  # noqa: E402
+from dsmooth.deploy.service.server import check_binding, is_loopback, read_token  # noqa: E402
 from dsmooth.errors import UserError  # noqa: E402
-from dsmooth.service.app import Limits, build_service_app  # noqa: E402
-from dsmooth.service.policy import CertifySettings, Policy  # noqa: E402
-from dsmooth.service.scheduler import CertificationService  # noqa: E402
-from dsmooth.service.server import check_binding, is_loopback, read_token  # noqa: E402
 
 SHAPE = (3, 8, 8)
 TOKEN = "a-test-token-of-some-length"
@@ -353,7 +353,7 @@ def test_tightened_parameters_are_the_ones_used(model):
     """A request's own alpha, n0, n / n_max, radii, tol, seed and index are the ones the
     certificate is computed with, not only the ones reported: the answers equal offline
     certification with the request's parameters (and differ from the server's own)."""
-    from dsmooth.sequential import certify_sequential
+    from dsmooth.certify.sequential import certify_sequential
 
     images = batch(4, seed=5)
     requests = [
@@ -408,7 +408,7 @@ def test_v2_target_radii_round_trip_in_full_precision(client, model):
 def test_seed_and_index_stay_below_2_to_the_32(client, model):
     """Noise keys are hashed as 32-bit words: beyond 2^32 distinct (seed, index, stage)
     keys can share noise, so such seeds and indices are refused."""
-    from dsmooth.noise import philox_key
+    from dsmooth.certify.noise import philox_key
 
     assert (philox_key(0, 2**32, 0) == philox_key(0, 0, 1)).all()  # why the limit exists
     one, two = batch(1).tolist(), batch(2).tolist()
@@ -431,7 +431,7 @@ def test_bound_address_is_checked_after_resolution():
     """'localhost' passes the name check; the address actually bound is checked too."""
     import socket
 
-    from dsmooth.service.server import check_bound
+    from dsmooth.deploy.service.server import check_bound
 
     loop = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     loop.bind(("127.0.0.1", 0))
@@ -600,7 +600,7 @@ def test_the_body_limit_follows_the_input_shape_and_image_limit(model):
     """Derived from the shape and --max-images-per-request: a declared body beyond it is
     refused before it is read, with a 413 that names the limit; the largest request the
     image limit allows, written at full float precision, fits."""
-    from dsmooth.service.wire import body_limit
+    from dsmooth.deploy.service.wire import body_limit
 
     assert body_limit((3, 8, 8), 16) > body_limit((3, 8, 8), 8) > body_limit((1, 8, 8), 8)
     limits = Limits(max_images=8, max_samples=100_000, timeout=10)
@@ -668,7 +668,7 @@ def test_a_model_failure_is_a_generic_500_and_the_details_are_logged(model, capl
         return model(x)
 
     app, _ = make_app(flaky)
-    with TestClient(app) as c, caplog.at_level("ERROR", logger="dsmooth.service"):
+    with TestClient(app) as c, caplog.at_level("ERROR", logger="dsmooth.deploy.service"):
         r = c.post("/v1/certify", json={"images": batch(1).tolist()})
         assert r.status_code == 500
         message = r.json()["error"]
@@ -727,7 +727,7 @@ def test_the_guarantee_is_complete_and_typed_on_both_routes(model, method, extra
 def test_the_client_reads_retry_after_as_seconds_or_an_http_date():
     import email.utils
 
-    from dsmooth.client import _certificates, retry_after
+    from dsmooth.deploy.client import _certificates, retry_after
 
     now = 1_800_000_000.0
     assert retry_after("7", now) == 7.0

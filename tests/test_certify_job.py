@@ -15,8 +15,8 @@ import pytest
 
 import dsmooth
 from dsmooth import CertifyJob
+from dsmooth.certify.methods import CohenCP, Sequential
 from dsmooth.cli import main
-from dsmooth.methods import CohenCP, Sequential
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dsmooth"
 DATA = SRC / "assets" / "cifar10_test_every20.npz"
@@ -38,7 +38,7 @@ def test_a_job_is_frozen_picklable_and_keyword_only():
         job.sigma = 0.5  # type: ignore[misc]
     with pytest.raises(TypeError):
         CertifyJob(CLASSIFIER, str(DATA), 0.25)  # type: ignore[misc]
-    assert dsmooth.certify_dataset is dsmooth.jobs.certify_dataset
+    assert dsmooth.certify_dataset is dsmooth.runs.local.certify_dataset
 
 
 def test_options_give_the_flags_job():
@@ -82,3 +82,27 @@ def test_nothing_below_the_cli_imports_it():
     ]
     assert offenders == []
     assert not (SRC / "commands").exists()
+
+
+def test_nothing_inside_the_package_imports_its_root():
+    """`dsmooth/__init__` imports the library; a module importing it back would import
+    everything (and cycle), so the version lives in `dsmooth._version`."""
+    root = re.compile(r"^\s*(from dsmooth import|import dsmooth\s*$)", re.M)
+    offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if root.search(p.read_text())]
+    assert offenders == []
+
+
+def test_imports_run_one_way():
+    """The layers in pyproject's import-linter contract (docs/design.md) hold."""
+    pytest.importorskip("importlinter")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(SRC.parent)}
+    lint = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run(
+        [str(lint), "--config", str(SRC.parents[1] / "pyproject.toml"), "--no-cache"],
+        cwd=SRC.parent, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]

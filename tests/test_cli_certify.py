@@ -259,7 +259,7 @@ def _image_folder(tmp_path, tiny_data_file):
 
 
 def test_image_folder_is_read_lazily_and_resized(tiny_data_file, tiny_classifier_file, tmp_path):
-    from dsmooth.datasets import load_dataset
+    from dsmooth.data.datasets import load_dataset
 
     folder = _image_folder(tmp_path, tiny_data_file)
     # the eager loader (training) on the readable files gives the reference images

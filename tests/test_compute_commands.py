@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dsmooth.cli import build_parser, main
-from dsmooth.datasets import load_dataset
-from dsmooth.evaluation import evaluate_accuracy
+from dsmooth.data.datasets import load_dataset
 from dsmooth.models import create
+from dsmooth.pipeline.evaluation import evaluate_accuracy
 
 
 class Identity(nn.Module):
@@ -125,7 +125,7 @@ def test_test_denoiser_takes_every_denoiser_certify_takes(
 def test_test_denoiser_scores_a_black_box_classifier(tiny_data_file, tmp_path, capsys):
     """An ONNX classifier answers in numpy: test-denoiser counts its answers all the same."""
     pytest.importorskip("onnxruntime")
-    from dsmooth.export import export
+    from dsmooth.deploy.export import export
 
     f = LinearClassifier(3 * 8 * 8, 3).eval()
     onnx_file, torchscript = tmp_path / "f.onnx", tmp_path / "f.pt"

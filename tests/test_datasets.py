@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dsmooth.datasets import (
+from dsmooth.data.datasets import (
     CIFAR10_CLASSES,
     BatchLoader,
     ImageDataset,
@@ -303,7 +303,7 @@ def test_random_crop_flip_is_a_shift_and_flip_of_each_image():
 
 
 def test_batch_loader_epochs_cover_the_data(tmp_path):
-    from dsmooth.data import ImageSet
+    from dsmooth.data.images import ImageSet
 
     data = ImageSet(random_images(10, 0), np.arange(10))
     loader = BatchLoader(data, batch_size=4, shuffle=True, seed=1)
@@ -330,7 +330,7 @@ def test_batch_loader_epochs_cover_the_data(tmp_path):
 
 
 def test_certification_data_accepts_the_extended_specs(tmp_path):
-    from dsmooth.data import load_images
+    from dsmooth.data.images import load_images
 
     x = random_images(4, 0)
     np.savez(tmp_path / "s.npz", test_first4_images=x, test_first4_labels=np.arange(4))

@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import LinearClassifier
 
-from dsmooth.base import compose
+from dsmooth.certify.noise import STAGE_ESTIMATE, STAGE_SELECT, NoiseStream
+from dsmooth.certify.smooth import Smooth
 from dsmooth.cli import main
 from dsmooth.errors import UserError
 from dsmooth.models.diffusion import DiffusionDenoiser, load_diffusers, timestep_for_sigma
-from dsmooth.noise import STAGE_ESTIMATE, STAGE_SELECT, NoiseStream
-from dsmooth.smoothing import Smooth
+from dsmooth.pipeline.compose import compose
 
 
 def linear_alphas() -> torch.Tensor:
@@ -355,7 +355,7 @@ def test_export_with_sigma_writes_the_denoiser_at_its_timestep(ddpm_folder, tmp_
 
 def test_bench_builds_the_ddpm_cifar10_unet_with_random_weights():
     pytest.importorskip("diffusers")
-    from dsmooth.bench import DDPM, build_pipeline
+    from dsmooth.pipeline.bench import DDPM, build_pipeline
 
     pipeline = build_pipeline(f"{DDPM}+cifar_resnet20", sigma=0.5)
     unet = pipeline.denoiser.model

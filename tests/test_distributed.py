@@ -159,7 +159,7 @@ def test_unreachable_cluster_fails_fast_with_one_sentence(files, tmp_path, capsy
 
 
 def test_sort_log_orders_rows_by_index_and_drops_a_partial_row(tmp_path):
-    from dsmooth.distributed import sort_log
+    from dsmooth.runs.distributed import sort_log
 
     log = tmp_path / "log.tsv"
     log.write_text("idx\tlabel\n10\t1\n2\t0\n7\t2\n3\t")
@@ -169,8 +169,8 @@ def test_sort_log_orders_rows_by_index_and_drops_a_partial_row(tmp_path):
 
 
 def test_python_options_take_the_cli_defaults(files):
-    from dsmooth.certify_job import CertifyJob
-    from dsmooth.methods import CohenCP
+    from dsmooth.certify.methods import CohenCP
+    from dsmooth.runs.job import CertifyJob
 
     job = CertifyJob.from_options({**options(files), "out": "out.tsv"})
     assert (job.n, job.batch, job.out, job.skip) == (N, BATCH, "out.tsv", 1)
@@ -311,7 +311,7 @@ def test_cli_on_a_two_node_cluster(files, reference, two_node_cluster, tmp_path)
 
 @pytest.mark.slow
 def test_two_workers_give_the_single_process_rows(files, reference, ray_local, tmp_path):
-    from dsmooth.distributed import certify_dataset
+    from dsmooth.runs.distributed import certify_dataset
 
     header, expected = reference
     out = tmp_path / "ray.tsv"
@@ -345,7 +345,7 @@ def worker_pids() -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds worker processes in /proc")
 def test_killed_worker_loses_nothing(files, reference, ray_local, tmp_path):
     """Resume a log cut mid-row (a killed driver), kill a worker mid-run, sort at the end."""
-    from dsmooth.distributed import certify_dataset
+    from dsmooth.runs.distributed import certify_dataset
 
     header, expected = reference
     out = tmp_path / "ray.tsv"
@@ -388,7 +388,7 @@ def test_killed_worker_loses_nothing(files, reference, ray_local, tmp_path):
 def test_bad_model_or_too_many_workers_is_one_sentence_and_writes_nothing(
     files, ray_local, tmp_path
 ):
-    from dsmooth.distributed import certify_dataset
+    from dsmooth.runs.distributed import certify_dataset
 
     out = tmp_path / "log.tsv"
     with pytest.raises(UserError, match="use --workers 2 or fewer"):

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from dsmooth import Smooth, engine
+from dsmooth import Smooth
 from dsmooth.cli import main
-from dsmooth.engine import EngineOptions, accelerate
 from dsmooth.errors import UserError
+from dsmooth.pipeline import engine
+from dsmooth.pipeline.engine import EngineOptions, accelerate
 
 SHAPE = (3, 8, 8)
 EAGER = EngineOptions(precision="fp32", compile=False, channels_last=False)
@@ -299,7 +300,7 @@ def test_cli_bad_engine_flags_exit_2(
 
 def test_reference_loop_counts_like_the_reference():
     """The benchmark's reference loop (locuslab's _sample_noise) counts every sample."""
-    from dsmooth.bench import reference_sample_noise
+    from dsmooth.pipeline.bench import reference_sample_noise
 
     torch.manual_seed(0)
     counts = reference_sample_noise(

@@ -12,9 +12,15 @@ import torch
 from helpers import recording_compiler
 from torch import nn
 
-from dsmooth import engine
 from dsmooth.cli.commands.common import threads_value
-from dsmooth.engine import EngineModule, EngineOptions, accelerate, choose_threads, for_work
+from dsmooth.pipeline import engine
+from dsmooth.pipeline.engine import (
+    EngineModule,
+    EngineOptions,
+    accelerate,
+    choose_threads,
+    for_work,
+)
 
 SHAPE = (3, 8, 8)
 

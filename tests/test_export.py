@@ -12,13 +12,13 @@ import torch
 from byoc_models import NUM_CLASSES, build
 from torch.nn import init
 
-from dsmooth.base import compose
+from dsmooth.certify.smooth import Smooth
 from dsmooth.cli import main
+from dsmooth.deploy.export import TOLERANCE, export, max_error, run_keras_tensorflow, sample_inputs
 from dsmooth.errors import UserError
-from dsmooth.export import TOLERANCE, export, max_error, run_keras_tensorflow, sample_inputs
 from dsmooth.models import create
 from dsmooth.models.checkpoint import save_checkpoint
-from dsmooth.smoothing import Smooth
+from dsmooth.pipeline.compose import compose
 from dsmooth.sources import load_model
 
 HAS_KERAS = importlib.util.find_spec("keras") is not None

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsmooth.analysis import read_log
+from dsmooth.analysis.tables import read_log
 from dsmooth.cli import main
 
 CLASSES = ("ant", "bee", "cat")  # the tiny classifier's three classes, in label order

@@ -17,8 +17,8 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 
 from dsmooth import Smooth  # noqa: E402
-from dsmooth.engine import EngineOptions, accelerate  # noqa: E402
-from dsmooth.openvino_backend import OpenVINOEngine, module_fingerprint  # noqa: E402
+from dsmooth.pipeline.engine import EngineOptions, accelerate  # noqa: E402
+from dsmooth.pipeline.openvino_backend import OpenVINOEngine, module_fingerprint  # noqa: E402
 from dsmooth.sources import load_model  # noqa: E402
 
 SHAPE = (3, 16, 16)

@@ -17,10 +17,10 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from dsmooth import lattice
+from dsmooth.certify import lattice
+from dsmooth.certify.noise import philox_key
+from dsmooth.certify.smooth import Smooth
 from dsmooth.errors import UserError
-from dsmooth.noise import philox_key
-from dsmooth.smoothing import Smooth
 
 SIGMA = 0.05
 PIXELS = 16

@@ -1,4 +1,4 @@
-"""One reader for result logs (dsmooth.results.read_rows): a resumed run and `dsmooth
+"""One reader for result logs (dsmooth.logs.result_log.read_rows): a resumed run and `dsmooth
 analyze` accept the same rows and refuse the same lines with the same sentence.
 
 The only thing either tolerates is a torn last line (no newline after it), the trace of a
@@ -14,10 +14,10 @@ import sys
 
 import pytest
 
-from dsmooth.analysis import LogWarning, read_log
+from dsmooth.analysis.tables import LogWarning, read_log
 from dsmooth.cli import main
 from dsmooth.errors import UserError
-from dsmooth.results import (
+from dsmooth.logs.result_log import (
     CERTIFY_COLUMNS,
     SELECTION_ONLY,
     SEQUENTIAL_CERTIFY_COLUMNS,

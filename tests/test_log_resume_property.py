@@ -10,9 +10,9 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dsmooth.analysis import read_log
+from dsmooth.analysis.tables import read_log
 from dsmooth.errors import UserError
-from dsmooth.results import CERTIFY_COLUMNS, ResultLog
+from dsmooth.logs.result_log import CERTIFY_COLUMNS, ResultLog
 
 ROWS = 12
 

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from dsmooth import stats
-from dsmooth.analysis import analyze
-from dsmooth.cli import main
-from dsmooth.log_settings import (
+from dsmooth.analysis.plots import plot_curves
+from dsmooth.analysis.settings import (
     DAGGER,
     RadiusCap,
     certify_command,
@@ -22,8 +20,10 @@ from dsmooth.log_settings import (
     sequential_max_radius,
     with_caps,
 )
-from dsmooth.plots import plot_curves
-from dsmooth.sequential import SequentialPlan, run_sequential
+from dsmooth.analysis.tables import analyze
+from dsmooth.certify import stats
+from dsmooth.certify.sequential import SequentialPlan, run_sequential
+from dsmooth.cli import main
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 
@@ -64,7 +64,7 @@ def test_the_sequential_cap_bounds_what_sequential_certify_returns(targets):
     cap = sequential_max_radius(0.25, 0.001, 2000, targets)
     plan = SequentialPlan(0.25, 0.001, 2000, targets)
     everything = run_sequential(plan, lambda r, m, active: np.full(active.shape, m), 1)
-    from dsmooth.sequential import radius_of
+    from dsmooth.certify.sequential import radius_of
 
     assert float(radius_of(everything.p_lower[0], 0.25)) <= cap + 1e-12
     # its final look (n_max samples at half of alpha) alone reaches the cap

@@ -1,4 +1,4 @@
-"""Certification methods as objects (dsmooth.methods): the two built in give the
+"""Certification methods as objects (dsmooth.certify.methods): the two built in give the
 certificates they always gave, and a method defined here, in a test module, certifies a
 dataset through `dsmooth certify` with its own log column, registered with one call."""
 
@@ -12,12 +12,8 @@ import pytest
 import torch
 from test_cli_certify import certify_args, read_rows
 
-from dsmooth import stats
-from dsmooth.cli import main
-from dsmooth.data import load_images
-from dsmooth.errors import UserError
-from dsmooth.jobs import certify_dataset
-from dsmooth.methods import (
+from dsmooth.certify import stats
+from dsmooth.certify.methods import (
     METHODS,
     Certificate,
     Certifier,
@@ -26,10 +22,19 @@ from dsmooth.methods import (
     make_method,
     register_method,
 )
-from dsmooth.noise import STAGE_ESTIMATE, STAGE_SELECT
-from dsmooth.results import CERTIFY_COLUMNS
-from dsmooth.sequential import SequentialPlan, SequentialTest, certify_sequential, run_sequential
-from dsmooth.smoothing import ABSTAIN, Smooth
+from dsmooth.certify.noise import STAGE_ESTIMATE, STAGE_SELECT
+from dsmooth.certify.sequential import (
+    SequentialPlan,
+    SequentialTest,
+    certify_sequential,
+    run_sequential,
+)
+from dsmooth.certify.smooth import ABSTAIN, Smooth
+from dsmooth.cli import main
+from dsmooth.data.images import load_images
+from dsmooth.errors import UserError
+from dsmooth.logs.result_log import CERTIFY_COLUMNS
+from dsmooth.runs.local import certify_dataset
 
 
 @dataclass(frozen=True)

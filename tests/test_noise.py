@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from dsmooth.noise import BLOCK, NOISE_VERSION, NoiseStream, gaussian_block, philox_key
+from dsmooth.certify.noise import BLOCK, NOISE_VERSION, NoiseStream, gaussian_block, philox_key
 
 
 def test_tails_reach_beyond_the_old_generators_ceiling():

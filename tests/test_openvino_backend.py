@@ -13,12 +13,13 @@ import torch
 from test_engine import EAGER, SHAPE, TinyConvNet
 from torch import nn
 
-from dsmooth import Smooth, compose, engine, openvino_backend
+from dsmooth import Smooth, compose
 from dsmooth.cli import main
-from dsmooth.engine import EngineModule, EngineOptions, accelerate
 from dsmooth.errors import UserError
-from dsmooth.openvino_backend import Calibration, OpenVINOEngine
-from dsmooth.provenance import differences
+from dsmooth.logs.provenance import differences
+from dsmooth.pipeline import engine, openvino_backend
+from dsmooth.pipeline.engine import EngineModule, EngineOptions, accelerate
+from dsmooth.pipeline.openvino_backend import Calibration, OpenVINOEngine
 
 pytest.importorskip("openvino")
 

@@ -13,9 +13,9 @@ from test_engine import SHAPE, TinyConvNet
 
 from dsmooth import Smooth
 from dsmooth.cli import main
-from dsmooth.engine import EngineOptions, accelerate
+from dsmooth.deploy.export import export
 from dsmooth.errors import UserError
-from dsmooth.export import export
+from dsmooth.pipeline.engine import EngineOptions, accelerate
 from dsmooth.sources import load_model
 
 pytest.importorskip("openvino")
@@ -67,7 +67,7 @@ def test_auto_measures_both_and_says_which_it_keeps(onnx_file):
 
 
 def test_a_missing_openvino_leaves_onnxruntime_with_one_warning(onnx_file, monkeypatch):
-    from dsmooth import openvino_backend
+    from dsmooth.pipeline import openvino_backend
 
     monkeypatch.setattr(openvino_backend, "unavailable", lambda: "openvino cannot be imported")
     model = load_model(str(onnx_file))

@@ -11,10 +11,10 @@ import torch
 from conftest import LinearClassifier
 from test_cli_certify import certify_args, read_rows
 
+from dsmooth.certify.noise import NOISE_VERSION
 from dsmooth.cli import main
-from dsmooth.noise import NOISE_VERSION
-from dsmooth.provenance import sidecar
-from dsmooth.results import format_radius
+from dsmooth.logs.provenance import sidecar
+from dsmooth.logs.result_log import format_radius
 
 
 def test_log_records_what_determines_its_rows(
@@ -165,7 +165,7 @@ def test_decision_mode_logs_report_only_at_their_targets(
 ):
     """The radius column of `--method sequential --radius ...` means "certified at these
     targets"; read as a full radius it once gave an ACR of 0.177 where fixed n gave 0.246."""
-    from dsmooth.analysis import read_log
+    from dsmooth.analysis.tables import read_log
 
     seq, cp = tmp_path / "seq.tsv", tmp_path / "cp.tsv"
     targets = ["--method", "sequential", "--radius", "0.1", "0.2"]
@@ -194,7 +194,7 @@ def test_decision_mode_logs_report_only_at_their_targets(
 def test_a_tf32_era_cuda_log_does_not_resume_under_ieee_fp32():
     """fp32 on a GPU became IEEE fp32 (TF32 off): another f, so a GPU log made before
     must not take rows from after; CPU logs, old or new, compare equal."""
-    from dsmooth.provenance import differences
+    from dsmooth.logs.provenance import differences
 
     before = {"device_type": "cuda", "precision": "fp32"}
     assert differences(before, {**before, "cuda_fp32": "ieee"}) == ["cuda_fp32"]

@@ -23,11 +23,11 @@ pytest.importorskip("httpx")
 
 from byoc_models import NUM_CLASSES, build  # noqa: E402
 
+from dsmooth.certify.smooth import Smooth  # noqa: E402
 from dsmooth.cli import main  # noqa: E402
-from dsmooth.data import ImageSet  # noqa: E402
+from dsmooth.data.images import ImageSet  # noqa: E402
 from dsmooth.errors import UserError  # noqa: E402
-from dsmooth.jobs import certify_dataset  # noqa: E402
-from dsmooth.smoothing import Smooth  # noqa: E402
+from dsmooth.runs.local import certify_dataset  # noqa: E402
 from dsmooth.sources import load_model  # noqa: E402
 
 ASSET = Path(__file__).resolve().parents[1] / "src/dsmooth/assets/cifar10_test_every20.npz"

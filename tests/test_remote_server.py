@@ -20,10 +20,10 @@ httpx = pytest.importorskip("httpx")
 from byoc_models import NUM_CLASSES, build  # noqa: E402
 from service_helpers import dsmooth_server, wait_ready  # noqa: E402
 
+from dsmooth.certify.smooth import Smooth  # noqa: E402
 from dsmooth.cli import main  # noqa: E402
-from dsmooth.data import ImageSet  # noqa: E402
-from dsmooth.jobs import certify_dataset, predict_dataset  # noqa: E402
-from dsmooth.smoothing import Smooth  # noqa: E402
+from dsmooth.data.images import ImageSet  # noqa: E402
+from dsmooth.runs.local import certify_dataset, predict_dataset  # noqa: E402
 from dsmooth.sources import load_model  # noqa: E402
 
 ASSET = Path(__file__).resolve().parents[1] / "src/dsmooth/assets/cifar10_test_every20.npz"
@@ -152,7 +152,7 @@ def test_server_rejects_bad_requests_with_4xx(server):
 def test_ray_workers_count_queries_like_a_single_process(server, data, tmp_path):
     """`--ray` against a model server: same rows and the same `queries` column."""
     pytest.importorskip("ray")
-    from dsmooth.distributed import certify_dataset as certify_on_ray
+    from dsmooth.runs.distributed import certify_dataset as certify_on_ray
 
     npz = tmp_path / "d.npz"
     np.savez(npz, images=data.images, labels=data.labels)

@@ -10,10 +10,9 @@ from scipy.optimize import brentq
 from scipy.stats import norm
 
 from dsmooth import ABSTAIN, Smooth, UserError
-from dsmooth import stats as exact
-from dsmooth.analysis import read_log as read_analysis_log
-from dsmooth.cli import main
-from dsmooth.noise import (
+from dsmooth.analysis.tables import read_log as read_analysis_log
+from dsmooth.certify import stats as exact
+from dsmooth.certify.noise import (
     SEQUENTIAL_FIRST_STAGE,
     SEQUENTIAL_MAX_ROUNDS,
     STAGE_ESTIMATE,
@@ -21,8 +20,7 @@ from dsmooth.noise import (
     STAGE_SELECT,
     sequential_stage,
 )
-from dsmooth.results import CERTIFY_COLUMNS
-from dsmooth.sequential import (
+from dsmooth.certify.sequential import (
     REASON_ABSTAIN,
     REASON_BUDGET,
     REASON_CONVERGED,
@@ -34,6 +32,8 @@ from dsmooth.sequential import (
     geometric_schedule,
     run_sequential,
 )
+from dsmooth.cli import main
+from dsmooth.logs.result_log import CERTIFY_COLUMNS
 
 SHAPE = (1, 4, 4)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from dsmooth.sequential import SequentialPlan, radius_of, run_sequential
+from dsmooth.certify.sequential import SequentialPlan, radius_of, run_sequential
 
 ALPHA, SIGMA, N0, N_MAX, COUNT = 0.05, 0.5, 100, 10_000, 6_000
 MARGIN = 3 * np.sqrt(ALPHA * (1 - ALPHA) / COUNT)

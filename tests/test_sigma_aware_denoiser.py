@@ -14,11 +14,16 @@ import torch
 from conftest import LinearClassifier
 from torch import nn
 
-from dsmooth.base import SigmaMismatchWarning, compose, denoiser_at_sigma, trained_sigma
+from dsmooth.certify.smooth import Smooth
 from dsmooth.cli import main
 from dsmooth.errors import UserError
 from dsmooth.models.pretrained import pretrained
-from dsmooth.smoothing import Smooth
+from dsmooth.pipeline.compose import (
+    SigmaMismatchWarning,
+    compose,
+    denoiser_at_sigma,
+    trained_sigma,
+)
 
 #: `--denoiser` spec of the toy below: tests/ is on sys.path (pytest's rootdir-relative
 #: import), so the CLI imports this very module and the toy's records are the test's.

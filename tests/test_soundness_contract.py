@@ -11,10 +11,11 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from dsmooth import ABSTAIN, Smooth, UserError, stats
-from dsmooth.base import to_labels
+from dsmooth import ABSTAIN, Smooth, UserError
+from dsmooth.certify import stats
+from dsmooth.certify.base_classifier import to_labels
+from dsmooth.certify.sequential import SequentialPlan, certify_sequential
 from dsmooth.cli import main
-from dsmooth.sequential import SequentialPlan, certify_sequential
 
 SHAPE = (1, 4, 4)
 SIGMA = 0.25

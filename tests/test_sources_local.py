@@ -22,12 +22,12 @@ import torch
 from byoc_models import NUM_CLASSES, LabelHead, build
 from safetensors.torch import save_file
 
-from dsmooth.base import to_labels
+from dsmooth.certify.base_classifier import to_labels
+from dsmooth.certify.noise import NoiseStream
+from dsmooth.certify.smooth import Smooth
+from dsmooth.deploy.export import export
 from dsmooth.errors import UserError
-from dsmooth.export import export
 from dsmooth.models.checkpoint import save_checkpoint
-from dsmooth.noise import NoiseStream
-from dsmooth.smoothing import Smooth
 from dsmooth.sources import load_model
 
 TESTS = Path(__file__).resolve().parent

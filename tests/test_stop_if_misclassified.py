@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from test_cli_certify import certify_args, read_rows
 
-from dsmooth.analysis import read_log
+from dsmooth.analysis.tables import read_log
 from dsmooth.cli import main
 
 

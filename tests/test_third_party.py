@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import dsmooth
-from dsmooth.datasets import load_dataset
-from dsmooth.evaluation import evaluate_accuracy
+from dsmooth.data.datasets import load_dataset
+from dsmooth.pipeline.evaluation import evaluate_accuracy
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 AKAMASTER = SHARED / "models" / "third-party" / "cifar-resnet-akamaster"

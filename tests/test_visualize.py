@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from dsmooth.analysis.denoising_grid import class_names, denoising_grid
+from dsmooth.certify.smooth import Smooth
 from dsmooth.cli import main
-from dsmooth.data import load_images
+from dsmooth.data.images import load_images
 from dsmooth.errors import UserError
-from dsmooth.smoothing import Smooth
 from dsmooth.sources import load_model
-from dsmooth.visualize import class_names, denoising_grid
 
 
 class Blur(nn.Module):

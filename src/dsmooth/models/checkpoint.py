@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from dsmooth.atomic import replacing, write_text
+from dsmooth._io import replacing, write_text
 from dsmooth.errors import UserError
 from dsmooth.models import create
 
@@ -47,7 +47,7 @@ def save_checkpoint(
 
     `dtype=torch.float16` halves the size of shipped weights; loading restores float32.
     """
-    from dsmooth import __version__
+    from dsmooth._version import __version__
 
     if "architecture" not in config:
         raise ValueError("config must name the registry 'architecture'")

@@ -14,7 +14,7 @@ from torch import nn
 from dsmooth.errors import UserError
 from dsmooth.models import list_models
 from dsmooth.models.checkpoint import save_checkpoint
-from dsmooth.noise import check_sigma
+from dsmooth.sigma import check_sigma
 from dsmooth.training import loop
 from dsmooth.training.augment import random_crop_flip, to_float_nchw
 from dsmooth.training.classifier import build

@@ -1,7 +1,7 @@
 """Denoiser validation: PSNR of D(x + d) against x, and the accuracy of f(D(x + d)) under
 one noise draw per image (the per-draw accuracy a smoothed classifier is built from).
 
-The noise of image i depends only on (seed, i) (`dsmooth.evaluation.image_noise`), so
+The noise of image i depends only on (seed, i) (`dsmooth.pipeline.evaluation.image_noise`), so
 numbers are comparable across epochs, batch sizes and with `dsmooth evaluate`.
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dsmooth.evaluation import image_noise
+from dsmooth.pipeline.evaluation import image_noise
 from dsmooth.training.augment import to_float_nchw
 from dsmooth.training.precision import autocast
 

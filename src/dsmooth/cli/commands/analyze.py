@@ -8,12 +8,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-from dsmooth import atomic
+from dsmooth._io import write_text as write_whole
 from dsmooth.errors import UserError
 
 
 def register(sub) -> None:
-    from dsmooth.analysis import FORMATS
+    from dsmooth.analysis.tables import FORMATS
 
     p = sub.add_parser(
         "analyze",
@@ -67,7 +67,7 @@ def register(sub) -> None:
 
 def parse_labels(items: list[str]) -> list[tuple[str, list[Path]]]:
     """`NAME=GLOB` arguments as (name, paths) groups, in order, merging repeated names."""
-    from dsmooth.analysis import expand
+    from dsmooth.analysis.tables import expand
 
     groups: dict[str, list[Path]] = {}
     for item in items:
@@ -93,12 +93,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"the output folder {path.parent} does not exist.")
-    atomic.write_text(path, text)
+    write_whole(path, text)
 
 
 def build_report(args):
-    from dsmooth.analysis import analyze, expand, parse_radii
-    from dsmooth.log_settings import with_caps
+    from dsmooth.analysis.settings import with_caps
+    from dsmooth.analysis.tables import analyze, expand, parse_radii
 
     if args.decimals < 0 or args.decimals > 6:
         raise UserError(f"--decimals must be between 0 and 6, got {args.decimals}.")
@@ -114,8 +114,8 @@ def build_report(args):
 
 
 def run(args) -> int:
-    from dsmooth.log_settings import plot_cap
-    from dsmooth.plots import check_figure_path, plot_curves
+    from dsmooth.analysis.plots import check_figure_path, plot_curves
+    from dsmooth.analysis.settings import plot_cap
 
     if args.plot:
         check_figure_path(args.plot)  # fail before the work, not after

@@ -10,8 +10,8 @@ import json
 
 from dsmooth.cli.commands import source_options
 from dsmooth.cli.commands.common import DATA_FORMS, DENOISER_FORMS, MODEL_FORMS, add_strict_option
-from dsmooth.engine import default_precision
-from dsmooth.noise import check_sigma
+from dsmooth.pipeline.engine import default_precision
+from dsmooth.sigma import check_sigma
 
 #: --precision choices: certify's but int8, which is a quantised OpenVINO classifier.
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -61,8 +61,8 @@ def run(args) -> int:
     import torch
 
     from dsmooth.cli.commands.common import prepare_denoiser
-    from dsmooth.engine import resolve_precision, set_threads
     from dsmooth.errors import UserError
+    from dsmooth.pipeline.engine import resolve_precision, set_threads
     from dsmooth.sources import load_model
     from dsmooth.training.data import load_training_set
     from dsmooth.training.evaluate import denoiser_report

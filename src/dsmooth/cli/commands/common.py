@@ -1,5 +1,5 @@
 """Options shared by the commands that run a smoothed classifier, and the few adapters
-from their parsed arguments to the library (dsmooth.certify_job, dsmooth.pipeline)."""
+from their parsed arguments to the library (dsmooth.runs.job, dsmooth.pipeline.build)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from collections.abc import Sequence
 
 import torch
 
-from dsmooth import pipeline, provenance
-from dsmooth.base import denoiser_at_sigma, sigma_aware
-from dsmooth.certify_job import Built, CertifyJob, method_from_options
+from dsmooth.certify.methods import METHODS, Certifier
+from dsmooth.certify.smooth import NOISE_MODES
 from dsmooth.cli.commands import source_options
-from dsmooth.data import ImageSet
+from dsmooth.data.images import ImageSet
 from dsmooth.errors import UserError
-from dsmooth.methods import METHODS, Certifier
-from dsmooth.noise import check_sigma
-from dsmooth.pipeline import infer_num_classes, warn_sigma
-from dsmooth.smoothing import NOISE_MODES
+from dsmooth.logs import provenance
+from dsmooth.pipeline import build as pipeline
+from dsmooth.pipeline.build import infer_num_classes, warn_sigma
+from dsmooth.pipeline.compose import denoiser_at_sigma, sigma_aware
+from dsmooth.runs.job import Built, CertifyJob, method_from_options
+from dsmooth.sigma import check_sigma
 
 __all__ = ["infer_num_classes", "warn_sigma"]  # used by the commands from here
 
@@ -44,7 +45,7 @@ DENOISER_FORMS = (
     "(a state dict), diffusers:PATH, TorchScript (.pt), .keras, or module:function"
 )
 
-#: Every spelling --data may take (dsmooth.data.load_images, dsmooth.datasets).
+#: Every spelling --data may take (dsmooth.data.images.load_images, dsmooth.data.datasets).
 DATA_FORMS = (
     "a .npz with uint8 'images' (N,H,W,C) and 'labels'; FILE.npz:PREFIX (arrays "
     "PREFIX_images, PREFIX_labels); several joined, a.npz,b.npz; a folder of *SPLIT*.npz "
@@ -122,7 +123,7 @@ def add_class_names_option(g) -> None:
 
 
 def align_labels(args, data, num_classes: int) -> None:
-    """The data's labels in the classifier's label order (dsmooth.data.match_classes)."""
+    """The data's labels in the classifier's label order (dsmooth.data.images.match_classes)."""
     pipeline.align_labels(data, num_classes, getattr(args, "class_names", None))
 
 
@@ -188,7 +189,7 @@ def add_denoiser_sigma_option(p) -> None:
 
 
 def prepare_denoiser(denoiser, sigma: float | None, strict: bool = False):
-    """The denoiser set up for --sigma (dsmooth.base.denoiser_at_sigma): positive if given,
+    """The denoiser set up for --sigma (`compose.denoiser_at_sigma`): positive if given,
     required by a sigma-aware denoiser, compared with a checkpoint's training sigma."""
     if sigma is not None:
         check_sigma(sigma)
@@ -216,7 +217,7 @@ def batch_size(text: str) -> int | str:
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
     """How the base classifier runs (docs/engine.md); results do not depend on these in fp32."""
-    from dsmooth import engine
+    from dsmooth.pipeline import engine
 
     g = p.add_argument_group("engine (docs/engine.md)")
     g.add_argument(
@@ -261,7 +262,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
 
 def add_threads_option(p) -> None:
     """--threads N|auto; auto measures the candidates on this host (engine.choose_threads)."""
-    from dsmooth import engine
+    from dsmooth.pipeline import engine
 
     p.add_argument(
         "--threads",
@@ -291,7 +292,7 @@ def threads_value(text: str) -> int | str:
 
 def engine_options(args):
     """EngineOptions from parsed arguments (defaults for commands without engine flags)."""
-    from dsmooth import engine
+    from dsmooth.pipeline import engine
 
     defaults = engine.EngineOptions()
     return engine.EngineOptions(
@@ -348,8 +349,8 @@ def add_sequential_options(
 
 
 def certify_method(args) -> Certifier:
-    """The --method object (dsmooth.methods) from certify's flags, which are checked first
-    so that an error names the flag (dsmooth.certify_job.method_from_options)."""
+    """The --method object (dsmooth.certify.methods) from certify's flags, which are checked first
+    so that an error names the flag (dsmooth.runs.job.method_from_options)."""
     return method_from_options(vars(args), n=args.n, alpha=args.alpha)
 
 
@@ -371,7 +372,7 @@ def build_job(job: CertifyJob) -> Built:
 def load_base(args, device: torch.device, channels: int | None = None):
     """f(D(.)) from --classifier (with its foreign-weights and contract flags) and the
     optional --denoiser, composed at --sigma when the command has it, with --strict
-    (dsmooth.pipeline.load_base)."""
+    (dsmooth.pipeline.build.load_base)."""
     return pipeline.load_base(
         args.classifier, args.denoiser, device=device, sigma=getattr(args, "sigma", None),
         strict=getattr(args, "strict", False), channels=channels,
@@ -386,7 +387,7 @@ def load_data(args) -> ImageSet:
 def report_summary(out, written: int) -> None:
     """One line on stderr when a certify/predict run ends, progress bar or not: the log,
     its images, and how many are right."""
-    from dsmooth.analysis import read_log
+    from dsmooth.analysis.tables import read_log
 
     log = read_log(out, warn=lambda message: None)
     if not len(log):

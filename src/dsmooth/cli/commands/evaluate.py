@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from dsmooth.cli.commands import common
-from dsmooth.noise import check_sigma
+from dsmooth.sigma import check_sigma
 
 
 def register(sub) -> None:
@@ -44,10 +44,10 @@ def register(sub) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from dsmooth.datasets import load_dataset
-    from dsmooth.engine import resolve_device
+    from dsmooth.data.datasets import load_dataset
     from dsmooth.errors import UserError
-    from dsmooth.evaluation import evaluate_accuracy
+    from dsmooth.pipeline.engine import resolve_device
+    from dsmooth.pipeline.evaluation import evaluate_accuracy
 
     if args.skip < 1:
         raise UserError(f"skip must be at least 1, got {args.skip}.")
@@ -91,8 +91,8 @@ def run(args) -> int:
 def accelerated(args, base, data, images: int):
     """The base classifier run by the engine with the command's engine options, settled
     for `images` forward passes (twice that with --sigma), as certify runs it."""
-    from dsmooth import engine
-    from dsmooth.pipeline import calibration_for
+    from dsmooth.pipeline import engine
+    from dsmooth.pipeline.build import calibration_for
 
     samples = images * (2 if args.sigma is not None else 1)
     options = engine.for_work(common.engine_options(args), samples)
@@ -111,8 +111,8 @@ def engine_record(args, base) -> dict:
     """How the base classifier really runs: the engine's settings, not the flags'."""
     import torch
 
-    from dsmooth.base import module_device
-    from dsmooth.engine import backend_of, is_engine
+    from dsmooth.certify.base_classifier import module_device
+    from dsmooth.pipeline.engine import backend_of, is_engine
 
     fast = base if is_engine(base) else None
     return {
@@ -130,7 +130,7 @@ def engine_record(args, base) -> dict:
 
 def report_engine(record: dict) -> None:
     """One line on stderr, as certify prints it (dsmooth.cli.commands.common.report_engine)."""
-    from dsmooth.engine import stderr_report
+    from dsmooth.pipeline.engine import stderr_report
 
     stderr_report(
         f"dsmooth: engine: {record['backend']} {record['precision']} "

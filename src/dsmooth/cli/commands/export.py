@@ -42,10 +42,10 @@ def register(sub) -> None:
 def run(args) -> int:
     from torch import nn
 
-    from dsmooth.base import compose
     from dsmooth.cli.commands.serve import parse_shape
-    from dsmooth.export import export, report_text
-    from dsmooth.noise import check_sigma
+    from dsmooth.deploy.export import export, report_text
+    from dsmooth.pipeline.compose import compose
+    from dsmooth.sigma import check_sigma
     from dsmooth.sources import load_model
 
     if not args.denoiser and not args.classifier:

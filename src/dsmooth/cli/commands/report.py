@@ -4,7 +4,7 @@
 PNG); `--out report.md` gives Markdown with the figures as PNG files beside it. What each
 log's provenance record (`LOG.json`) holds is shown too: its certification settings, a
 command with them, its class names, and the largest radius its n can certify (radius
-columns above it are marked). The page is rendered by `dsmooth.report`.
+columns above it are marked). The page is rendered by `dsmooth.analysis.report`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import argparse
 import datetime
 from pathlib import Path
 
+from dsmooth.analysis.report import png_bytes, records, render_html, render_markdown, run_settings
 from dsmooth.errors import UserError
-from dsmooth.report import png_bytes, records, render_html, render_markdown, run_settings
 
 
 def register(sub) -> None:
@@ -59,8 +59,8 @@ def register(sub) -> None:
 def class_names(args, recorded: dict[str, dict | None]) -> list[str] | None:
     """--class-names, else the names the logs' records give (their --class-names, or
     CIFAR-10's for a CIFAR-10 run of 10 classes)."""
-    from dsmooth.data import parse_class_names
-    from dsmooth.log_settings import known_class_names
+    from dsmooth.analysis.settings import known_class_names
+    from dsmooth.data.images import parse_class_names
 
     if args.class_names:
         return parse_class_names(args.class_names)
@@ -79,9 +79,9 @@ def sample_figure(args, names: list[str] | None = None):
         return None
     if not (args.data and args.classifier):
         raise UserError("sample images need both --data and --classifier.")
+    from dsmooth.analysis.settings import known_class_names
     from dsmooth.cli.commands.visualize import grid_from_args
-    from dsmooth.data import load_images
-    from dsmooth.log_settings import known_class_names
+    from dsmooth.data.images import load_images
 
     data = load_images(args.data)
     if not args.class_names and not data.classes:
@@ -92,7 +92,7 @@ def sample_figure(args, names: list[str] | None = None):
 
 
 def settings(args, report, names: list[str] | None = None) -> list[tuple[str, str]]:
-    from dsmooth import __version__
+    from dsmooth._version import __version__
 
     rows = [
         ("generated", datetime.datetime.now().isoformat(timespec="seconds")),
@@ -113,9 +113,9 @@ def settings(args, report, names: list[str] | None = None) -> list[tuple[str, st
 
 
 def run(args) -> int:
+    from dsmooth.analysis.plots import plot_curves, save_figure
+    from dsmooth.analysis.settings import plot_cap
     from dsmooth.cli.commands.analyze import build_report, write_text
-    from dsmooth.log_settings import plot_cap
-    from dsmooth.plots import plot_curves, save_figure
 
     out = Path(args.out)
     suffix = out.suffix.lower()

@@ -161,9 +161,9 @@ def run(args) -> int:
     given = [k for k in SMOOTHED_DEFAULTS if getattr(args, k) is not None]
     if given:
         raise UserError(f"--{given[0].replace('_', '-')} needs --smoothed.")
-    from dsmooth.base import compose
-    from dsmooth.engine import resolve_device
-    from dsmooth.serve import serve
+    from dsmooth.deploy.serve import serve
+    from dsmooth.pipeline.compose import compose
+    from dsmooth.pipeline.engine import resolve_device
     from dsmooth.sources import load_model
 
     shape = parse_shape(args.input_shape)
@@ -181,11 +181,11 @@ def run(args) -> int:
 
 def smoothed_settings(args):
     """The server's certification settings and limits from the flags, or a UserError."""
-    from dsmooth.noise import check_sigma
-    from dsmooth.service.app import Limits
-    from dsmooth.service.policy import CertifySettings, Policy
-    from dsmooth.smoothing import check_count
-    from dsmooth.stats import check_alpha
+    from dsmooth.certify.smooth import check_count
+    from dsmooth.certify.stats import check_alpha
+    from dsmooth.deploy.service.app import Limits
+    from dsmooth.deploy.service.policy import CertifySettings, Policy
+    from dsmooth.sigma import check_sigma
 
     for key, value in SMOOTHED_DEFAULTS.items():
         if getattr(args, key) is None:
@@ -265,10 +265,10 @@ def run_smoothed(args) -> int:
     """Load f(D(.)), wrap it in the certification service and serve it."""
     import sys
 
-    from dsmooth import engine
-    from dsmooth.service.app import build_service_app
-    from dsmooth.service.scheduler import CertificationService
-    from dsmooth.service.server import check_binding, read_token, serve_app
+    from dsmooth.deploy.service.app import build_service_app
+    from dsmooth.deploy.service.scheduler import CertificationService
+    from dsmooth.deploy.service.server import check_binding, read_token, serve_app
+    from dsmooth.pipeline import engine
 
     policy, limits = smoothed_settings(args)
     shape = parse_shape(args.input_shape)
