@@ -3,8 +3,8 @@
 Each actor builds its own `Smooth` from the `CertifyJob` it is sent (frozen and
 picklable: the driver settles what must be the same everywhere, then every worker
 builds exactly that), so models load once per worker, and certifies images by index
-with the same `jobs.certify_row` and method object as a single-process run; the log's
-columns come from the same `jobs.certify_columns`. Noise
+with the same `local.certify_row` and method object as a single-process run; the log's
+columns come from the same `local.certify_columns`. Noise
 is drawn per image from (seed, index), so rows do not depend on how many workers ran
 or which one took an image. The driver hands images out one by one as workers finish
 (dynamic scheduling), appends rows to the one `ResultLog` in completion order, and
