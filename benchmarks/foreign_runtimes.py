@@ -29,7 +29,8 @@ import torch
 
 from dsmooth import compose, load_model
 from dsmooth.deploy.export import export
-from dsmooth.pipeline.engine import EngineOptions, accelerate, cpu_model, native_bf16
+from dsmooth.pipeline.engine import EngineOptions, accelerate
+from dsmooth.pipeline.host import cpu_model, native_bf16
 
 SHAPE = (3, 32, 32)
 

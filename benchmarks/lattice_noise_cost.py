@@ -24,7 +24,8 @@ import torch
 from dsmooth import Smooth, compose, load_model
 from dsmooth.certify.lattice import inverse, lattice_block
 from dsmooth.certify.noise import BLOCK, gaussian_block, philox_key
-from dsmooth.pipeline.engine import cpu_model, set_threads
+from dsmooth.pipeline.engine import set_threads
+from dsmooth.pipeline.host import cpu_model
 
 
 def parse(argv=None):

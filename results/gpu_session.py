@@ -104,7 +104,7 @@ def checks(out: Path, device: str, tiny: bool) -> None:
 
     sys.path.insert(0, str(ROOT / "src"))
     from dsmooth import Smooth, compose, load_model
-    from dsmooth.data.images import load_images
+    from dsmooth.data.load import load_images
     from dsmooth.pipeline.engine import EngineOptions, accelerate
 
     lines = []

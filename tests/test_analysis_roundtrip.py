@@ -10,7 +10,7 @@ import torch
 
 from dsmooth.analysis.tables import analyze, parse_seconds, read_log
 from dsmooth.certify.smooth import Smooth
-from dsmooth.data.images import load_images
+from dsmooth.data.load import load_images
 from dsmooth.runs.local import certify_dataset, predict_dataset
 
 

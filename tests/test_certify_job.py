@@ -106,3 +106,19 @@ def test_imports_run_one_way():
         cwd=SRC.parent, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_no_module_imports_itself_back():
+    """No import cycles, not even inside functions (imports for type checking only do
+    not run, so they may point back)."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("dsmooth", cache_dir=None, exclude_type_checking_imports=True)
+    cycles = sorted(
+        {
+            tuple(sorted((module, imported)))
+            for module in graph.modules
+            for imported in graph.find_modules_directly_imported_by(module)
+            if graph.chain_exists(imported, module)
+        }
+    )
+    assert cycles == []

@@ -27,7 +27,6 @@ from dsmooth.data.datasets import (
     load_cifar_batches,
     load_dataset,
     load_image_folder,
-    random_crop_flip,
     read_cifar_pickle,
 )
 from dsmooth.errors import UserError
@@ -278,30 +277,6 @@ def test_image_folder_resize_and_center_crop(tmp_path):
 # --------------------------------------------------------------------- batches, augment
 
 
-def test_random_crop_flip_is_a_shift_and_flip_of_each_image():
-    images = random_images(64, 0, size=6)
-    out = random_crop_flip(images, padding=2, rng=np.random.default_rng(0))
-    assert out.shape == (64, 3, 6, 6) and out.dtype == np.uint8
-    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))).transpose(0, 3, 1, 2)
-    seen = set()
-    for i in range(64):
-        matches = [
-            (dy, dx, f)
-            for dy in range(5)
-            for dx in range(5)
-            for f in (False, True)
-            if np.array_equal(
-                out[i], padded[i, :, dy : dy + 6, dx : dx + 6][..., :: -1 if f else 1]
-            )
-        ]
-        assert matches, i
-        seen.add(matches[0][2])
-        seen.add(matches[0][:2])
-    assert {True, False} <= seen and len(seen) > 10  # both flips and many shifts occur
-    again = random_crop_flip(images, padding=2, rng=np.random.default_rng(0))
-    assert np.array_equal(out, again)
-
-
 def test_batch_loader_epochs_cover_the_data(tmp_path):
     from dsmooth.data.images import ImageSet
 
@@ -330,7 +305,7 @@ def test_batch_loader_epochs_cover_the_data(tmp_path):
 
 
 def test_certification_data_accepts_the_extended_specs(tmp_path):
-    from dsmooth.data.images import load_images
+    from dsmooth.data.load import load_images
 
     x = random_images(4, 0)
     np.savez(tmp_path / "s.npz", test_first4_images=x, test_first4_labels=np.arange(4))

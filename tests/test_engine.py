@@ -13,7 +13,7 @@ from torch import nn
 from dsmooth import Smooth
 from dsmooth.cli import main
 from dsmooth.errors import UserError
-from dsmooth.pipeline import engine
+from dsmooth.pipeline import engine, host
 from dsmooth.pipeline.engine import EngineOptions, accelerate
 
 SHAPE = (3, 8, 8)
@@ -165,9 +165,9 @@ def test_a_bad_input_raises_the_models_own_error(monkeypatch):
 
 
 def test_auto_precision_is_bf16_only_with_native_support(monkeypatch):
-    monkeypatch.setattr(engine, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(host, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert engine.resolve_precision("auto", "cpu") == "fp32"
-    monkeypatch.setattr(engine, "_cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    monkeypatch.setattr(host, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
     assert engine.resolve_precision("auto", "cpu") == "bf16"
     assert engine.resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(UserError, match="precision"):

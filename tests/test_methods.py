@@ -31,7 +31,7 @@ from dsmooth.certify.sequential import (
 )
 from dsmooth.certify.smooth import ABSTAIN, Smooth
 from dsmooth.cli import main
-from dsmooth.data.images import load_images
+from dsmooth.data.load import load_images
 from dsmooth.errors import UserError
 from dsmooth.logs.result_log import CERTIFY_COLUMNS
 from dsmooth.runs.local import certify_dataset

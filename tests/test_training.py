@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from training_helpers import TEST, TRAIN, needs_cifar
 
 from dsmooth.cli import main
+from dsmooth.data.transforms import random_crop_flip, to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models.checkpoint import load_checkpoint
-from dsmooth.training.augment import random_crop_flip, to_float_nchw
 from dsmooth.training.classifier import ClassifierRecipe, train_classifier
 from dsmooth.training.data import load_training_set
 from dsmooth.training.loop import check_same_recipe

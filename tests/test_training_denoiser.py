@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from training_helpers import TEST, TRAIN, Counting, Raising, needs_cifar
 
 from dsmooth.cli import main
+from dsmooth.data.transforms import to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models import create
 from dsmooth.models.checkpoint import load_checkpoint, save_checkpoint
-from dsmooth.training.augment import to_float_nchw
 from dsmooth.training.classifier import ClassifierRecipe, train_classifier
 from dsmooth.training.data import load_training_set
 from dsmooth.training.denoiser import DenoiserRecipe, train_denoiser

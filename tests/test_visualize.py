@@ -10,7 +10,7 @@ from torch import nn
 from dsmooth.analysis.denoising_grid import class_names, denoising_grid
 from dsmooth.certify.smooth import Smooth
 from dsmooth.cli import main
-from dsmooth.data.images import load_images
+from dsmooth.data.load import load_images
 from dsmooth.errors import UserError
 from dsmooth.sources import load_model
 

@@ -363,8 +363,7 @@ def known_class_names(
 ) -> list[str] | None:
     """Class names in label order: the record's --class-names, else CIFAR-10's when the
     record's (or the given) data or model names say CIFAR-10 and there are 10 classes."""
-    from dsmooth.data.datasets import CIFAR10_CLASSES
-    from dsmooth.data.images import parse_class_names
+    from dsmooth.data.images import CIFAR10_CLASSES, parse_class_names
 
     record = record or {}
     if record.get("class_names"):

@@ -6,14 +6,27 @@ Sources: a `.npz` with `images` (N, H, W, C; uint8, or float already in [0, 1]) 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dsmooth.data.transforms import resize_center_crop
 from dsmooth.errors import UserError
+
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -130,8 +143,6 @@ class ImageFolder:
         """Image i as uint8 (H, W, 3), resized and cropped when the folder has a size."""
         from PIL import Image
 
-        from dsmooth.data.datasets import resize_center_crop
-
         file = self.paths[i]
         try:
             with Image.open(file) as im:
@@ -171,8 +182,6 @@ def load_folder(path: Path, size: int | None = None, resize: int | None = None) 
 def parse_class_names(spec: str, flag: str = "--class-names") -> list[str]:
     """'cifar10' or comma-separated class names, in label order."""
     if spec.strip().lower() in ("cifar10", "cifar-10"):
-        from dsmooth.data.datasets import CIFAR10_CLASSES
-
         return list(CIFAR10_CLASSES)
     names = [n.strip() for n in spec.split(",")]
     if not all(names):
@@ -215,30 +224,3 @@ def match_classes(data, num_classes: int, names: list[str] | None = None) -> Non
             "the classifier's classes in label order with --class-names (e.g. cifar10), and "
             "the subfolders are matched to them by name."
         )
-
-
-def _extended_spec(spec: str) -> bool:
-    """Data specs of dsmooth.data.datasets that are not paths (docs/models.md)."""
-    return ".npz:" in spec or ".npz," in spec or spec.lower() == "cifar10"
-
-
-def load_images(path: str | os.PathLike, size: int | None = None) -> ImageSet | ImageFolder:
-    """Load a dataset for certification from a `.npz` file or an image folder (read lazily;
-    `size`: resize and centre-crop its images to size x size)."""
-    p = Path(path)
-    if not p.exists() and not _extended_spec(str(path)):
-        raise UserError(f"data not found: {p}.")
-    is_folder = p.is_dir() and any(d.is_dir() for d in p.iterdir())
-    if size is not None and not is_folder:
-        raise UserError("--size applies to image folders only; arrays are used as they are.")
-    if not p.exists() or (p.is_dir() and not is_folder):
-        from dsmooth.data.datasets import (
-            load_dataset,  # FILE.npz:PREFIX, a,b.npz, cifar10, npz folder
-        )
-
-        return load_dataset(str(path))
-    if is_folder:
-        return load_folder(p, size)
-    if p.suffix == ".npz":
-        return load_npz(p)
-    raise UserError(f"{p}: expected a .npz file or an image folder.")

@@ -111,7 +111,7 @@ def build_pipeline(spec: str, sigma: float = 0.25) -> torch.nn.Module:
 def matmul_peak(dtype: torch.dtype, size: int, min_seconds: float = 1.0) -> tuple[float, int]:
     """(GFLOP/s, size) of a size x size matmul in `dtype`; emulated bf16 is measured at
     1/4 of the size (it runs ~50x slower than fp32 and would take minutes at 4096)."""
-    from dsmooth.pipeline.engine import native_bf16
+    from dsmooth.pipeline.host import native_bf16
 
     if dtype == torch.bfloat16 and not native_bf16("cpu"):
         size = max(64, size // 4)
@@ -285,7 +285,7 @@ def load_average() -> str:
 
 
 def format_report(results: list[PipelineResult], peaks: dict, context: dict) -> str:
-    from dsmooth.pipeline.engine import native_bf16
+    from dsmooth.pipeline.host import native_bf16
 
     fp32_peak, fp32_size = peaks["fp32"]
     bf16_peak, bf16_size = peaks["bf16"]

@@ -16,7 +16,8 @@ import torch
 
 from dsmooth.certify.base_classifier import to_labels
 from dsmooth.certify.smooth import Smooth, check_count
-from dsmooth.data.images import ImageSet, load_images, match_classes, parse_class_names
+from dsmooth.data.images import ImageSet, match_classes, parse_class_names
+from dsmooth.data.load import load_images
 from dsmooth.errors import UserError, brief
 from dsmooth.pipeline import engine
 from dsmooth.pipeline.compose import compose
@@ -30,7 +31,7 @@ def warn_sigma(message: str, hint: str = " (--strict makes this an error)") -> N
 
 
 def load_data(spec, size: int | None = None) -> ImageSet:
-    """The images of `spec` (dsmooth.data.images.load_images); none at all is a UserError."""
+    """The images of `spec` (dsmooth.data.load.load_images); none at all is a UserError."""
     data = load_images(spec, size)
     if len(data) == 0:
         raise UserError(f"{spec} contains no images.")

@@ -201,9 +201,9 @@ class GraphCache:
 
 def _host() -> str:
     """The CPU model and the flags that decide which backend is faster."""
-    from dsmooth.pipeline.engine import _cpu_flags, cpu_model
+    from dsmooth.pipeline.host import cpu_flags, cpu_model
 
-    flags = _cpu_flags()
+    flags = cpu_flags()
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
     return f"{cpu_model()} [{' '.join(f for f in wanted if f in flags)}] x{os.cpu_count()}"
 

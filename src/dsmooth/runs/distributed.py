@@ -4,7 +4,7 @@ Each actor builds its own `Smooth` from the `CertifyJob` it is sent (frozen and
 picklable: the driver settles what must be the same everywhere, then every worker
 builds exactly that), so models load once per worker, and certifies images by index
 with the same `local.certify_row` and method object as a single-process run; the log's
-columns come from the same `local.certify_columns`. Noise
+columns come from the same `columns.certify_columns`. Noise
 is drawn per image from (seed, index), so rows do not depend on how many workers ran
 or which one took an image. The driver hands images out one by one as workers finish
 (dynamic scheduling), appends rows to the one `ResultLog` in completion order, and
@@ -127,7 +127,8 @@ def certify_dataset(
     initialised one). `workers` defaults to the CPUs (GPUs with a cuda device) Ray
     offers. `sort` rewrites the log sorted by index at the end.
     """
-    from dsmooth.runs.local import certify_columns, select_indices
+    from dsmooth.runs.columns import certify_columns
+    from dsmooth.runs.local import select_indices
 
     if not isinstance(job, CertifyJob):
         job = CertifyJob.from_options({**job, **({"out": str(out)} if out is not None else {})})

@@ -177,7 +177,7 @@ class CertifyJob:
         classes, set up the engine and return what the run needs."""
         from dsmooth.logs.result_log import PREDICT_COLUMNS
         from dsmooth.pipeline import build as pipeline
-        from dsmooth.runs.local import certify_columns, log_columns
+        from dsmooth.runs.columns import certify_columns, log_columns
 
         data = self.load_data() if data is None else data
         device = engine.resolve_device(self.device)

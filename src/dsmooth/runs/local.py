@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
@@ -20,15 +19,14 @@ from dsmooth.certify.noise import STAGE_SELECT
 from dsmooth.certify.smooth import Smooth
 from dsmooth.data.images import ImageSet
 from dsmooth.errors import UserError
-from dsmooth.logs.queries import QUERIES, count_queries, query_counter
+from dsmooth.logs.queries import count_queries
 from dsmooth.logs.result_log import (
-    CERTIFY_COLUMNS,
-    FILE,
     PREDICT_COLUMNS,
     SELECTION_ONLY,
     ResultLog,
     format_time,
 )
+from dsmooth.runs.columns import certify_columns, file_of, log_columns
 
 if TYPE_CHECKING:
     from dsmooth.runs.job import Built, CertifyJob
@@ -96,48 +94,6 @@ def predict_row(
         "time": format_time(time.perf_counter() - start),
         **file_of(data, i),
     }
-
-
-def file_of(data, i: int) -> dict:
-    """{"file": name} for data read from an image folder, else {} (a row dict ignores
-    keys that are not columns of its log)."""
-    files = getattr(data, "files", None)
-    if not files:
-        return {}
-    return {FILE: " ".join(str(files[i]).split())}  # no tab or newline inside a field
-
-
-def with_file_column(out, columns: tuple, data) -> tuple:
-    """The log's columns, plus `file` for image-folder data, unless the log exists from a
-    version without that column (it then resumes as it was written)."""
-    if not getattr(data, "files", None):
-        return tuple(columns)
-    path = Path(out) if out is not None else None
-    if path is not None and path.is_file():
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            header = fh.readline().rstrip("\r\n").split("\t")
-        if header == list(columns):
-            return tuple(columns)
-    return (*columns, FILE)
-
-
-def certify_columns(
-    method: Certifier, base, data, out, *, stop_if_misclassified: bool = False
-) -> tuple[str, ...]:
-    """The columns of a certify log, for every runner: the reference ones, the method's,
-    `selection_only` with `stop_if_misclassified`, then those of `log_columns`."""
-    columns = (*CERTIFY_COLUMNS, *method.columns)
-    if stop_if_misclassified:
-        columns = (*columns, SELECTION_ONLY)
-    return log_columns(columns, base, data, out)
-
-
-def log_columns(columns, base, data, out) -> tuple[str, ...]:
-    """`columns`, plus `queries` when the base classifier counts them (a remote one) and
-    `file` for image-folder data (see with_file_column)."""
-    if query_counter(base) is not None:
-        columns = (*columns, QUERIES)
-    return with_file_column(out, columns, data)
 
 
 def run(rows, log: ResultLog, indices: Iterable[int], desc: str, progress: bool = True) -> int:

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dsmooth.data.transforms import random_crop_flip, to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models import create, list_models
 from dsmooth.models.checkpoint import save_checkpoint
 from dsmooth.sigma import check_sigma
 from dsmooth.training import loop
-from dsmooth.training.augment import random_crop_flip, to_float_nchw
 from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
 from dsmooth.training.recipe import (
     check_lr,

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from dsmooth.data.transforms import random_crop_flip, to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models import list_models
 from dsmooth.models.checkpoint import save_checkpoint
 from dsmooth.sigma import check_sigma
 from dsmooth.training import loop
-from dsmooth.training.augment import random_crop_flip, to_float_nchw
 from dsmooth.training.classifier import build
 from dsmooth.training.evaluate import evaluate_denoiser
 from dsmooth.training.objectives import OBJECTIVES, SURROGATE_MODES, DenoiserObjective

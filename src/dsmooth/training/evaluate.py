@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dsmooth.data.transforms import to_float_nchw
 from dsmooth.pipeline.evaluation import image_noise
-from dsmooth.training.augment import to_float_nchw
 from dsmooth.training.precision import autocast
 
 

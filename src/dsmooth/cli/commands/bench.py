@@ -87,7 +87,7 @@ def run(args) -> int:
     import torch
 
     from dsmooth.certify.smooth import check_count
-    from dsmooth.pipeline import engine
+    from dsmooth.pipeline import engine, host
     from dsmooth.sigma import check_sigma
 
     for name in ("samples", "rounds", "reference_batch", "peak_size"):
@@ -117,7 +117,7 @@ def run(args) -> int:
     precision = engine.resolve_precision(options.precision, engine.resolve_device(options.device))
     compiled = all(r.compiled for r in results)
     context = {
-        "cpu": engine.cpu_model(),
+        "cpu": host.cpu_model(),
         "load_start": load_start,
         "reference_batch": args.reference_batch,
         "samples": args.samples,

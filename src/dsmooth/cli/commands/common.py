@@ -45,7 +45,7 @@ DENOISER_FORMS = (
     "(a state dict), diffusers:PATH, TorchScript (.pt), .keras, or module:function"
 )
 
-#: Every spelling --data may take (dsmooth.data.images.load_images, dsmooth.data.datasets).
+#: Every spelling --data may take (dsmooth.data.load.load_images, dsmooth.data.datasets).
 DATA_FORMS = (
     "a .npz with uint8 'images' (N,H,W,C) and 'labels'; FILE.npz:PREFIX (arrays "
     "PREFIX_images, PREFIX_labels); several joined, a.npz,b.npz; a folder of *SPLIT*.npz "

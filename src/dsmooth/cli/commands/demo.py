@@ -122,7 +122,7 @@ def run(args) -> int:
     from dsmooth.analysis.settings import plot_cap, with_caps
     from dsmooth.analysis.tables import analyze
     from dsmooth.cli.commands.analyze import make_warn
-    from dsmooth.data.images import load_images
+    from dsmooth.data.load import load_images
     from dsmooth.errors import UserError
     from dsmooth.logs.provenance import sidecar
     from dsmooth.pipeline.engine import EngineOptions, accelerate, choose_threads, stderr_report

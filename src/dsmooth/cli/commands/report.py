@@ -81,7 +81,7 @@ def sample_figure(args, names: list[str] | None = None):
         raise UserError("sample images need both --data and --classifier.")
     from dsmooth.analysis.settings import known_class_names
     from dsmooth.cli.commands.visualize import grid_from_args
-    from dsmooth.data.images import load_images
+    from dsmooth.data.load import load_images
 
     data = load_images(args.data)
     if not args.class_names and not data.classes:

@@ -1,13 +1,32 @@
-"""Vectorised training augmentation on uint8 NHWC batches: random crop (zero padding)
-and horizontal flip, then conversion to float32 NCHW in [0, 1].
-
-Done on whole batches with one gather, because per-image Python transforms would cost
-more than the forward pass of a small CIFAR network on this CPU.
-"""
+"""Image transforms shared by certification data and training: one resize-and-crop, one
+random crop + flip, one uint8 -> float [0, 1] conversion, so both sides see the same pixels."""
 
 from __future__ import annotations
 
 import torch
+
+from dsmooth.errors import UserError
+
+
+def resize_center_crop(image, size: int, resize: int | None = None):
+    """Shorter side to `resize` (bilinear, antialiased), then the centre size x size crop."""
+    from PIL import Image
+
+    if size < 1:
+        raise UserError(f"image size must be positive, got {size}.")
+    resize = resize or round(size * 8 / 7)
+    if resize < size:
+        raise UserError(f"resize ({resize}) must be at least the crop size ({size}).")
+    w, h = image.size
+    scale = resize / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+# Training augmentation, vectorised over uint8 NHWC batches: one gather per batch, since
+# per-image Python transforms would cost more than a small CIFAR network's forward pass.
 
 
 def to_float_nchw(images: torch.Tensor) -> torch.Tensor:
