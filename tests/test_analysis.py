@@ -43,7 +43,8 @@ ROWS = [
 
 def test_certified_accuracy_counts_correct_rows_at_or_above_the_radius(tmp_path):
     log = read_log(write(tmp_path, "a.tsv", ROWS))
-    assert log.kind == "certify" and len(log) == 4
+    assert log.kind == "certify"
+    assert len(log) == 4
     assert log.certified_accuracy(0.0) == 0.5
     assert log.certified_accuracy(0.25) == 0.5  # radius == r counts
     assert log.certified_accuracy(0.26) == 0.25
@@ -92,7 +93,8 @@ def test_extra_columns_are_kept_and_n_used_is_averaged(tmp_path):
     assert list(log.extra["note"]) == ["x100", "x300", "x1000", "x200"]
     report = analyze([path], radii=[0.0, 0.5])
     assert report.stats_rows()[0]["mean_n_used"] == 400.0
-    assert "mean n_used" in report.markdown() and "400.0" in report.markdown()
+    assert "mean n_used" in report.markdown()
+    assert "400.0" in report.markdown()
     # without the column the statistics do not mention it
     plain = analyze([write(tmp_path, "p.tsv", ROWS)], radii=[0.0])
     assert "n_used" not in plain.markdown()
@@ -102,14 +104,16 @@ def test_windows_line_endings_and_a_bom_are_fine(tmp_path):
     path = tmp_path / "crlf.tsv"
     path.write_bytes(("\ufeff" + "\r\n".join([HEADER, *ROWS]) + "\r\n").encode("utf-8"))
     log = read_log(path)
-    assert len(log) == 4 and log.certified_accuracy(0.25) == 0.5
+    assert len(log) == 4
+    assert log.certified_accuracy(0.25) == 0.5
 
 
 def test_columns_may_come_in_any_order(tmp_path):
     header = "time\tcorrect\tradius\tpredict\tlabel\tidx"
     rows = ["\t".join(reversed(r.split("\t"))) for r in ROWS]
     log = read_log(write(tmp_path, "r.tsv", rows, header))
-    assert log.certified_accuracy(0.25) == 0.5 and list(log.idx) == [0, 1, 2, 3]
+    assert log.certified_accuracy(0.25) == 0.5
+    assert list(log.idx) == [0, 1, 2, 3]
 
 
 def test_predict_logs(tmp_path):
@@ -117,12 +121,15 @@ def test_predict_logs(tmp_path):
     rows = ["0\t1\t1\t1\t0:00:01", "1\t0\t-1\t0\t0:00:01", "2\t2\t2\t1\t0:00:01"]
     path = write(tmp_path, "p.tsv", rows, header)
     log = read_log(path)
-    assert log.kind == "predict" and log.radius is None
-    assert log.clean_accuracy == pytest.approx(2 / 3) and log.abstain_rate == pytest.approx(1 / 3)
+    assert log.kind == "predict"
+    assert log.radius is None
+    assert log.clean_accuracy == pytest.approx(2 / 3)
+    assert log.abstain_rate == pytest.approx(1 / 3)
     with pytest.warns(LogWarning, match="no certified radii"):
         report = analyze([path], radii=[0.0, 0.5])
     ((_, cells),) = report.certified_rows()
-    assert cells[0].certified == Fraction(2, 3) and cells[1].certified is None
+    assert cells[0].certified == Fraction(2, 3)
+    assert cells[1].certified is None
     assert "| 67 | - |" in report.markdown()
 
 
@@ -212,7 +219,8 @@ def test_warnings_are_collected_in_the_report(tmp_path):
     b = write(tmp_path, "b.tsv", ROWS[:3])
     seen = []
     report = analyze([a, b], radii=[0.0], warn=seen.append)
-    assert seen == report.warnings and len(seen) == 1
+    assert seen == report.warnings
+    assert len(seen) == 1
 
 
 # ----------------------------------------------------------------------------- envelope
@@ -233,9 +241,12 @@ def test_envelope_takes_the_best_and_breaks_ties_by_clean_accuracy(tmp_path):
     b = _log_with(tmp_path, "b", 10, 9, 3)  # same certified at 1.0, higher clean
     c = _log_with(tmp_path, "c", 10, 5, 4)
     cell = envelope_cell([a, b, c], 1.0)
-    assert cell.log is c and cell.certified == Fraction(4, 10) and cell.clean == Fraction(5, 10)
+    assert cell.log is c
+    assert cell.certified == Fraction(4, 10)
+    assert cell.clean == Fraction(5, 10)
     cell = envelope_cell([a, b], 1.0)
-    assert cell.log is b and cell.clean == Fraction(9, 10)
+    assert cell.log is b
+    assert cell.clean == Fraction(9, 10)
     cell = envelope_cell([b, a], 0.5)
     assert cell.log is b
     # a full tie keeps the first log given
@@ -275,8 +286,10 @@ def test_percent_rounds_like_the_paper():
     assert percent(0.568) == "57"  # rounded, not truncated
     assert percent(Fraction(57, 200)) == "28"  # 0.285 is 0.28499.. as a float, as in the paper
     assert percent(Fraction(1, 3), decimals=1) == "33.3"
-    assert percent(1.0) == "100" and percent(0.0) == "0"
-    assert percent(None) == "-" and percent(float("nan")) == "-"
+    assert percent(1.0) == "100"
+    assert percent(0.0) == "0"
+    assert percent(None) == "-"
+    assert percent(float("nan")) == "-"
 
 
 def test_parse_radii():
@@ -298,7 +311,8 @@ def test_markdown_latex_csv_json_agree(tmp_path):
     md = report.render("markdown")
     assert "| envelope | (67)67 | (67)33 |" in md
     tex = report.render("latex")
-    assert r"$^{(67)}$67 & $^{(67)}$33 \\" in tex and r"\begin{tabular}" in tex
+    assert r"$^{(67)}$67 & $^{(67)}$33 \\" in tex
+    assert r"\begin{tabular}" in tex
     assert "sigma\\_0.25" in tex  # underscores escaped
     rows = list(csv.DictReader(io.StringIO(report.render("csv"))))
     assert [
@@ -312,7 +326,8 @@ def test_markdown_latex_csv_json_agree(tmp_path):
     assert cells[0]["certified_accuracy"] == pytest.approx(2 / 3)
     assert cells[0]["clean_accuracy"] == pytest.approx(2 / 3)
     assert cells[1]["log"].endswith("sigma_0.50")
-    assert data["logs"][0]["images"] == 4 and data["logs"][1]["images"] == 3
+    assert data["logs"][0]["images"] == 4
+    assert data["logs"][1]["images"] == 3
     assert len(data["warnings"]) == 1
     with pytest.raises(UserError, match="unknown format"):
         report.render("html")

@@ -250,7 +250,8 @@ def test_a_mistake_gets_one_sentence_and_exit_code_2(argv, files, tmp_path, caps
     lines = [line for line in err.splitlines() if line.strip()]
     lines = [line for line in lines if not line.startswith("dsmooth: warning")]
     assert rc == 2, (argv, err[-2000:])
-    assert len(lines) == 1 and lines[0].startswith("dsmooth: error:"), err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("dsmooth: error:"), err
     assert "\x1b[" not in err, err  # plain text: no terminal escape codes from a library
     assert not list(tmp_path.iterdir()), f"{argv} left {list(tmp_path.iterdir())}"
 
@@ -271,8 +272,11 @@ def test_a_pickled_model_is_refused_in_our_own_words(argv, files, tmp_path, caps
     argv = [a.format(d=files, out=tmp_path / "out") for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "\x1b[" not in err and "weights_only" not in err, err
-    assert "cannot load" in err and "safely" in err and "model.state_dict()" in err, err
+    assert "\x1b[" not in err, err
+    assert "weights_only" not in err, err
+    assert "cannot load" in err, err
+    assert "safely" in err, err
+    assert "model.state_dict()" in err, err
     assert "conftest.LinearClassifier" in err  # the object it would have had to build
 
 

@@ -41,7 +41,8 @@ def test_status_reports_every_step(campaign, tmp_path, monkeypatch):
     text = campaign.write_status({"train_classifier": 300.0})
     names = [s.describe().split(":")[0] for s in campaign.steps()]
     assert all(name in text for name in names)
-    assert "remaining on this host" in text and (tmp_path / "STATUS.md").is_file()
+    assert "remaining on this host" in text
+    assert (tmp_path / "STATUS.md").is_file()
 
 
 def test_committed_runs_resume_with_the_drivers_command(campaign):
@@ -125,9 +126,11 @@ def test_a_finished_run_ships_as_float16_and_its_state_goes(campaign, tmp_path, 
     campaign.Ship(run, clf_eval).ship(commit=False)
     dest = tmp_path / "pretrained" / "tiny-shipped"
     model, config = load_checkpoint(dest)
-    assert config["kind"] == "classifier" and not run.out.exists()
+    assert config["kind"] == "classifier"
+    assert not run.out.exists()
     weights = load_file(str(dest / "model.safetensors"))
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
     assert json.loads((dest / "evaluation.json").read_text())["clean_accuracy"] >= 0
     assert "train-classifier --arch test_tiny_cnn" in (dest / "MODEL_CARD.md").read_text()
-    assert (dest / "metrics.csv").is_file() and run.done()
+    assert (dest / "metrics.csv").is_file()
+    assert run.done()

@@ -52,7 +52,8 @@ def test_options_give_the_flags_job():
     predict = CertifyJob.from_options(
         {"classifier": CLASSIFIER, "data": DATA, "sigma": 0.5, "out": "x.tsv"}, predict=True
     )
-    assert predict.method is None and predict.command == "predict"
+    assert predict.method is None
+    assert predict.command == "predict"
 
 
 def test_the_job_from_python_writes_the_rows_certify_writes(tmp_path):
@@ -66,8 +67,8 @@ def test_the_job_from_python_writes_the_rows_certify_writes(tmp_path):
     before = dataclasses.replace(job)
     built = job.build()
     assert job == before  # nothing mutated
-    assert built.batch == 20 and built.columns[:6] == ("idx", "label", "predict", "radius",
-                                                       "correct", "time")  # fmt: skip
+    assert built.batch == 20
+    assert built.columns[:6] == ("idx", "label", "predict", "radius", "correct", "time")
     assert dsmooth.certify_dataset(job, progress=False) == 3
     assert rows(job_log) == rows(cli_log)
     assert dsmooth.certify_dataset(job, progress=False) == 0  # resumed: nothing left

@@ -72,7 +72,8 @@ def test_config_records_standard_fields(tmp_path):
     kwargs = {"num_classes": 7, "mean": [0.5] * 3, "std": [0.25] * 3}
     save_checkpoint(m, tmp_path / "c", {"architecture": "cifar_resnet20", "kwargs": kwargs})
     config = read_config(tmp_path / "c")
-    assert config["kind"] == "classifier" and config["num_classes"] == 7
+    assert config["kind"] == "classifier"
+    assert config["num_classes"] == 7
     assert config["normalization"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
     assert config["input_range"] == [0.0, 1.0]
     assert config["dsmooth_version"] == dsmooth.__version__
@@ -82,7 +83,9 @@ def test_config_records_standard_fields(tmp_path):
     d = create("dncnn")
     save_checkpoint(d, tmp_path / "d.safetensors", {"architecture": "dncnn", "sigma": 0.5})
     cd = read_config(tmp_path / "d.safetensors")
-    assert cd["kind"] == "denoiser" and cd["sigma"] == 0.5 and "num_classes" not in cd
+    assert cd["kind"] == "denoiser"
+    assert cd["sigma"] == 0.5
+    assert "num_classes" not in cd
 
 
 def test_float16_weights_load_as_float32(tmp_path):
@@ -94,7 +97,8 @@ def test_float16_weights_load_as_float32(tmp_path):
     loaded, _ = load_checkpoint(tmp_path / "h")
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     a, b = outputs(loaded), outputs(m)
-    assert not torch.equal(a, b) and (a - b).abs().max() <= 0.05 * b.abs().max()
+    assert not torch.equal(a, b)
+    assert (a - b).abs().max() <= 0.05 * b.abs().max()
 
 
 def test_checkpoint_errors_are_user_errors(tmp_path):
@@ -142,7 +146,8 @@ def test_pretrained_registry_with_a_temporary_entry(tmp_path, monkeypatch):
 
 def test_package_ships_a_pretrained_folder():
     folder = Path(dsmooth.__file__).parent / "pretrained"
-    assert folder.is_dir() and (folder / "README.md").is_file()
+    assert folder.is_dir()
+    assert (folder / "README.md").is_file()
     for name in dsmooth.list_pretrained():  # every shipped entry is documented and loads
         assert (folder / name / "MODEL_CARD.md").is_file()
 
@@ -215,7 +220,8 @@ def test_num_classes_is_read_from_the_weights(tmp_path):
     m = create("cifar_resnet20", num_classes=100)
     torch.save(foreign_layouts(m)["plain"], tmp_path / "w.pt")
     got = dsmooth.load(f"cifar_resnet20:{tmp_path / 'w.pt'}")
-    assert got.dsmooth_config["num_classes"] == 100 and outputs(got).shape == (2, 100)
+    assert got.dsmooth_config["num_classes"] == 100
+    assert outputs(got).shape == (2, 100)
 
 
 def test_mismatched_foreign_weights_are_user_errors(tmp_path):
@@ -294,7 +300,8 @@ def test_import_weights_command_writes_a_checkpoint(tmp_path, capsys):
     assert _run(cmd, argv) == 0
     assert "cifar_resnet20" in capsys.readouterr().out
     config = read_config(out)
-    assert config["source"]["file"] == "w.th" and len(config["source"]["sha256"]) == 64
+    assert config["source"]["file"] == "w.th"
+    assert len(config["source"]["sha256"]) == 64
     assert torch.equal(outputs(dsmooth.load(out)), outputs(m))
     with pytest.raises(UserError, match="exists"):
         _run(cmd, argv)

@@ -58,7 +58,8 @@ def test_certify_writes_reference_columns(tiny_data_file, tiny_classifier_file, 
         radius = float(r[3])
         assert label == labels[idx]
         assert correct == int(predict == label)
-        assert radius >= 0 and (predict != -1 or radius == 0)
+        assert radius >= 0
+        assert predict != -1 or radius == 0
 
 
 def test_a_run_ends_with_a_one_line_summary(tiny_data_file, tiny_classifier_file, tmp_path, capsys):
@@ -75,7 +76,8 @@ def test_a_run_ends_with_a_one_line_summary(tiny_data_file, tiny_classifier_file
     argv = ["predict"] + [a for a in argv[1:] if a not in ("--n0", "50")]
     assert main(argv) == 0
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith(f"dsmooth: {predict}: 3 images (3 new); ") and "abstained" in last
+    assert last.startswith(f"dsmooth: {predict}: 3 images (3 new); ")
+    assert "abstained" in last
 
 
 def test_rerun_appends_nothing_and_max_limits(tiny_data_file, tiny_classifier_file, tmp_path):
@@ -217,7 +219,8 @@ def test_bad_input_one_sentence_exit_2(
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
     assert not out.exists()
 
 
@@ -278,7 +281,8 @@ def test_image_folder_is_read_lazily_and_resized(tiny_data_file, tiny_classifier
     args = certify_args(folder, tiny_classifier_file, out, "--size", "8")
     assert main([*args, "--max", "12"]) == 0
     header, rows = read_rows(out)
-    assert header[-1] == "file" and rows[0][-1].endswith(".png")  # rows name their files
+    assert header[-1] == "file"
+    assert rows[0][-1].endswith(".png")  # rows name their files
     plain = header[:-1]
     assert without_time([r[:-1] for r in rows], plain) == without_time(
         read_rows(reference)[1], plain

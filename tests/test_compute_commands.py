@@ -83,7 +83,8 @@ def test_evaluate_runs_the_classifier_through_the_engine(
 
     assert main(argv) == 0  # the defaults: fp32 in this suite (DSMOOTH_PRECISION)
     result = json.loads(capsys.readouterr().out)
-    assert result["engine"]["precision"] == "fp32" and result["engine"]["backend"] == "torch"
+    assert result["engine"]["precision"] == "fp32"
+    assert result["engine"]["backend"] == "torch"
     data = load_dataset(str(tiny_data_file), "test")
     direct = evaluate_accuracy(
         torch.jit.load(str(tiny_classifier_file)), data, 0.25, progress=False
@@ -116,7 +117,9 @@ def test_test_denoiser_takes_every_denoiser_certify_takes(
     argv += ["--classifier", str(tiny_classifier_file), "--data", str(tiny_data_file)]
     assert main([*argv, "--json", str(report), "--no-progress"]) == 0
     r = json.loads(report.read_text())
-    assert r["n"] == 12 and math.isfinite(r["psnr"]) and r["precision"] == "fp32"
+    assert r["n"] == 12
+    assert math.isfinite(r["psnr"])
+    assert r["precision"] == "fp32"
     if kind != "pretrained":
         assert r["psnr"] == pytest.approx(r["psnr_noisy_input"], abs=1e-6)
         assert r["noisy_acc"] == r["no_denoiser_noisy_acc"]

@@ -136,7 +136,8 @@ def test_ray_missing_gives_one_sentence(files, tmp_path, monkeypatch, capsys):
     out = tmp_path / "log.tsv"
     assert main(cli_args(files, out, "--ray")) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "pip install 'dsmooth[ray]'" in err, err
+    assert err.count("\n") == 0, err
+    assert "pip install 'dsmooth[ray]'" in err, err
     assert not out.exists()
 
 
@@ -155,7 +156,8 @@ def test_unreachable_cluster_fails_fast_with_one_sentence(files, tmp_path, capsy
     assert time.monotonic() - start < 30
     err = capsys.readouterr().err.strip()
     assert err.startswith("dsmooth: error: cannot reach a Ray cluster at 127.0.0.1:"), err
-    assert "\n" not in err and not out.exists()
+    assert "\n" not in err
+    assert not out.exists()
 
 
 def test_sort_log_orders_rows_by_index_and_drops_a_partial_row(tmp_path):
@@ -174,7 +176,8 @@ def test_python_options_take_the_cli_defaults(files):
 
     job = CertifyJob.from_options({**options(files), "out": "out.tsv"})
     assert (job.n, job.batch, job.out, job.skip) == (N, BATCH, "out.tsv", 1)
-    assert job.alpha == 0.001 and job.method == CohenCP(job.method.n0, N, 0.001)
+    assert job.alpha == 0.001
+    assert job.method == CohenCP(job.method.n0, N, 0.001)
     assert pickle.loads(pickle.dumps(job)) == job  # what each Ray worker is sent
     with pytest.raises(UserError, match="unknown certify options \\['nn'\\]"):
         CertifyJob.from_options({**options(files), "nn": 5, "out": "out.tsv"})
@@ -305,7 +308,8 @@ def test_cli_on_a_two_node_cluster(files, reference, two_node_cluster, tmp_path)
         timeout=180,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "certified 16 images" in run.stderr and "on 2 Ray workers" in run.stderr
+    assert "certified 16 images" in run.stderr
+    assert "on 2 Ray workers" in run.stderr
     assert without_time(*read_log(out)) == expected
 
 
@@ -372,7 +376,8 @@ def test_killed_worker_loses_nothing(files, reference, ray_local, tmp_path):
         if out.read_text().count("\n") >= 6 and (pids := worker_pids()):
             break
         time.sleep(0.01)
-    assert pids and thread.is_alive(), f"no busy worker to kill (workers {pids})"
+    assert pids, f"no busy worker to kill (workers {pids})"
+    assert thread.is_alive(), f"no busy worker to kill (workers {pids})"
     os.kill(pids[0], signal.SIGKILL)
     thread.join(120)
     assert not thread.is_alive()

@@ -100,7 +100,8 @@ def test_compiled_fp32_counts_equal_eager_and_short_batches_reuse_the_graph(imag
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback would warn: fail
         counts = Smooth(base, 4, 0.5, seed=3).sample_counts(image, 80, 32, index=5)
-    assert base.compile_error is None and base._compiled is not None
+    assert base.compile_error is None
+    assert base._compiled is not None
     assert list(base.compile_seconds) == [(32, *SHAPE)]
     np.testing.assert_array_equal(counts, counts_with(EAGER, image, 80, num=80))
 
@@ -118,7 +119,8 @@ def test_compile_raising_falls_back_to_eager_with_one_warning(image, monkeypatch
     with pytest.warns(RuntimeWarning, match="torch.compile failed") as record:
         counts = Smooth(base, 4, 0.5, seed=3).sample_counts(image, 100, 50, index=5)
     assert len([w for w in record if "torch.compile" in str(w.message)]) == 1
-    assert not base.compile_enabled and "no C compiler" in base.compile_error
+    assert not base.compile_enabled
+    assert "no C compiler" in base.compile_error
     np.testing.assert_array_equal(counts, _eager_reference(image))
 
 
@@ -225,8 +227,11 @@ def test_choose_batch_size_measures_without_compiling(monkeypatch):
     size = engine.choose_batch_size(
         base, SHAPE, candidates=(4, 16), seconds_per_candidate=0.05, report=messages.append
     )
-    assert size in (4, 16) and not calls and base.compile_enabled
-    assert "4:" in messages[0] and "16:" in messages[0]
+    assert size in (4, 16)
+    assert not calls
+    assert base.compile_enabled
+    assert "4:" in messages[0]
+    assert "16:" in messages[0]
 
 
 def test_bad_engine_options_are_user_errors():
@@ -268,7 +273,8 @@ def test_cli_results_do_not_depend_on_engine_flags(
             assert _certify(tiny_data_file, conv_checkpoint, out, *flags) == 0
         logs[name] = _rows(out)
     assert len(logs["plain"]) == 4  # header + 3 images
-    assert logs["auto"] == logs["plain"] and logs["fallback"] == logs["plain"]
+    assert logs["auto"] == logs["plain"]
+    assert logs["fallback"] == logs["plain"]
     assert "--batch auto measured" in capsys.readouterr().err
 
 
@@ -329,8 +335,11 @@ def test_bench_command_reports_both_loops(tmp_path, capsys):
     row = next(line for line in text.splitlines() if line.startswith("cifar_resnet20"))
     gflop, ref, eng, ratio = (float(v) for v in row.split()[1:5])
     assert 0.07 < gflop < 0.09  # ResNet-20 on 32x32: 40.6M multiply-adds
-    assert ref > 0 and eng > 0 and abs(ratio - eng / ref) < 0.01 + 0.01 * ratio
-    assert "matmul peak at start: fp32" in text and "load average" in text
+    assert ref > 0
+    assert eng > 0
+    assert abs(ratio - eng / ref) < 0.01 + 0.01 * ratio
+    assert "matmul peak at start: fp32" in text
+    assert "load average" in text
     assert float(row.split()[-3]) > 0  # the fp32 peak measured in the same rounds
 
 

@@ -44,8 +44,10 @@ def test_a_folder_with_some_classes_needs_class_names(tiny_classifier_file, tmp_
     out = tmp_path / "log.tsv"
     assert main(certify(folder, tiny_classifier_file, out)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "2 class subfolders but the classifier has 3" in err[0]
-    assert "--class-names" in err[0] and not out.exists()
+    assert len(err) == 1
+    assert "2 class subfolders but the classifier has 3" in err[0]
+    assert "--class-names" in err[0]
+    assert not out.exists()
 
     assert main(certify(folder, tiny_classifier_file, out, "--class-names", ",".join(CLASSES))) == 0
     got = rows(out)
@@ -76,7 +78,9 @@ def test_class_names_that_do_not_fit_are_refused(
     out = tmp_path / "log.tsv"
     assert main(certify(folder, tiny_classifier_file, out, "--class-names", names)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0] and not out.exists(), err
+    assert len(err) == 1, err
+    assert message in err[0], err
+    assert not out.exists(), err
 
 
 def test_a_complete_folder_keeps_sorted_labels_and_logs_files(tiny_classifier_file, tmp_path):
@@ -103,7 +107,8 @@ def test_a_folder_log_from_before_the_file_column_resumes_without_it(
     out.write_text("\n".join(old) + "\n")
     assert main(certify(folder, tiny_classifier_file, out)) == 0
     after = out.read_text().splitlines()
-    assert after[0] == old[0] and len(after) == 4
+    assert after[0] == old[0]
+    assert len(after) == 4
 
 
 def test_evaluate_refuses_a_partial_folder_too(tiny_classifier_file, tmp_path, capsys):

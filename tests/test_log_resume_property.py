@@ -76,7 +76,8 @@ def test_a_garbage_line_is_refused_and_left_alone(tmp_path, where, garbage):
         message = None
     except UserError as e:
         message = str(e)
-    assert message is not None and re.search(rf", line {where + 1}\D", message), message
+    assert message is not None, message
+    assert re.search(rf", line {where + 1}\D", message), message
     assert path.read_bytes() == bad  # nothing changed
     try:  # and `dsmooth analyze` refuses the same line with the same sentence
         read_log(path)

@@ -97,7 +97,8 @@ def test_a_registered_method_certifies_through_the_cli_with_its_column(
     assert without(head, rows, "time", "votes") == without(head_cp, rows_cp, "time")
     assert all(0 <= int(r[-1]) <= 500 for r in rows)
     before = votes.read_text()
-    assert main(argv) == 0 and votes.read_text() == before  # resumed: nothing to do
+    assert main(argv) == 0
+    assert votes.read_text() == before  # resumed: nothing to do
     assert main(["analyze", str(votes)]) == 0
 
 
@@ -110,7 +111,8 @@ def test_a_registered_method_stops_after_selection_with_its_column(
     head, rows = read_rows(out)
     assert head == [*CERTIFY_COLUMNS, "votes", "selection_only"]
     stopped = [r for r in rows if r[-1] == "1"]
-    assert stopped and all(r[-2] == "0" and r[3] == "0" for r in stopped)
+    assert stopped
+    assert all(r[-2] == "0" and r[3] == "0" for r in stopped)
 
 
 def test_an_option_the_method_does_not_read_is_refused(
@@ -253,7 +255,8 @@ def test_sequential_test_fed_look_by_look_is_run_sequential():
         test.look(b.binomial(test.need, p[test.active]))
         looks += 1
     fed = test.outcome()
-    assert 1 < looks <= len(plan.schedule) and test.need == 0
+    assert 1 < looks <= len(plan.schedule)
+    assert test.need == 0
     for name in ("p_lower", "n_used", "reason"):
         assert np.array_equal(getattr(ran, name), getattr(fed, name)), name
     with pytest.raises(RuntimeError):

@@ -70,7 +70,9 @@ def test_compose_hands_sigma_to_a_sigma_aware_denoiser_and_smooth_runs_it():
     toy = make_toy()
     base = compose(LinearClassifier(3 * 4 * 4, 3), toy, sigma=0.5)
     assert ToySigmaDenoiser.received == [0.5]
-    assert base.denoiser is not toy and base.denoiser.sigma == 0.5 and base.sigma == 0.5
+    assert base.denoiser is not toy
+    assert base.denoiser.sigma == 0.5
+    assert base.sigma == 0.5
     assert toy.sigma is None  # the original is left as it was
     smooth = Smooth(base, 3, 0.5, seed=0)
     smooth.predict(torch.rand(3, 4, 4), 8, 0.001, batch_size=8, index=0)
@@ -84,7 +86,8 @@ def test_compose_without_sigma_uses_the_denoiser_as_given():
     assert compose(classifier, plain).denoiser is plain
     assert compose(classifier, plain, sigma=0.25).denoiser is plain
     base = compose(classifier, make_toy())
-    assert ToySigmaDenoiser.received == [] and base.sigma is None
+    assert ToySigmaDenoiser.received == []
+    assert base.sigma is None
     with pytest.raises(UserError, match="without a sigma"):
         base(torch.rand(1, 3, 4, 4))
 
@@ -109,7 +112,8 @@ def test_certify_gives_the_toy_the_certified_sigma(tiny_data_file, tiny_classifi
     argv += ["--denoiser", TOY, "--sigma", "0.5", "--n0", "10", "--n", "20", "--batch", "20"]
     argv += ["--max", "2", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
-    assert ToySigmaDenoiser.received == [0.5] and ToySigmaDenoiser.ran_at == {0.5}
+    assert ToySigmaDenoiser.received == [0.5]
+    assert ToySigmaDenoiser.ran_at == {0.5}
     assert len(out.read_text().splitlines()) == 3
     assert json.loads((tmp_path / "c.tsv.json").read_text())["sigma"] == 0.5
 
@@ -128,14 +132,16 @@ def test_other_commands_give_the_toy_their_sigma(
         + ["--input-shape", "3,8,8"],
     }[command]
     assert main([command, *argv, "--denoiser", TOY, "--sigma", "0.12"]) == 0
-    assert ToySigmaDenoiser.received == [0.12] and ToySigmaDenoiser.ran_at == {0.12}
+    assert ToySigmaDenoiser.received == [0.12]
+    assert ToySigmaDenoiser.ran_at == {0.12}
 
 
 def test_visualize_sets_up_the_denoiser_per_sigma(tiny_data_file, tiny_classifier_file, tmp_path):
     argv = ["visualize", "--classifier", str(tiny_classifier_file), "--data", str(tiny_data_file)]
     argv += ["--denoiser", TOY, "--indices", "0", "--sigmas", "0.12", "0.5"]
     assert main([*argv, "--out", str(tmp_path / "grid.png")]) == 0
-    assert ToySigmaDenoiser.received == [0.12, 0.5] and ToySigmaDenoiser.ran_at == {0.12, 0.5}
+    assert ToySigmaDenoiser.received == [0.12, 0.5]
+    assert ToySigmaDenoiser.ran_at == {0.12, 0.5}
 
 
 # --- a checkpoint trained for another sigma: one warning line, none when they match ---------

@@ -45,7 +45,8 @@ def test_other_side_is_class_zero():
     model, w = oracle(1)
     model, x, exact = point_with_pa(w, 0.1, sigma, np.random.default_rng(2))  # P[f = 0] = 0.9
     label, radius = Smooth(model, 2, sigma).certify(x, 100, 20_000, 0.001, 5_000, index=0)
-    assert label == 0 and 0.8 * exact <= radius <= exact
+    assert label == 0
+    assert 0.8 * exact <= radius <= exact
 
 
 def test_false_certification_rate_below_alpha():
@@ -118,7 +119,8 @@ def test_callables_numpy_scores_and_composition():
     b = Smooth(numpy_scores, 2, 0.25).certify(x, 100, 2000, 0.001, index=0)
     c = Smooth(compose(model, identity), 2, 0.25).certify(x, 100, 2000, 0.001, index=0)
     d = Smooth(compose(numpy_scores, lambda z: z), 2, 0.25).certify(x, 100, 2000, 0.001, index=0)
-    assert a == b == c == d and a[0] == 1
+    assert a == b == c == d
+    assert a[0] == 1
 
 
 @pytest.mark.parametrize(

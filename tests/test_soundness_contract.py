@@ -182,7 +182,8 @@ def test_sigma_mismatch_warns_once_and_strict_refuses(
     )
     assert run("b.tsv", "0.5", "--strict") == 2
     err = capsys.readouterr().err
-    assert "trained for sigma 0.25 but is used at sigma 0.5" in err and "error" in err
+    assert "trained for sigma 0.25 but is used at sigma 0.5" in err
+    assert "error" in err
     assert not (tmp_path / "b.tsv").exists()
     assert run("c.tsv", repr(0.25 * (1 + 1e-7)), "--strict") == 0  # within 1e-6
     assert warnings_in(capsys.readouterr().err) == []
@@ -204,7 +205,8 @@ def test_evaluate_and_test_denoiser_check_the_sigma(
     test += ["--no-progress", "--sigma"]
     assert main([*test, "0.12"]) == 0
     lines = warnings_in(capsys.readouterr().err)
-    assert len(lines) == 1 and "sigma 0.25 but is used at sigma 0.12" in lines[0]
+    assert len(lines) == 1
+    assert "sigma 0.25 but is used at sigma 0.12" in lines[0]
     assert main([*test, "0.12", "--strict"]) == 2
     assert main([*test, "0.25", "--strict"]) == 0
     assert warnings_in(capsys.readouterr().err) == []
@@ -237,7 +239,8 @@ def test_grayscale_images_through_an_rgb_model_are_refused(conv_checkpoint, tmp_
     argv = ["certify", "--data", str(gray), "--classifier", str(ckpt), "--sigma", "0.25"]
     assert main([*argv, "--n0", "5", "--n", "10", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "1 channel but the classifier takes 3" in err and "Traceback" not in err
+    assert "1 channel but the classifier takes 3" in err
+    assert "Traceback" not in err
     assert not out.exists()
     assert main(["evaluate", "--data", str(gray), "--classifier", str(ckpt)]) == 2
     assert "1 channel but the classifier takes 3" in capsys.readouterr().err
