@@ -24,7 +24,7 @@ def recording_compiler(calls: list):
     """A stand-in for torch.compile that records the batch shape of every call (the
     real inductor is exercised in test_engine.py)."""
 
-    def fake_compile(module, **options):
+    def fake_compile(module, **_options):
         def run(x):
             calls.append(tuple(x.shape))
             return module(x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -64,7 +65,7 @@ def test_time_as_timedelta_or_plain_seconds():
     assert parse_seconds("2 days, 1:00:00") == 2 * 86400 + 3600
     assert parse_seconds("12.25") == 12.25
     for bad in ("soon", "1:2", "-3", "nan", ""):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"^{re.escape(bad)}$"):
             parse_seconds(bad)
 
 
@@ -76,7 +77,8 @@ def test_plain_seconds_column(tmp_path):
 
 
 def test_mixed_time_formats_fall_back_to_careful_parsing(tmp_path):
-    rows = ROWS[:2] + [
+    rows = [
+        *ROWS[:2],
         ROWS[2].replace("0:00:01", "1"),
         ROWS[3].replace("0:00:03", "1 day, 0:00:03"),
     ]
@@ -137,13 +139,13 @@ def test_predict_logs(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "header, rows, message",
+    ("header", "rows", "message"),
     [
         ("idx\tlabel\tpredict\tcorrect", ROWS, "lacks column.*time"),
         ("idx\tlabel\tradius\tcorrect\ttime", ROWS, "lacks column.*predict"),
         ("foo\tbar", ["1\t2"], "lacks column"),
         (HEADER + "\tidx", [r + "\t9" for r in ROWS], "repeats a column"),
-        (HEADER, ROWS[:1] + ["1\t2\t2\tbig\t1\t0:00:01"], r"line 3: radius is 'big'"),
+        (HEADER, [*ROWS[:1], "1\t2\t2\tbig\t1\t0:00:01"], r"line 3: radius is 'big'"),
         (HEADER, ["0\t3.0\t3\t0.5\t1\t1"], "line 2: label is '3.0', not an integer"),
         (HEADER, ["0\t3\t3\tnan\t1\t1"], "radius is 'nan'"),
         (HEADER, ["0\t3\t3\t-0.5\t1\t1"], "radius is '-0.5'"),
@@ -152,7 +154,7 @@ def test_predict_logs(tmp_path):
         (HEADER, ["0\t3\t4\t0.5\t1\t1"], "correct is 1 but predict 4 vs label 3"),
         (HEADER, ["0\t-2\t-1\t0\t0\t1"], "label is -2"),
         (HEADER, ["0\t3\t-5\t0\t0\t1"], "predict is -5"),
-        (HEADER, ["0\t3\t3\t0.5\t1"] + ROWS[1:], r"line 2 is not a complete row \(5 fields"),
+        (HEADER, ["0\t3\t3\t0.5\t1", *ROWS[1:]], r"line 2 is not a complete row \(5 fields"),
     ],
 )
 def test_malformed_logs_raise_a_user_error(tmp_path, header, rows, message):
@@ -172,14 +174,14 @@ def test_missing_and_empty_files(tmp_path):
 
 
 def test_an_incomplete_last_line_is_ignored_with_a_warning(tmp_path):
-    path = write(tmp_path, "cut.tsv", ROWS + ["4\t1\t1\t0.3"], newline=False)
+    path = write(tmp_path, "cut.tsv", [*ROWS, "4\t1\t1\t0.3"], newline=False)
     with pytest.warns(LogWarning, match="incomplete last line"):
         log = read_log(path)
     assert len(log) == 4
 
 
 def test_duplicate_indices_warn_and_keep_the_first_row(tmp_path):
-    rows = ROWS + ["1\t2\t-1\t0.0\t0\t0:00:01", "1\t2\t2\t0.9\t1\t0:00:01"]
+    rows = [*ROWS, "1\t2\t-1\t0.0\t0\t0:00:01", "1\t2\t2\t0.9\t1\t0:00:01"]
     with pytest.warns(LogWarning, match=r"2 duplicate row\(s\) for 1 image index"):
         log = read_log(write(tmp_path, "dup.tsv", rows))
     assert len(log) == 4
@@ -188,7 +190,7 @@ def test_duplicate_indices_warn_and_keep_the_first_row(tmp_path):
 
 
 def test_duplicate_indices_with_different_labels_are_an_error(tmp_path):
-    rows = ROWS + ["1\t7\t7\t0.3\t1\t0:00:01"]
+    rows = [*ROWS, "1\t7\t7\t0.3\t1\t0:00:01"]
     with pytest.raises(UserError, match="index 1 appears with different labels"):
         read_log(write(tmp_path, "clash.tsv", rows))
 

@@ -80,7 +80,7 @@ def test_default_max_radius(logs):
 
 
 def test_cli_table_plot_and_json(tmp_path, logs, capsys):
-    a, b, c = logs
+    a, b, _c = logs
     plot = tmp_path / "curves.png"
     code = main(["analyze", str(a), str(b), "--radii", "0", "0.5", "--plot", str(plot)])
     assert code == 0
@@ -95,7 +95,7 @@ def test_cli_table_plot_and_json(tmp_path, logs, capsys):
     glob = str(tmp_path / "runs" / "sigma_*.tsv")
     out_file = tmp_path / "table.json"
     argv = ["analyze", "--envelope", "--label", f"S={glob}", "--radii", "0:1:0.5"]
-    assert main(argv + ["--format", "json", "--out", str(out_file)]) == 0
+    assert main([*argv, "--format", "json", "--out", str(out_file)]) == 0
     data = json.loads(out_file.read_text())
     assert data["radii"] == [0.0, 0.5, 1.0]
     cells = data["series"][0]["cells"]
@@ -105,7 +105,7 @@ def test_cli_table_plot_and_json(tmp_path, logs, capsys):
 
 
 def test_cli_errors_exit_2_with_one_line(tmp_path, logs, capsys):
-    a, b, c = logs
+    a, _b, _c = logs
     bad = tmp_path / "bad.tsv"
     bad.write_text("idx\tlabel\tpredict\tcorrect\n0\t1\t1\t1\n")
     cases = [

@@ -127,7 +127,7 @@ def test_table1_imagenet(row):
     assert envelope_row(paths) == expected
 
 
-def test_cli_prints_the_table2_rows(capsys, tmp_path):
+def test_cli_prints_the_table2_rows(capsys):
     no_denoiser = f"{CIFAR}/no_denoiser/MODEL_resnet110_90epochs/noise_0.00/test_N10000/sigma_*"
     stab = f"{CIFAR}/stab_obj/*adamThenSgd_[1-5]_resnet110_90epochs_*/noise_*/test_N10000/sigma_*"
     argv = ["analyze", "--envelope", "--radii", "0.25:1.5:0.25"]
@@ -136,7 +136,7 @@ def test_cli_prints_the_table2_rows(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "| No denoiser | (10)7 | (9)3 | (9)0 | (16)0 | (16)0 | (16)0 |" in out
     assert "| Stab | (72)56 | (62)41 | (62)28 | (44)19 | (42)16 | (44)13 |" in out
-    assert main(argv + ["--format", "latex"]) == 0
+    assert main([*argv, "--format", "latex"]) == 0
     assert r"$^{(72)}$56 & $^{(62)}$41 & $^{(62)}$28" in capsys.readouterr().out
 
 
@@ -178,4 +178,4 @@ def test_released_logs_with_duplicates_and_empty_logs_are_reported():
     assert len(set(log.idx.tolist())) == 500
     empty = [p for p in cifar_stab("multi_classifiers", 6) if p.stat().st_size < 100]
     assert empty
-    assert len(read_log(empty[0], warn=lambda m: None)) == 0
+    assert len(read_log(empty[0], warn=lambda _message: None)) == 0

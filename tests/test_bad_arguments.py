@@ -117,7 +117,7 @@ CASES = {
             "--noise-sigma",
             "64",
         ],
-    ],  # fmt: skip
+    ],
     "train-denoiser": [
         [
             "train-denoiser",
@@ -154,7 +154,7 @@ CASES = {
             "--out",
             "/proc/nonexistent/run",
         ],
-    ],  # fmt: skip
+    ],
     "test-denoiser": [
         ["test-denoiser", "--denoiser", "{d}/missing", "--data", "{d}/d.npz", "--sigma", "0.25"],
         ["test-denoiser", "--denoiser", "{d}/c.pt", "--data", "{d}/d.npz", "--sigma", "99"],
@@ -200,7 +200,7 @@ CASES = {
             "--out",
             "{out}.png",
         ],
-    ],  # fmt: skip
+    ],
     "report": [["report", "{d}/missing.tsv", "--out", "{out}.html"]],
     "serve": [
         ["serve", "--classifier", "{d}/missing.pt"],
@@ -221,7 +221,7 @@ CASES = {
             "--sigma",
             "-2",
         ],
-    ],  # fmt: skip
+    ],
     "bench": [
         ["bench", "--samples", "0"],
         ["bench", "--sigma", "64"],

@@ -181,7 +181,7 @@ def test_a_noise_secret_keys_the_noise_and_the_operator_can_reproduce_it(model):
     assert [(o.prediction, o.radius, o.n_used) for o in got] != public
 
 
-def test_small_request_finishes_while_a_huge_one_runs(model, service):
+def test_small_request_finishes_while_a_huge_one_runs(service):
     huge = settings("sequential", "gaussian", 0, n_max=2_000_000, tol=1e-6)
     big = service.submit(images(8, seed=1), huge)
     small = service.submit(images(1, seed=2), settings("cp", "gaussian", 0))

@@ -417,7 +417,7 @@ def test_v2_target_radii_round_trip_in_full_precision(client, model):
     assert "'radius'" in bad.json()["error"]
 
 
-def test_seed_and_index_stay_below_2_to_the_32(client, model):
+def test_seed_and_index_stay_below_2_to_the_32(client):
     """Noise keys are hashed as 32-bit words: beyond 2^32 distinct (seed, index, stage)
     keys can share noise, so such seeds and indices are refused."""
     from dsmooth.noise import philox_key

@@ -138,7 +138,7 @@ def test_pretrained_registry_with_a_temporary_entry(tmp_path, monkeypatch):
     from dsmooth.models.pretrained import model_card
 
     assert "A test entry" in model_card("test-dncnn")
-    with pytest.raises(UserError, match="no pretrained model named 'nope'.*test-dncnn"):
+    with pytest.raises(UserError, match=r"no pretrained model named 'nope'.*test-dncnn"):
         dsmooth.pretrained("nope")
     with pytest.raises(UserError, match="no pretrained model"):
         load_model("pretrained:nope")
@@ -211,8 +211,8 @@ def test_mean_std_options_set_the_normalisation(tmp_path):
         assert torch.allclose(b(x), b.net((x - 0.5) / 0.5))
     with pytest.raises(UserError, match="std"):
         dsmooth.load(tmp_path / "w.th", arch="cifar_resnet20", std="0,1,1")
+    torch.save(create("dncnn").state_dict(), tmp_path / "d.pt")
     with pytest.raises(UserError, match="denoiser"):
-        torch.save(create("dncnn").state_dict(), tmp_path / "d.pt")
         dsmooth.load(tmp_path / "d.pt", arch="dncnn", mean="imagenet")
 
 
@@ -228,7 +228,7 @@ def test_mismatched_foreign_weights_are_user_errors(tmp_path):
     torch.save(foreign_layouts(create("cifar_resnet56"))["plain"], tmp_path / "w.pt")
     with pytest.raises(UserError, match="name its architecture"):
         dsmooth.load(tmp_path / "w.pt")
-    with pytest.raises(UserError, match="do not fit cifar_resnet20.*unexpected"):
+    with pytest.raises(UserError, match=r"do not fit cifar_resnet20.*unexpected"):
         dsmooth.load(tmp_path / "w.pt", arch="cifar_resnet20")
     with pytest.raises(UserError, match="do not fit wrn16_4"):
         dsmooth.load(tmp_path / "w.pt", arch="wrn16_4")
@@ -305,15 +305,15 @@ def test_import_weights_command_writes_a_checkpoint(tmp_path, capsys):
     assert torch.equal(outputs(dsmooth.load(out)), outputs(m))
     with pytest.raises(UserError, match="exists"):
         _run(cmd, argv)
-    assert _run(cmd, argv + ["--force", "--half"]) == 0
+    assert _run(cmd, [*argv, "--force", "--half"]) == 0
 
 
 def test_role_mismatch_is_a_user_error(tmp_path):
     save_checkpoint(create("cifar_resnet20"), tmp_path / "clf", {"architecture": "cifar_resnet20"})
     save_checkpoint(create("dncnn"), tmp_path / "den", {"architecture": "dncnn"})
-    with pytest.raises(UserError, match="is a classifier .*not a denoiser"):
+    with pytest.raises(UserError, match=r"is a classifier .*not a denoiser"):
         load_model(str(tmp_path / "clf"), role="denoiser")
-    with pytest.raises(UserError, match="is a denoiser .*not a classifier"):
+    with pytest.raises(UserError, match=r"is a denoiser .*not a classifier"):
         load_model(str(tmp_path / "den"), role="classifier")
     assert load_model(str(tmp_path / "den"), role="denoiser").dsmooth_config["kind"] == "denoiser"
 

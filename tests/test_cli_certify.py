@@ -67,7 +67,7 @@ def test_a_run_ends_with_a_one_line_summary(tiny_data_file, tiny_classifier_file
     assert main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "4")) == 0
     assert main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "6")) == 0
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    header, rows = read_rows(out)
+    _header, rows = read_rows(out)
     correct = sum(int(r[4]) for r in rows)
     assert last.startswith(f"dsmooth: {out}: 6 images (2 new); ")
     assert f"{100 * correct / 6:.1f}% certified correct, average certified radius" in last
@@ -88,7 +88,7 @@ def test_rerun_appends_nothing_and_max_limits(tiny_data_file, tiny_classifier_fi
     main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "5"))
     assert out.read_text() == first
     main(certify_args(tiny_data_file, tiny_classifier_file, out))
-    header, rows = read_rows(out)
+    _header, rows = read_rows(out)
     assert [int(r[0]) for r in rows] == list(range(12))
     assert out.read_text().startswith(first)
 
@@ -178,7 +178,7 @@ def _bad_npz(tmp_path, images, labels=None):
 
 
 @pytest.mark.parametrize(
-    "change,message",
+    ("change", "message"),
     [
         ({"--sigma": "0"}, "sigma must be a positive number"),
         ({"--sigma": "-0.5"}, "sigma must be a positive number"),

@@ -60,8 +60,9 @@ def test_evaluate_takes_the_engine_options_of_certify():
     assert {k: getattr(evaluate, k) for k in names} == {k: getattr(certify, k) for k in names}
 
 
+@pytest.mark.usefixtures("keep_threads")
 def test_evaluate_runs_the_classifier_through_the_engine(
-    tiny_classifier_file, tiny_data_file, capsys, keep_threads
+    tiny_classifier_file, tiny_data_file, capsys
 ):
     argv = ["evaluate", "--classifier", str(tiny_classifier_file), "--data", str(tiny_data_file)]
     argv += ["--sigma", "0.25", "--json", "--no-progress"]
@@ -125,7 +126,7 @@ def test_test_denoiser_takes_every_denoiser_certify_takes(
         assert r["noisy_acc"] == r["no_denoiser_noisy_acc"]
 
 
-def test_test_denoiser_scores_a_black_box_classifier(tiny_data_file, tmp_path, capsys):
+def test_test_denoiser_scores_a_black_box_classifier(tiny_data_file, tmp_path):
     """An ONNX classifier answers in numpy: test-denoiser counts its answers all the same."""
     pytest.importorskip("onnxruntime")
     from dsmooth.export import export

@@ -241,7 +241,7 @@ def test_unet_denoiser_is_deterministic_in_train_and_eval_mode():
             outputs.append(denoiser(y))
     assert all(torch.equal(outputs[0], o) for o in outputs[1:])
     assert outputs[0].shape == y.shape
-    assert 0 <= outputs[0].min()
+    assert outputs[0].min() >= 0
     assert outputs[0].max() <= 1
 
 
@@ -310,7 +310,7 @@ def test_classifier_of_another_input_size_behind_the_denoiser(
     assert record["denoiser_steps"] == 2
 
 
-def test_test_denoiser_command_sets_the_timestep(tiny_data_file, ddpm_folder, tmp_path, capsys):
+def test_test_denoiser_command_sets_the_timestep(tiny_data_file, ddpm_folder, tmp_path):
     report = tmp_path / "r.json"
     argv = ["test-denoiser", "--denoiser", f"diffusers:{ddpm_folder}", "--sigma", "0.25"]
     argv += ["--data", str(tiny_data_file), "--json", str(report), "--no-progress"]

@@ -7,6 +7,7 @@ the test of the error `--ray` gives then.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import secrets
@@ -276,14 +277,10 @@ def two_node_cluster(tmp_path):
         for proc in reversed(procs):
             proc.terminate()
         for proc in reversed(procs):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(40)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the node's own process group only
-            except ProcessLookupError:
-                pass
             proc.wait()
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -291,7 +288,7 @@ def two_node_cluster(tmp_path):
 @pytest.mark.slow
 def test_cli_on_a_two_node_cluster(files, reference, two_node_cluster, tmp_path):
     address, env = two_node_cluster
-    header, expected = reference
+    _header, expected = reference
     out = tmp_path / "cluster.tsv"
     relative = {**files, "data": "data.npz", "classifier": "mlp.pt"}  # nodes run elsewhere
     run = subprocess.run(
@@ -314,7 +311,8 @@ def test_cli_on_a_two_node_cluster(files, reference, two_node_cluster, tmp_path)
 
 
 @pytest.mark.slow
-def test_two_workers_give_the_single_process_rows(files, reference, ray_local, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_two_workers_give_the_single_process_rows(files, reference, tmp_path):
     from dsmooth.distributed import certify_dataset
 
     header, expected = reference
@@ -347,11 +345,12 @@ def worker_pids() -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds worker processes in /proc")
-def test_killed_worker_loses_nothing(files, reference, ray_local, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_killed_worker_loses_nothing(files, reference, tmp_path):
     """Resume a log cut mid-row (a killed driver), kill a worker mid-run, sort at the end."""
     from dsmooth.distributed import certify_dataset
 
-    header, expected = reference
+    _header, expected = reference
     out = tmp_path / "ray.tsv"
     lines = (files["root"] / "single.tsv").read_text().splitlines(keepends=True)
     out.write_text("".join(lines[:5]) + lines[5][:5])  # header, 4 rows, a partial row
@@ -390,9 +389,8 @@ def test_killed_worker_loses_nothing(files, reference, ray_local, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_model_or_too_many_workers_is_one_sentence_and_writes_nothing(
-    files, ray_local, tmp_path
-):
+@pytest.mark.usefixtures("ray_local")
+def test_bad_model_or_too_many_workers_is_one_sentence_and_writes_nothing(files, tmp_path):
     from dsmooth.distributed import certify_dataset
 
     out = tmp_path / "log.tsv"

@@ -92,7 +92,8 @@ def fresh_dynamo():
 
 
 @pytest.mark.slow
-def test_compiled_fp32_counts_equal_eager_and_short_batches_reuse_the_graph(image, fresh_dynamo):
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_compiled_fp32_counts_equal_eager_and_short_batches_reuse_the_graph(image):
     """One real compilation (a tiny model): batch 32 over 80 samples = 32, 32, 16; the
     short batch is padded into the compiled shape instead of compiling a second one."""
     options = EngineOptions(precision="fp32", compile=True, channels_last=True)
@@ -111,7 +112,7 @@ def _eager_reference(image):
 
 
 def test_compile_raising_falls_back_to_eager_with_one_warning(image, monkeypatch):
-    def broken(*args, **kwargs):
+    def broken(*_args, **_kwargs):
         raise RuntimeError("no C compiler")
 
     monkeypatch.setattr(torch, "compile", broken)
@@ -127,8 +128,8 @@ def test_compile_raising_falls_back_to_eager_with_one_warning(image, monkeypatch
 def test_compiled_function_failing_at_first_call_falls_back(image, monkeypatch):
     """Inductor compiles lazily: the failure surfaces when the compiled model is called."""
 
-    def lazy(model, **kwargs):
-        def call(x):
+    def lazy(_model, **_options):
+        def call(_x):
             raise OSError("cc1plus: not found")
 
         return call
@@ -141,7 +142,8 @@ def test_compiled_function_failing_at_first_call_falls_back(image, monkeypatch):
 
 
 @pytest.mark.slow
-def test_missing_cxx_compiler_falls_back(image, monkeypatch, tmp_path, fresh_dynamo):
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_missing_cxx_compiler_falls_back(image, monkeypatch, tmp_path):
     """A real inductor failure: no working C++ compiler (and no cached kernels)."""
     import torch._inductor.config as inductor_config
 
@@ -156,7 +158,7 @@ def test_missing_cxx_compiler_falls_back(image, monkeypatch, tmp_path, fresh_dyn
 
 
 def test_a_bad_input_raises_the_models_own_error(monkeypatch):
-    def lazy(model, **kwargs):
+    def lazy(model, **_options):
         return model
 
     monkeypatch.setattr(torch, "compile", lazy)
@@ -221,7 +223,7 @@ def test_black_box_callables_pass_through():
 
 def test_choose_batch_size_measures_without_compiling(monkeypatch):
     calls = []
-    monkeypatch.setattr(torch, "compile", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(torch, "compile", lambda *_args, **_kwargs: calls.append(1))
     base = accelerate(TinyConvNet(), EngineOptions(precision="fp32", compile=True))
     messages = []
     size = engine.choose_batch_size(
@@ -247,7 +249,7 @@ def test_bad_engine_options_are_user_errors():
 def _certify(data, classifier, out, *extra):
     argv = ["certify", "--data", str(data), "--classifier", str(classifier), "--out", str(out)]
     argv += ["--sigma", "0.25", "--n0", "10", "--n", "60", "--alpha", "0.01", "--max", "3"]
-    return main(argv + ["--no-progress", *extra])
+    return main([*argv, "--no-progress", *extra])
 
 
 def _rows(path):
@@ -257,7 +259,9 @@ def _rows(path):
 def test_cli_results_do_not_depend_on_engine_flags(
     tiny_data_file, conv_checkpoint, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(torch, "compile", lambda *a, **k: (_ for _ in ()).throw(OSError("no cc")))
+    monkeypatch.setattr(
+        torch, "compile", lambda *_args, **_kwargs: (_ for _ in ()).throw(OSError("no cc"))
+    )
     runs = {
         "plain": ["--batch", "7", "--no-compile", "--no-channels-last", "--precision", "fp32"],
         "auto": ["--batch", "auto", "--no-compile", "--threads", "1", "--precision", "fp32"],
@@ -279,7 +283,7 @@ def test_cli_results_do_not_depend_on_engine_flags(
 
 
 @pytest.mark.parametrize(
-    "flags, message",
+    ("flags", "message"),
     [
         (["--batch", "big"], "expected an integer or 'auto'"),
         (["--batch", "0"], "batch must be at least 1"),
@@ -329,7 +333,7 @@ def test_bench_command_reports_both_loops(tmp_path, capsys):
     argv = ["bench", "--pipelines", "cifar_resnet20", "--samples", "16", "--rounds", "1"]
     argv += ["--reference-batch", "8", "--batch", "8", "--no-compile", "--peak-size", "128"]
     argv += ["--peak-seconds", "0.05", "--no-openvino"]  # test_openvino_backend.py has it
-    assert main(argv + ["--out", str(out)]) == 0
+    assert main([*argv, "--out", str(out)]) == 0
     text = out.read_text()
     assert text.strip() == capsys.readouterr().out.strip()
     row = next(line for line in text.splitlines() if line.startswith("cifar_resnet20"))

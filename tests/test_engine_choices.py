@@ -39,7 +39,7 @@ class SlowAt(nn.Module):
         return x.flatten(1)[:, :4]
 
 
-@pytest.mark.parametrize("slow, expected", [(2, 1), (1, 2)])
+@pytest.mark.parametrize(("slow", "expected"), [(2, 1), (1, 2)])
 def test_choose_threads_keeps_the_faster_count(slow, expected):
     chosen = choose_threads(SlowAt(slow), SHAPE, candidates=(1, 2), seconds=0.05)
     assert chosen == expected

@@ -63,7 +63,7 @@ def test_a_folder_with_some_classes_needs_class_names(tiny_classifier_file, tmp_
 
 
 @pytest.mark.parametrize(
-    "names, message",
+    ("names", "message"),
     [
         ("ant,bee", "lists 2 classes but the classifier has 3"),
         ("ant,bee,dog", "class subfolder(s) cat are not among --class-names"),

@@ -63,7 +63,7 @@ def test_the_cp_cap_is_all_samples_on_the_top_class():
 def test_the_sequential_cap_bounds_what_sequential_certify_returns(targets):
     cap = sequential_max_radius(0.25, 0.001, 2000, targets)
     plan = SequentialPlan(0.25, 0.001, 2000, targets)
-    everything = run_sequential(plan, lambda r, m, active: np.full(active.shape, m), 1)
+    everything = run_sequential(plan, lambda _round, m, active: np.full(active.shape, m), 1)
     from dsmooth.sequential import radius_of
 
     assert float(radius_of(everything.p_lower[0], 0.25)) <= cap + 1e-12
@@ -152,7 +152,7 @@ def test_curves_in_percent_at_the_table_radii_with_the_cap_shaded(tmp_path):
         report.series, max_radius=0.75, radii=report.radii, cap=0.551, cap_label="beyond"
     )
     (ax,) = fig.axes
-    assert "certified accuracy (%)" == ax.get_ylabel()
+    assert ax.get_ylabel() == "certified accuracy (%)"
     ticks = [ax.yaxis.get_major_formatter()(v) for v in (0.0, 0.5, 1.0)]
     assert ticks == ["0", "50", "100"]  # the table's units
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.25", "0.5", "0.75"]

@@ -142,7 +142,7 @@ def _memnet_body(m, x):
     return out
 
 
-@pytest.mark.parametrize("name", DENOISERS + ["cifar_resnet20", "wrn16_4"])
+@pytest.mark.parametrize("name", [*DENOISERS, "cifar_resnet20", "wrn16_4"])
 def test_gradients_reach_the_input(name):
     torch.manual_seed(0)
     m = create(name).train()

@@ -175,7 +175,7 @@ def test_a_missing_openvino_falls_back_to_torch_with_one_warning(monkeypatch):
 
 
 def test_a_failing_conversion_falls_back_to_torch(monkeypatch, image):
-    def broken(self):
+    def broken(_self):
         raise RuntimeError("cannot trace this\nmore detail")
 
     monkeypatch.setattr(OpenVINOEngine, "_convert", broken)
@@ -283,7 +283,7 @@ def test_cli_openvino_fp32_log_equals_torch_and_int8_is_recorded(
     assert "engine: openvino fp32" in err
 
 
-def test_bench_adds_the_openvino_paths_in_the_same_rounds(tmp_path, capsys):
+def test_bench_adds_the_openvino_paths_in_the_same_rounds(tmp_path):
     out = tmp_path / "bench.txt"
     argv = ["bench", "--pipelines", "cifar_resnet20", "--samples", "16", "--rounds", "1"]
     argv += ["--reference-batch", "8", "--batch", "8", "--no-compile", "--peak-size", "128"]

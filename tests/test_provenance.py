@@ -46,7 +46,7 @@ def test_log_records_what_determines_its_rows(
 
 
 @pytest.mark.parametrize(
-    "change, named",
+    ("change", "named"),
     [
         (["--sigma", "0.5"], "--sigma"),
         (["--alpha", "0.01"], "--alpha"),

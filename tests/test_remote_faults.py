@@ -21,7 +21,7 @@ import torch
 
 pytest.importorskip("httpx")
 
-from byoc_models import NUM_CLASSES, build  # noqa: E402
+from byoc_models import NUM_CLASSES, build
 
 from dsmooth.cli import main  # noqa: E402
 from dsmooth.data import ImageSet  # noqa: E402

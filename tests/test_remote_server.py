@@ -85,7 +85,7 @@ def test_certify_over_http_equals_local(server, data, tmp_path, path):
     )
 
 
-def test_cli_certify_and_predict_against_server(server, data, tmp_path, capsys):
+def test_cli_certify_and_predict_against_server(server, data, tmp_path):
     npz = tmp_path / "d.npz"
     np.savez(npz, images=data.images, labels=data.labels)
     url = f"{server}/v2/models/small"

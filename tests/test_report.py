@@ -44,7 +44,7 @@ class Collect(HTMLParser):
         if tag == "img":
             self.images.append(dict(attrs)["src"])
 
-    def handle_endtag(self, tag):
+    def handle_endtag(self, _tag):
         self._tag = None
 
     def handle_data(self, data):
@@ -54,9 +54,8 @@ class Collect(HTMLParser):
             self.headings.append(data.strip())
 
 
-def test_html_report_is_self_contained(
-    tmp_path, logs, tiny_classifier_file, tiny_data_file, capsys
-):
+@pytest.mark.usefixtures("logs")  # the sigma_*.tsv logs the report globs in tmp_path
+def test_html_report_is_self_contained(tmp_path, tiny_classifier_file, tiny_data_file):
     out = tmp_path / "report.html"
     argv = ["report", "--envelope", "--label", f"S={tmp_path}/sigma_*.tsv", "--radii", "0:0.5:0.25"]
     argv += ["--out", str(out), "--title", "My run"]

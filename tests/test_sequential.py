@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -45,7 +47,7 @@ def test_schedule_is_increasing_and_ends_at_budget():
     s = geometric_schedule(100, 100_000, 1.3)
     assert s[0] == 100
     assert s[-1] == 100_000
-    assert all(b > a for a, b in zip(s, s[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(s))
     assert geometric_schedule(100, 50, 1.3) == (50,)  # budget below the first look
     assert geometric_schedule(1, 5, 1.1) == (1, 2, 3, 4, 5)  # no repeated looks
 
@@ -92,7 +94,7 @@ def test_vectorised_bounds_equal_exact_scalar_bounds():
 
 def run_exact(plan: SequentialPlan, p: float):
     """One certification whose rounds see exactly round(p * m) successes."""
-    out = run_sequential(plan, lambda r, m, a: np.full(a.shape, round(p * m)), 1)
+    out = run_sequential(plan, lambda _round, m, a: np.full(a.shape, round(p * m)), 1)
     return float(out.p_lower[0]), int(out.n_used[0]), int(out.reason[0])
 
 
@@ -179,7 +181,7 @@ def test_rounds_use_fresh_noise_stages_and_selection_stays_separate():
     assert len(set(stages)) == len(stages)
     assert not {STAGE_ESTIMATE, STAGE_PREDICT} & set(stages)
     assert result.n_used == sum(num for _, num in smooth.calls)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"sequential round {SEQUENTIAL_MAX_ROUNDS} outside"):
         sequential_stage(SEQUENTIAL_MAX_ROUNDS)
     assert sequential_stage(0) == SEQUENTIAL_FIRST_STAGE > STAGE_PREDICT
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -29,8 +30,8 @@ class ToySigmaDenoiser(nn.Module):
     """D(x) = x, usable only once told its sigma: `at_sigma` returns a configured copy
     and records the sigma it was given; `forward` records the sigma it runs at."""
 
-    received: list[float] = []  # every sigma at_sigma was called with, in this process
-    ran_at: set[float] = set()  # the sigmas forward ran at
+    received: ClassVar[list[float]] = []  # every sigma at_sigma was called with, in this process
+    ran_at: ClassVar[set[float]] = set()  # the sigmas forward ran at
 
     def __init__(self, sigma: float | None = None):
         super().__init__()
@@ -123,13 +124,13 @@ def test_other_commands_give_the_toy_their_sigma(
     command, tiny_data_file, tiny_classifier_file, tmp_path
 ):
     data, classifier = ["--data", str(tiny_data_file)], ["--classifier", str(tiny_classifier_file)]
+    samples = ["--n", "20", "--batch", "20", "--max", "2", "--out", str(tmp_path / "p.tsv")]
+    exported = str(tmp_path / "d.pt")
     argv = {
-        "predict": [*data, *classifier, "--n", "20", "--batch", "20", "--max", "2"]
-        + ["--out", str(tmp_path / "p.tsv"), "--no-progress"],
+        "predict": [*data, *classifier, *samples, "--no-progress"],
         "evaluate": [*data, *classifier, "--no-progress"],
         "test-denoiser": [*data, *classifier, "--no-progress"],
-        "export": ["--format", "torchscript", "--out", str(tmp_path / "d.pt")]
-        + ["--input-shape", "3,8,8"],
+        "export": ["--format", "torchscript", "--input-shape", "3,8,8", "--out", exported],
     }[command]
     assert main([command, *argv, "--denoiser", TOY, "--sigma", "0.12"]) == 0
     assert ToySigmaDenoiser.received == [0.12]
@@ -158,7 +159,7 @@ def test_a_shipped_denoiser_at_another_sigma_warns_in_the_library():
         warnings.simplefilter("error")
         compose(classifier, denoiser, sigma=0.25)
         compose(classifier, denoiser)  # no sigma: nothing to compare
-    with pytest.raises(UserError, match="trained for sigma 0.25"):
+    with pytest.raises(UserError, match=r"trained for sigma 0\.25"):
         compose(classifier, denoiser, sigma=0.5, strict=True)
 
 

@@ -98,7 +98,7 @@ def test_noise_depends_on_seed_index_and_stage():
 
 
 def test_predict_abstains_at_the_boundary_and_answers_far_from_it():
-    model, w = oracle()
+    _model, w = oracle()
     rng = np.random.default_rng(4)
     far, x_far, _ = point_with_pa(w, 0.99, 0.25, rng)
     mid, x_mid, _ = point_with_pa(w, 0.5, 0.25, rng)
@@ -124,7 +124,7 @@ def test_callables_numpy_scores_and_composition():
 
 
 @pytest.mark.parametrize(
-    "kwargs,message",
+    ("kwargs", "message"),
     [
         ({"sigma": 0.0}, "sigma"),
         ({"sigma": -1.0}, "sigma"),
@@ -139,7 +139,7 @@ def test_bad_construction(kwargs, message):
 
 
 @pytest.mark.parametrize(
-    "x,n0,n,alpha,message",
+    ("x", "n0", "n", "alpha", "message"),
     [
         (torch.full(SHAPE, 255.0), 10, 10, 0.01, r"\[0, 1\]"),
         (torch.full(SHAPE, float("nan")), 10, 10, 0.01, "NaN"),

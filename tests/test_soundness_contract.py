@@ -4,6 +4,7 @@ contract, the statistics' input checks, a required noise index, the denoiser's s
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def test_duplicated_labels_cannot_certify_a_minority_class(method):
 
 
 @pytest.mark.parametrize(
-    "output,message",
+    ("output", "message"),
     [
         (lambda b: torch.zeros(len(b) - 1, dtype=torch.long), "returned 9 labels for 10 images"),
         (lambda b: torch.zeros(len(b) + 1, 2), "returned 11 rows for 10 images"),
@@ -100,10 +101,19 @@ def test_counts_must_add_up_to_the_samples_drawn():
 @pytest.mark.parametrize(
     "fn", [stats.lower_confidence_bound, stats.upper_confidence_bound, stats.binomial_pvalue]
 )
-@pytest.mark.parametrize("k,n", [(11, 10), (-1, 10), (0, 0), (1, 0), (2.5, 10)])
-def test_bounds_refuse_impossible_counts(fn, k, n):
+@pytest.mark.parametrize(
+    ("k", "n", "words"),
+    [
+        (11, 10, "k must be in 0..n"),
+        (-1, 10, "k must be in 0..n"),
+        (0, 0, "n must be at least 1"),
+        (1, 0, "n must be at least 1"),
+        (2.5, 10, "k and n must be integers"),
+    ],
+)
+def test_bounds_refuse_impossible_counts(fn, k, n, words):
     args = (k, n, 0.01) if fn is not stats.binomial_pvalue else (k, n)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(words)):
         fn(*args)
 
 

@@ -98,7 +98,7 @@ def test_entry_point_mistakes(tmp_path):
         load_model(str(tmp_path / "nope.py") + ":build")
     bad = tmp_path / "bad.py"
     bad.write_text("def build():\n    return 3\n")
-    with pytest.raises(UserError, match="must return a torch.nn.Module"):
+    with pytest.raises(UserError, match=r"must return a torch\.nn\.Module"):
         load_model(f"{bad}:build")
     with pytest.raises(UserError, match="has no attribute 'missing'"):
         load_model(f"{bad}:missing")

@@ -64,7 +64,7 @@ def test_resnet56_through_import_weights_and_evaluate(tmp_path, capsys):
     import_weights.register(parser.add_subparsers())
     out = tmp_path / "resnet56"
     argv = ["import-weights", str(R56), "--arch", "cifar_resnet56"]
-    args = parser.parse_args(argv + ["--mean", "imagenet", "--std", "imagenet", "--out", str(out)])
+    args = parser.parse_args([*argv, "--mean", "imagenet", "--std", "imagenet", "--out", str(out)])
     assert args.func(args) == 0
     capsys.readouterr()
     data = ["--data", str(CIFAR / "cifar10_test.npz"), "--max", "1000", "--no-progress"]

@@ -211,7 +211,7 @@ def test_init_continues_the_given_classifier(tmp_path):
             assert torch.allclose(v, w, atol=1e-6), k
     assert config["recipe"]["init"] == first.out
     bad = _recipe(tmp_path, "bad", epochs=1, init=first.out, arch="cifar_resnet20")
-    with pytest.raises(UserError, match="architecture|--arch"):
+    with pytest.raises(UserError, match=r"architecture|--arch"):
         train_classifier(bad)
     with pytest.raises(UserError, match="classes"):
         train_classifier(_recipe(tmp_path, "bad2", epochs=1, init=first.out, num_classes=12))
@@ -269,7 +269,7 @@ def test_cli_train_classifier_resnet20(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--resume" in err
     assert len(err.strip().splitlines()) == 1
-    assert main(args + ["--resume"]) == 0  # already finished: nothing to do
+    assert main([*args, "--resume"]) == 0  # already finished: nothing to do
     assert (
         main(["train-classifier", "--arch", "nope", "--data", TRAIN, "--out", str(tmp_path / "x")])
         == 2
@@ -341,5 +341,5 @@ def test_sigterm_saves_a_resumable_state(tmp_path):
     assert "--resume" in err
     step = read_info(out)["progress"]["step"]
     assert 1 <= step < 50
-    assert main(args + ["--resume", "--max-steps", "1"]) == 0
+    assert main([*args, "--resume", "--max-steps", "1"]) == 0
     assert read_info(out)["progress"]["step"] == step + 1

@@ -100,7 +100,7 @@ def train_denoiser_argv(objective: str, sigma: str, *model: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "objective, extra, drop",
+    ("objective", "extra", "drop"),
     [
         ("mse", {}, 0.01),  # sigma^2 = 0.0625 for the identity at start
         ("stab", {}, 0.1),
@@ -191,8 +191,8 @@ def test_stab_gradients_reach_only_the_denoiser(tmp_path, classifier_dir):
     assert not f.training
 
 
-@pytest.mark.parametrize("mode, per_step", [("round-robin", None), ("average", 2)])
-def test_surrogates_never_call_the_target(tmp_path, classifier_dir, mode, per_step):
+@pytest.mark.parametrize("mode", ["round-robin", "average"])
+def test_surrogates_never_call_the_target(tmp_path, classifier_dir, mode):
     s0, s1 = Counting(_classifier(classifier_dir)), Counting(_classifier(classifier_dir))
     r = _recipe(
         tmp_path,
@@ -232,7 +232,7 @@ def test_cli_surrogates_do_not_even_load_the_target(tmp_path, classifier_dir):
     assert config["kind"] == "denoiser"
     assert config["sigma"] == 0.5
     args[args.index("--out") + 1] = str(tmp_path / "q2")
-    assert main(args + ["--val-target"]) == 2  # only now is the (missing) target loaded
+    assert main([*args, "--val-target"]) == 2  # only now is the (missing) target loaded
     assert not (tmp_path / "q2" / "train_state.safetensors").exists()
 
 
