@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LinearClassifier
+from helpers import with_flag
 from safetensors.torch import save_file
 
 from dsmooth.cli import build_parser, main
@@ -53,13 +54,6 @@ def denoiser_test(*extra):
             *extra]  # fmt: skip
 
 
-def _replace(argv, flag, value):
-    """argv with `flag`'s value replaced."""
-    argv = list(argv)
-    argv[argv.index(flag) + 1] = value
-    return argv
-
-
 def _swap(argv, old, new):
     """argv with the argument `old` replaced by `new`."""
     return [new if a == old else a for a in argv]
@@ -67,9 +61,9 @@ def _swap(argv, old, new):
 
 CASES = {
     "certify": [
-        _replace(certify(), "--sigma", "64"),  # 0-255 units
-        _replace(certify(), "--sigma", "-1"),
-        _replace(certify(), "--sigma", "nan"),
+        with_flag(certify(), "--sigma", "64"),  # 0-255 units
+        with_flag(certify(), "--sigma", "-1"),
+        with_flag(certify(), "--sigma", "nan"),
         certify("--alpha", "0.5"),
         certify("--n", "0"),
         certify("--batch", "0"),
@@ -86,7 +80,7 @@ CASES = {
         certify("--class-names", "a,b"),
     ],
     "predict": [
-        _replace(predict(), "--sigma", "300"),
+        with_flag(predict(), "--sigma", "300"),
         predict("--alpha", "1.5"),
         predict("--device", "nosuchdevice"),
         _swap(predict(), "{d}/c.pt", "nosucharch:{d}/c.pt"),

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import read_rows, without_time
 
 import dsmooth
 from dsmooth import CertifyJob
@@ -26,9 +27,8 @@ FLAGS = ["--n0", "10", "--n", "40", "--alpha", "0.01", "--batch", "20", "--max",
 
 def rows(path: Path) -> list[list[str]]:
     """The log's rows without the time column."""
-    header, *body = [line.split("\t") for line in path.read_text().splitlines()]
-    t = header.index("time")
-    return [r[:t] + r[t + 1 :] for r in [header, *body]]
+    header, body = read_rows(path)
+    return without_time(header, [header, *body])
 
 
 def test_a_job_is_frozen_picklable_and_keyword_only():

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import PickleExploit
 
 import dsmooth
 from dsmooth.errors import UserError
@@ -239,17 +240,12 @@ def test_mismatched_foreign_weights_are_user_errors(tmp_path):
         dsmooth.load(tmp_path / "junk.pth", arch="cifar_resnet20")
 
 
-class _Exploit:
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
-
-
 def test_pickled_objects_are_refused_without_running_code(tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Exploit(str(marker))}, tmp_path / "e.pt")
+    torch.save(
+        {"state_dict": {"w": torch.zeros(1)}, "x": PickleExploit(Path.touch, marker)},
+        tmp_path / "e.pt",
+    )
     with pytest.raises(UserError, match="safely"):
         dsmooth.load(tmp_path / "e.pt", arch="dncnn")
     assert not marker.exists()

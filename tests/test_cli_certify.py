@@ -10,40 +10,9 @@ import time
 
 import numpy as np
 import pytest
+from helpers import certify_args, read_rows, with_flag, without_time
 
 from dsmooth.cli import main
-
-
-def certify_args(data, classifier, out, *extra):
-    return [
-        "certify",
-        "--data",
-        str(data),
-        "--classifier",
-        str(classifier),
-        "--sigma",
-        "0.25",
-        "--n0",
-        "50",
-        "--n",
-        "500",
-        "--batch",
-        "100",
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
-
-
-def read_rows(path):
-    lines = path.read_text().splitlines()
-    return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
-
-
-def without_time(rows, header):
-    t = header.index("time")
-    return [r[:t] + r[t + 1 :] for r in rows]
 
 
 def test_certify_writes_reference_columns(tiny_data_file, tiny_classifier_file, tmp_path):
@@ -102,7 +71,7 @@ def test_partial_trailing_row_is_dropped_on_resume(tiny_data_file, tiny_classifi
     main(certify_args(tiny_data_file, tiny_classifier_file, cut))
     header, rows_full = read_rows(full)
     _, rows_cut = read_rows(cut)
-    assert without_time(rows_cut, header) == without_time(rows_full, header)
+    assert without_time(header, rows_cut) == without_time(header, rows_full)
 
 
 def test_predict_log(tiny_data_file, tiny_classifier_file, tmp_path):
@@ -165,7 +134,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_data_file, tiny_classifie
     )
     header, rows_killed = read_rows(killed)
     _, rows_clean = read_rows(clean)
-    assert without_time(rows_killed, header) == without_time(rows_clean, header)
+    assert without_time(header, rows_killed) == without_time(header, rows_clean)
 
 
 # --- bad input: one sentence, exit code 2, nothing written ---------------------------------
@@ -211,11 +180,7 @@ def test_bad_input_one_sentence_exit_2(
     out = tmp_path / "out.tsv"
     args = certify_args(tiny_data_file, tiny_classifier_file, out)
     for flag, value in change.items():
-        value = str(special[value]()) if value in special else value
-        if flag in args:
-            args[args.index(flag) + 1] = value
-        else:
-            args += [flag, value]
+        args = with_flag(args, flag, str(special[value]()) if value in special else value)
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err
@@ -226,8 +191,7 @@ def test_bad_input_one_sentence_exit_2(
 
 def test_bad_input_exit_code_from_a_real_process(tiny_data_file, tiny_classifier_file, tmp_path):
     out = tmp_path / "out.tsv"
-    args = certify_args(tiny_data_file, tiny_classifier_file, out)
-    args[args.index("--sigma") + 1] = "-1"
+    args = with_flag(certify_args(tiny_data_file, tiny_classifier_file, out), "--sigma", "-1")
     proc = subprocess.run(
         [sys.executable, "-m", "dsmooth.cli", *args], capture_output=True, text=True
     )
@@ -284,8 +248,8 @@ def test_image_folder_is_read_lazily_and_resized(tiny_data_file, tiny_classifier
     assert header[-1] == "file"
     assert rows[0][-1].endswith(".png")  # rows name their files
     plain = header[:-1]
-    assert without_time([r[:-1] for r in rows], plain) == without_time(
-        read_rows(reference)[1], plain
+    assert without_time(plain, [r[:-1] for r in rows]) == without_time(
+        plain, read_rows(reference)[1]
     )
     assert main(args) == 2  # now the broken image is selected: one sentence, rows kept
     assert read_rows(out)[1] == rows

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LinearClassifier
+from helpers import torch_threads
 from safetensors.torch import save_file
 from torch import nn
 
@@ -34,9 +35,8 @@ def identity_denoiser() -> nn.Module:
 @pytest.fixture
 def keep_threads():
     """--threads sets torch's thread count for the whole process: put it back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+    with torch_threads():
+        yield
 
 
 def test_evaluate_and_test_denoiser_default_to_certifys_precision(monkeypatch):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import PickleExploit
 from PIL import Image
 
 from dsmooth.datasets import (
@@ -163,20 +164,12 @@ def test_python2_pickled_batch_reads_like_the_official_files(tmp_path):
     assert test.labels.tolist() == [7, 8, 9]
 
 
-class _Exploit:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (str(self.marker),))
-
-
 def test_cifar_pickles_cannot_run_code(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar_batches(folder)
     marker = tmp_path / "pwned"
     with open(folder / "test_batch", "wb") as f:
-        pickle.dump({b"data": _Exploit(marker), b"labels": []}, f, protocol=2)
+        pickle.dump({b"data": PickleExploit(os.mkdir, str(marker)), b"labels": []}, f, protocol=2)
     with pytest.raises(UserError, match=r"refusing to load (posix|os)\.mkdir"):
         read_cifar_pickle(folder / "test_batch")
     with pytest.raises(UserError):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LinearClassifier
+from helpers import certify_args
 
 from dsmooth.base import compose
 from dsmooth.cli import main
@@ -262,21 +263,18 @@ def test_layouts_load_the_same_model(ddpm_folder, tmp_path):
         load_diffusers(tmp_path)
 
 
-def certify_argv(data, classifier, denoiser, sigma: str, out) -> list[str]:
-    return [
-        "certify",
-        *("--data", str(data), "--classifier", str(classifier)),
-        *("--denoiser", denoiser, "--sigma", sigma),
-        *("--n0", "10", "--n", "20", "--batch", "10", "--max", "2"),
-        *("--out", str(out), "--no-progress"),
-    ]
+#: certify_args(..., *TWO, **SMALL): a quick `dsmooth certify` run on two images
+TWO, SMALL = ("--max", "2"), {"n0": "10", "n": "20", "batch": "10"}
 
 
 def test_certify_with_a_diffusers_denoiser(
     tiny_data_file, tiny_classifier_file, ddpm_folder, tmp_path
 ):
     out, spec = tmp_path / "log.tsv", f"diffusers:{ddpm_folder}"
-    assert main(certify_argv(tiny_data_file, tiny_classifier_file, spec, "0.25", out)) == 0
+    argv = certify_args(
+        tiny_data_file, tiny_classifier_file, out, "--denoiser", spec, *TWO, **SMALL
+    )
+    assert main(argv) == 0
     lines = out.read_text().splitlines()
     assert lines[0].startswith("idx\tlabel\tpredict\tradius")
     assert len(lines) == 3
@@ -286,7 +284,10 @@ def test_certify_with_a_diffusers_denoiser(
     assert record["models"]["denoiser"]["spec"] == spec
 
     bad = tmp_path / "bad.tsv"
-    assert main(certify_argv(tiny_data_file, tiny_classifier_file, spec, "200", bad)) == 2
+    argv = certify_args(
+        tiny_data_file, tiny_classifier_file, bad, "--denoiser", spec, *TWO, sigma="200", **SMALL
+    )
+    assert main(argv) == 2
     assert not bad.exists()
 
 
@@ -303,7 +304,10 @@ def test_classifier_of_another_input_size_behind_the_denoiser(
     classifier = tmp_path / "c16.pt"
     torch.jit.save(torch.jit.script(LinearClassifier(3 * 16 * 16, 3).eval()), str(classifier))
     out = tmp_path / "p.tsv"
-    argv = certify_argv(tiny_data_file, classifier, f"diffusers:{ddpm_folder}?steps=2", "0.5", out)
+    spec = f"diffusers:{ddpm_folder}?steps=2"
+    argv = certify_args(
+        tiny_data_file, classifier, out, "--denoiser", spec, *TWO, sigma="0.5", **SMALL
+    )
     assert main([*argv, "--input-size", "16x16"]) == 0
     assert len(out.read_text().splitlines()) == 3
     record = json.loads((tmp_path / "p.tsv.json").read_text())

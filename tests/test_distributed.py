@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import read_rows, torch_threads, without_time
 from torch import nn
 
 from dsmooth.cli import main
@@ -31,16 +32,6 @@ from dsmooth.errors import UserError
 
 SIGMA, N0, N, BATCH = 0.25, 50, 4000, 1000
 IMAGES = 16
-
-
-def read_log(path: Path) -> tuple[list[str], list[list[str]]]:
-    header, *lines = path.read_text().splitlines()
-    return header.split("\t"), [line.split("\t") for line in lines]
-
-
-def without_time(header: list[str], rows: list[list[str]]) -> list[list[str]]:
-    t = header.index("time")
-    return [r[:t] + r[t + 1 :] for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +97,9 @@ def options(files: dict) -> dict:
 def reference(files) -> tuple[list[str], list[list[str]]]:
     """The single-process log (`dsmooth certify` without --ray), rows without time."""
     out = files["root"] / "single.tsv"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; one thread is fastest here
-    try:
+    with torch_threads(1):  # the machine is shared; one thread is fastest here
         assert main(cli_args(files, out)) == 0
-    finally:
-        torch.set_num_threads(threads)
-    header, rows = read_log(out)
+    header, rows = read_rows(out)
     assert [int(r[0]) for r in rows] == list(range(IMAGES))
     return header, without_time(header, rows)
 
@@ -307,7 +294,7 @@ def test_cli_on_a_two_node_cluster(files, reference, two_node_cluster, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "certified 16 images" in run.stderr
     assert "on 2 Ray workers" in run.stderr
-    assert without_time(*read_log(out)) == expected
+    assert without_time(*read_rows(out)) == expected
 
 
 @pytest.mark.slow
@@ -319,7 +306,7 @@ def test_two_workers_give_the_single_process_rows(files, reference, tmp_path):
     out = tmp_path / "ray.tsv"
     summary = certify_dataset(options(files), out, workers=2, progress=False)
     assert (summary.images, summary.workers, summary.failures) == (IMAGES, 2, 0)
-    got_header, rows = read_log(out)
+    got_header, rows = read_rows(out)
     assert got_header == header
     assert sorted(without_time(header, rows), key=lambda r: int(r[0])) == expected
 
@@ -385,7 +372,7 @@ def test_killed_worker_loses_nothing(files, reference, tmp_path):
     assert (summary.skipped, summary.images, summary.failures) == (4, IMAGES - 4, 1)
     assert summary.rescheduled >= 1
     # every index exactly once, rows as in the single-process run, sorted by index
-    assert without_time(*read_log(out)) == expected
+    assert without_time(*read_rows(out)) == expected
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import certify_args, torch_threads
 from torch import nn
 
 from dsmooth import Smooth, engine
@@ -54,10 +55,8 @@ def one_thread():
     """One torch thread: tiny models gain nothing from two, and on a busy machine each
     parallel region can wait a whole time slice for its second thread. Restored after
     (the CLI's --threads changes it too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -247,9 +246,10 @@ def test_bad_engine_options_are_user_errors():
 
 
 def _certify(data, classifier, out, *extra):
-    argv = ["certify", "--data", str(data), "--classifier", str(classifier), "--out", str(out)]
-    argv += ["--sigma", "0.25", "--n0", "10", "--n", "60", "--alpha", "0.01", "--max", "3"]
-    return main([*argv, "--no-progress", *extra])
+    argv = certify_args(
+        data, classifier, out, "--alpha", "0.01", "--max", "3", *extra, n0="10", n="60", batch=None
+    )
+    return main(argv)
 
 
 def _rows(path):

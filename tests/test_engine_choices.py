@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import recording_compiler
+from helpers import recording_compiler, torch_threads
 from torch import nn
 
 from dsmooth import engine
@@ -21,9 +21,8 @@ SHAPE = (3, 8, 8)
 
 @pytest.fixture(autouse=True)
 def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads():
+        yield
 
 
 class SlowAt(nn.Module):

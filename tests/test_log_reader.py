@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import certify_args
 
 from dsmooth.analysis import LogWarning, read_log
 from dsmooth.cli import main
@@ -186,11 +187,6 @@ def test_resume_refuses_a_log_with_other_columns(tmp_path):
 # ----------------------------------------------------------------------------- certify
 
 
-def certify_args(data, classifier, out):
-    model = ["--data", str(data), "--classifier", str(classifier), "--sigma", "0.25"]
-    return ["certify", *model, "--n0", "10", "--n", "20", "--out", str(out), "--no-progress"]
-
-
 @pytest.mark.parametrize(
     "case", ["short complete row", "idx not a number", "bad line before a torn one"]
 )
@@ -200,7 +196,8 @@ def test_certify_refuses_to_resume_a_malformed_log_and_leaves_it_alone(
     _, _, line, says = MALFORMED[case]
     out = tmp_path / "out.tsv"
     data = write_case(out, case)
-    assert main(certify_args(tiny_data_file, tiny_classifier_file, out)) == 2
+    argv = certify_args(tiny_data_file, tiny_classifier_file, out, n0="10", n="20", batch=None)
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     errors = [e for e in err.splitlines() if e.startswith("dsmooth: error:")]

@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from test_cli_certify import certify_args, read_rows
+from helpers import certify_args, read_rows
 
 from dsmooth import stats
 from dsmooth.cli import main

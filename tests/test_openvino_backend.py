@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import torch_threads
 from test_engine import EAGER, SHAPE, TinyConvNet
 from torch import nn
 
@@ -29,10 +30,8 @@ OV_FP32 = EngineOptions(precision="fp32", compile=False, backend="openvino")
 def cache_here(tmp_path, monkeypatch):
     """Each test its own cache folder (and one torch thread: tiny models)."""
     monkeypatch.setenv("DSMOOTH_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield tmp_path / "cache"
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield tmp_path / "cache"
 
 
 @pytest.fixture(scope="module")

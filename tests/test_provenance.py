@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LinearClassifier
-from test_cli_certify import certify_args, read_rows
+from helpers import certify_args, read_rows, with_flag
 
 from dsmooth.cli import main
 from dsmooth.noise import NOISE_VERSION
@@ -65,7 +65,7 @@ def test_resume_with_other_settings_is_refused(
     before = out.read_text()
     capsys.readouterr()
     args = certify_args(tiny_data_file, tiny_classifier_file, out)
-    args = _replace(args, change)
+    args = with_flag(args, *change)
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -141,7 +141,7 @@ def test_a_stale_record_of_a_deleted_log_is_replaced(
     out = tmp_path / "log.tsv"
     assert main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "2")) == 0
     out.unlink()
-    args = _replace(certify_args(tiny_data_file, tiny_classifier_file, out), ["--sigma", "0.5"])
+    args = with_flag(certify_args(tiny_data_file, tiny_classifier_file, out), "--sigma", "0.5")
     assert main([*args, "--max", "2"]) == 0
     assert json.loads(sidecar(out).read_text())["sigma"] == 0.5
 
@@ -157,16 +157,6 @@ def test_radii_are_rounded_down(radius):
 
 def test_radius_just_below_a_round_number_is_not_logged_as_it():
     assert format_radius(0.2499996) == "0.249999"
-
-
-def _replace(args: list[str], change: list[str]) -> list[str]:
-    args = list(args)
-    flag, value = change
-    if flag in args:
-        args[args.index(flag) + 1] = value
-    else:
-        args += [flag, value]
-    return args
 
 
 def test_decision_mode_logs_report_only_at_their_targets(

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from helpers import LinearBinary
+from helpers import certify_args, linear_binary_with_pa, read_rows
 from scipy.optimize import brentq
 from scipy.stats import norm
 
@@ -149,12 +149,11 @@ def test_maximal_radius_mode_stops_when_the_radius_cannot_grow_by_tol():
 
 
 def model_with_pa(p_a: float, sigma: float):
-    """(model, x, exact radius of class 1) with P[f(x + d) = 1] = p_a."""
+    """(model, x, exact radius of class 1) with P[f(x + d) = 1] = p_a >= 1/2."""
     w = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
     x = torch.full(SHAPE, 0.5)
-    wf = w.flatten().double()
-    b = float(sigma * wf.norm() * norm.ppf(p_a) - wf @ x.flatten().double())
-    return LinearBinary(w, b), x, sigma * norm.ppf(p_a)
+    model, radius = linear_binary_with_pa(w, x, p_a, sigma)
+    return model, x, radius
 
 
 class Recorder(Smooth):
@@ -232,39 +231,20 @@ def test_method_cp_is_cohens_certify():
 
 # --- CLI ------------------------------------------------------------------------------
 
-
-def read_log(path):
-    lines = path.read_text().splitlines()
-    return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
-
-
-def certify_args(classifier, data, out, *extra):
-    return [
-        "certify",
-        "--classifier",
-        str(classifier),
-        "--data",
-        str(data),
-        "--sigma",
-        "0.25",
-        "--n",
-        "2000",
-        "--max",
-        "4",
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
+#: `dsmooth certify` on the first four tiny images with 2000 samples, n0 and batch at
+#: their defaults: certify_args(data, classifier, out, *FOUR, ..., **CLI)
+FOUR, CLI = ("--max", "4"), {"n0": None, "n": "2000", "batch": None}
 
 
 def test_cli_sequential_logs_n_used_after_standard_columns_and_resumes(
     tiny_classifier_file, tiny_data_file, tmp_path
 ):
     out = tmp_path / "seq.tsv"
-    args = certify_args(tiny_classifier_file, tiny_data_file, out, "--method", "sequential")
+    args = certify_args(
+        tiny_data_file, tiny_classifier_file, out, *FOUR, "--method", "sequential", **CLI
+    )
     assert main([*args, "--radius", "0.1", "0.2", "--n-max", "3000"]) == 0
-    header, rows = read_log(out)
+    header, rows = read_rows(out)
     assert header == [*CERTIFY_COLUMNS, "n_used"]
     assert [int(r[0]) for r in rows] == [0, 1, 2, 3]
     for r in rows:
@@ -284,10 +264,12 @@ def test_cli_sequential_logs_n_used_after_standard_columns_and_resumes(
 
 def test_cli_cp_log_keeps_the_reference_columns(tiny_classifier_file, tiny_data_file, tmp_path):
     out = tmp_path / "cp.tsv"
-    assert main(certify_args(tiny_classifier_file, tiny_data_file, out)) == 0
-    assert read_log(out)[0] == list(CERTIFY_COLUMNS)
+    assert main(certify_args(tiny_data_file, tiny_classifier_file, out, *FOUR, **CLI)) == 0
+    assert read_rows(out)[0] == list(CERTIFY_COLUMNS)
     # a cp log cannot silently continue as a sequential one
-    args = certify_args(tiny_classifier_file, tiny_data_file, out, "--method", "sequential")
+    args = certify_args(
+        tiny_data_file, tiny_classifier_file, out, *FOUR, "--method", "sequential", **CLI
+    )
     assert main(args) == 2
 
 
@@ -305,7 +287,7 @@ def test_cli_bad_sequential_options_exit_2_and_write_nothing(
     tiny_classifier_file, tiny_data_file, tmp_path, capsys, extra
 ):
     out = tmp_path / "bad.tsv"
-    assert main(certify_args(tiny_classifier_file, tiny_data_file, out, *extra)) == 2
+    assert main(certify_args(tiny_data_file, tiny_classifier_file, out, *FOUR, *extra, **CLI)) == 2
     assert not out.exists()
     err = capsys.readouterr().err.strip()
     assert err.startswith("dsmooth: error:")

@@ -13,6 +13,7 @@ from typing import ClassVar
 import pytest
 import torch
 from conftest import LinearClassifier
+from helpers import warnings_in
 from torch import nn
 
 from dsmooth.base import SigmaMismatchWarning, compose, denoiser_at_sigma, trained_sigma
@@ -58,10 +59,6 @@ def make_toy() -> nn.Module:
 def _fresh_records():
     ToySigmaDenoiser.received.clear()
     ToySigmaDenoiser.ran_at.clear()
-
-
-def warnings_in(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("warning:")]
 
 
 # --- the hook -----------------------------------------------------------------------------

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import LinearBinary
-from scipy.stats import norm
+from helpers import LinearBinary, linear_binary_with_pa
 
 from dsmooth import ABSTAIN, Smooth, UserError, compose
 
@@ -20,12 +19,10 @@ def oracle(seed=0):
 def point_with_pa(w, p_a, sigma, rng):
     """An x in [0, 1] where P[f(x + d) = 1] = p_a (up to float rounding): moves x along w
     as far as the box allows, then sets the bias for the rest. Returns (model, x, radius)."""
-    wf = w.flatten().double()
-    target = sigma * wf.norm() * norm.ppf(p_a)  # the required w.x + b
-    x = torch.from_numpy(rng.uniform(0.4, 0.6, wf.numel()))
+    x = torch.from_numpy(rng.uniform(0.4, 0.6, w.numel()))
     x32 = x.view(SHAPE).float()
-    b = float(target - wf @ x32.flatten().double())
-    return LinearBinary(w, b), x32, abs(float(target / wf.norm()))
+    model, radius = linear_binary_with_pa(w, x32, p_a, sigma)
+    return model, x32, radius
 
 
 @pytest.mark.parametrize("p_a", [0.65, 0.8, 0.9, 0.99, 0.999])

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import certify_args, warnings_in
 from scipy.stats import norm
 
 from dsmooth import ABSTAIN, Smooth, UserError, stats
@@ -20,6 +21,8 @@ from dsmooth.sequential import SequentialPlan, certify_sequential
 SHAPE = (1, 4, 4)
 SIGMA = 0.25
 REPO = Path(__file__).resolve().parents[1]
+#: certify_args(..., *TWO, **SMALL): a quick CLI run on two images
+TWO, SMALL = ("--max", "2"), {"n0": "10", "n": "20", "batch": "20"}
 
 
 def threshold_classifier(p_class0: float):
@@ -135,7 +138,7 @@ def test_alpha_must_be_below_one_half(alpha):
 
 
 def test_cli_refuses_alpha_one_half(tiny_data_file, tiny_classifier_file, tmp_path, capsys):
-    argv = [*certify_argv(tiny_data_file, tiny_classifier_file, tmp_path / "a.tsv")]
+    argv = certify_args(tiny_data_file, tiny_classifier_file, tmp_path / "a.tsv", *TWO, **SMALL)
     assert main([*argv, "--alpha", "0.5"]) == 2
     assert "alpha must be in (0, 0.5), got 0.5." in capsys.readouterr().err
 
@@ -166,22 +169,22 @@ def test_calls_without_index_fail():
 # --- 4. a denoiser used at another sigma than it was trained for ------------------------
 
 
-def certify_argv(data, classifier, out, command="certify", sigma="0.25"):
-    argv = [command, "--data", str(data), "--classifier", str(classifier), "--sigma", sigma]
-    argv += ["--n", "20", "--batch", "20", "--max", "2", "--out", str(out), "--no-progress"]
-    return argv + (["--n0", "10"] if command == "certify" else [])
-
-
-def warnings_in(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("warning:")]
-
-
 @pytest.mark.parametrize("command", ["certify", "predict"])
 def test_sigma_mismatch_warns_once_and_strict_refuses(
     command, tiny_data_file, tiny_classifier_file, denoiser_025, tmp_path, capsys
 ):
+    small = SMALL if command == "certify" else {**SMALL, "n0": None}  # predict takes no n0
+
     def run(out, sigma, *extra):
-        argv = certify_argv(tiny_data_file, tiny_classifier_file, tmp_path / out, command, sigma)
+        argv = certify_args(
+            tiny_data_file,
+            tiny_classifier_file,
+            tmp_path / out,
+            *TWO,
+            command=command,
+            sigma=sigma,
+            **small,
+        )
         return main([*argv, "--denoiser", str(denoiser_025), *extra])
 
     assert run("a.tsv", "0.5") == 0

@@ -4,7 +4,7 @@ after selection; certified accuracy at every radius equals the full run's."""
 from __future__ import annotations
 
 import pytest
-from test_cli_certify import certify_args, read_rows
+from helpers import certify_args, read_rows
 
 from dsmooth.analysis import read_log
 from dsmooth.cli import main
