@@ -164,7 +164,8 @@ def test_a_noise_secret_keys_the_noise_and_the_operator_can_reproduce_it(model):
 
     secret = b"operator secret, 32 bytes long.."
     assert keyed_seed(secret, 7) != keyed_seed(b"another secret of some length", 7)
-    assert keyed_seed(secret, 7) != keyed_seed(secret, 8) and 0 <= keyed_seed(secret, 7) < 2**32
+    assert keyed_seed(secret, 7) != keyed_seed(secret, 8)
+    assert 0 <= keyed_seed(secret, 7) < 2**32
     svc = CertificationService(model, CLASSES, batch_size=37, queue=64, noise_secret=secret)
     try:
         assert svc.noise_keys == "secret"
@@ -180,7 +181,7 @@ def test_a_noise_secret_keys_the_noise_and_the_operator_can_reproduce_it(model):
     assert [(o.prediction, o.radius, o.n_used) for o in got] != public
 
 
-def test_small_request_finishes_while_a_huge_one_runs(model, service):
+def test_small_request_finishes_while_a_huge_one_runs(service):
     huge = settings("sequential", "gaussian", 0, n_max=2_000_000, tol=1e-6)
     big = service.submit(images(8, seed=1), huge)
     small = service.submit(images(1, seed=2), settings("cp", "gaussian", 0))
@@ -197,7 +198,8 @@ def test_deadline_returns_a_valid_early_stop(model, service):
     x = images(2, seed=4)[0]
     s = settings("sequential", "gaussian", 9, n_max=2_000_000, tol=1e-6)
     (o,) = service.certify([x], s, first_index=5, timeout=0.5)
-    assert o.stopped_early and o.reason == "deadline"
+    assert o.stopped_early
+    assert o.reason == "deadline"
     plan = SequentialPlan(SIGMA, s.alpha, s.n_max, None, s.tol)
     smooth = Smooth(model, CLASSES, SIGMA, seed=9)
     c_hat = int(smooth.sample_counts(x, s.n0, 64, index=5, stage=0).argmax())
@@ -262,7 +264,8 @@ def test_a_failing_model_fails_its_requests_and_the_worker_survives(model):
         with pytest.raises(RuntimeError, match="boom"):
             svc.certify(images(1), settings("cp", "gaussian", 0), timeout=30)
         (o,) = svc.certify(images(1), settings("cp", "gaussian", 0), timeout=30)
-        assert not o.stopped_early and svc.in_flight == 0
+        assert not o.stopped_early
+        assert svc.in_flight == 0
     finally:
         svc.close()
 
@@ -292,4 +295,5 @@ def test_a_compiled_engine_is_compiled_once_and_padding_leaves_answers_unchanged
     finally:
         svc.close()
     assert svc.metrics.samples < 37 * svc.metrics.batches, "some batches should be short"
-    assert set(calls) == {(37, *SHAPE)} and list(fast.compile_seconds) == [(37, *SHAPE)]
+    assert set(calls) == {(37, *SHAPE)}
+    assert list(fast.compile_seconds) == [(37, *SHAPE)]

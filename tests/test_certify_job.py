@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import read_rows, without_time
 
 import dsmooth
 from dsmooth import CertifyJob
@@ -26,9 +27,8 @@ FLAGS = ["--n0", "10", "--n", "40", "--alpha", "0.01", "--batch", "20", "--max",
 
 def rows(path: Path) -> list[list[str]]:
     """The log's rows without the time column."""
-    header, *body = [line.split("\t") for line in path.read_text().splitlines()]
-    t = header.index("time")
-    return [r[:t] + r[t + 1 :] for r in [header, *body]]
+    header, body = read_rows(path)
+    return without_time(header, [header, *body])
 
 
 def test_a_job_is_frozen_picklable_and_keyword_only():
@@ -52,7 +52,8 @@ def test_options_give_the_flags_job():
     predict = CertifyJob.from_options(
         {"classifier": CLASSIFIER, "data": DATA, "sigma": 0.5, "out": "x.tsv"}, predict=True
     )
-    assert predict.method is None and predict.command == "predict"
+    assert predict.method is None
+    assert predict.command == "predict"
 
 
 def test_the_job_from_python_writes_the_rows_certify_writes(tmp_path):
@@ -66,8 +67,8 @@ def test_the_job_from_python_writes_the_rows_certify_writes(tmp_path):
     before = dataclasses.replace(job)
     built = job.build()
     assert job == before  # nothing mutated
-    assert built.batch == 20 and built.columns[:6] == ("idx", "label", "predict", "radius",
-                                                       "correct", "time")  # fmt: skip
+    assert built.batch == 20
+    assert built.columns[:6] == ("idx", "label", "predict", "radius", "correct", "time")
     assert dsmooth.certify_dataset(job, progress=False) == 3
     assert rows(job_log) == rows(cli_log)
     assert dsmooth.certify_dataset(job, progress=False) == 0  # resumed: nothing left

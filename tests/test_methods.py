@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from test_cli_certify import certify_args, read_rows
+from helpers import certify_args, read_rows
 
 from dsmooth.certify import stats
 from dsmooth.certify.methods import (
@@ -88,8 +88,9 @@ def without(header, rows, *names):
     return [[r[k] for k in keep] for r in rows]
 
 
+@pytest.mark.usefixtures("votes_method")
 def test_a_registered_method_certifies_through_the_cli_with_its_column(
-    votes_method, tiny_data_file, tiny_classifier_file, tmp_path
+    tiny_data_file, tiny_classifier_file, tmp_path
 ):
     cp, votes = tmp_path / "cp.tsv", tmp_path / "votes.tsv"
     assert main(certify_args(tiny_data_file, tiny_classifier_file, cp)) == 0
@@ -102,12 +103,14 @@ def test_a_registered_method_certifies_through_the_cli_with_its_column(
     assert without(head, rows, "time", "votes") == without(head_cp, rows_cp, "time")
     assert all(0 <= int(r[-1]) <= 500 for r in rows)
     before = votes.read_text()
-    assert main(argv) == 0 and votes.read_text() == before  # resumed: nothing to do
+    assert main(argv) == 0
+    assert votes.read_text() == before  # resumed: nothing to do
     assert main(["analyze", str(votes)]) == 0
 
 
+@pytest.mark.usefixtures("votes_method")
 def test_a_registered_method_stops_after_selection_with_its_column(
-    votes_method, tiny_data_file, tiny_classifier_file, tmp_path
+    tiny_data_file, tiny_classifier_file, tmp_path
 ):
     out = tmp_path / "votes.tsv"
     extra = ("--method", "cp-votes", "--stop-if-misclassified")
@@ -115,11 +118,13 @@ def test_a_registered_method_stops_after_selection_with_its_column(
     head, rows = read_rows(out)
     assert head == [*CERTIFY_COLUMNS, "votes", "selection_only"]
     stopped = [r for r in rows if r[-1] == "1"]
-    assert stopped and all(r[-2] == "0" and r[3] == "0" for r in stopped)
+    assert stopped
+    assert all(r[-2] == "0" and r[3] == "0" for r in stopped)
 
 
+@pytest.mark.usefixtures("votes_method")
 def test_an_option_the_method_does_not_read_is_refused(
-    votes_method, tiny_data_file, tiny_classifier_file, tmp_path, capsys
+    tiny_data_file, tiny_classifier_file, tmp_path, capsys
 ):
     out = tmp_path / "votes.tsv"
     extra = ("--method", "cp-votes", "--radius", "0.5")
@@ -224,22 +229,22 @@ def test_a_method_reading_options_records_them_by_default():
 def test_registry_refuses_what_it_cannot_serve():
     with pytest.raises(UserError, match="method must be one of 'cp', 'sequential'"):
         make_method("bayes", n0=1, n=1, alpha=0.01)
+
+    @dataclass(frozen=True)
+    class Other(Abstain):
+        name: ClassVar[str] = "cp"
+
     with pytest.raises(ValueError, match="already registered"):
-
-        @dataclass(frozen=True)
-        class Other(Abstain):
-            name: ClassVar[str] = "cp"
-
         register_method(Other)
     with pytest.raises(TypeError):
         register_method(dict)
+
+    @dataclass(frozen=True)
+    class Columns(Abstain):
+        name: ClassVar[str] = "columns-without-selection"
+        columns: ClassVar[tuple[str, ...]] = ("votes",)
+
     with pytest.raises(ValueError, match="does not override selection_only"):
-
-        @dataclass(frozen=True)
-        class Columns(Abstain):
-            name: ClassVar[str] = "columns-without-selection"
-            columns: ClassVar[tuple[str, ...]] = ("votes",)
-
         register_method(Columns)
     with pytest.raises(UserError, match="n0 must be at least 1"):
         CohenCP(0, 10, 0.01)
@@ -252,13 +257,14 @@ def test_sequential_test_fed_look_by_look_is_run_sequential():
     plan = SequentialPlan(0.25, 0.001, 20_000, (0.1, 0.5))
     p = np.random.default_rng(0).uniform(0.3, 1.0, 200)
     a, b = np.random.default_rng(1), np.random.default_rng(1)
-    ran = run_sequential(plan, lambda r, m, active: a.binomial(m, p[active]), p.size)
+    ran = run_sequential(plan, lambda _round, m, active: a.binomial(m, p[active]), p.size)
     test, looks = SequentialTest(plan, p.size), 0
     while not test.done:
         test.look(b.binomial(test.need, p[test.active]))
         looks += 1
     fed = test.outcome()
-    assert 1 < looks <= len(plan.schedule) and test.need == 0
+    assert 1 < looks <= len(plan.schedule)
+    assert test.need == 0
     for name in ("p_lower", "n_used", "reason"):
         assert np.array_equal(getattr(ran, name), getattr(fed, name)), name
     with pytest.raises(RuntimeError):

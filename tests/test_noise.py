@@ -22,7 +22,8 @@ def test_tails_reach_beyond_the_old_generators_ceiling():
 
 def test_draws_are_gaussian_with_the_right_sigma():
     draws = NoiseStream((1000,), 0.25, seed=3, index=7, stage=1).take(300).double().flatten()
-    assert draws.dtype == torch.float64 and len(draws) == 300_000
+    assert draws.dtype == torch.float64
+    assert len(draws) == 300_000
     assert stats.kstest(draws.numpy() / 0.25, "norm").pvalue > 0.01
     assert float(draws.std()) == pytest.approx(0.25, rel=0.01)
     assert abs(float(draws.mean())) < 0.002

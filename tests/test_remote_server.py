@@ -17,14 +17,14 @@ import torch
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from byoc_models import NUM_CLASSES, build  # noqa: E402
-from service_helpers import dsmooth_server, wait_ready  # noqa: E402
+from byoc_models import NUM_CLASSES, build
+from service_helpers import dsmooth_server, wait_ready
 
-from dsmooth.certify.smooth import Smooth  # noqa: E402
-from dsmooth.cli import main  # noqa: E402
-from dsmooth.data.images import ImageSet  # noqa: E402
-from dsmooth.runs.local import certify_dataset, predict_dataset  # noqa: E402
-from dsmooth.sources import load_model  # noqa: E402
+from dsmooth.certify.smooth import Smooth
+from dsmooth.cli import main
+from dsmooth.data.images import ImageSet
+from dsmooth.runs.local import certify_dataset, predict_dataset
+from dsmooth.sources import load_model
 
 ASSET = Path(__file__).resolve().parents[1] / "src/dsmooth/assets/cifar10_test_every20.npz"
 SIGMA, N0, N, BATCH = 0.25, 8, 48, 24
@@ -62,7 +62,8 @@ def test_metadata_announces_nchw_input(server):
     meta = httpx.get(f"{server}/v2/models/small", timeout=5).json()
     assert meta["inputs"][0]["shape"] == [-1, 3, 32, 32]
     remote = load_model(f"{server}/v2/models/small")
-    assert remote.contract.layout == "NCHW" and remote.input_name == "input"
+    assert remote.contract.layout == "NCHW"
+    assert remote.input_name == "input"
 
 
 @pytest.mark.parametrize("path", ["/v2/models/small", "/v1/models/small"])
@@ -84,7 +85,7 @@ def test_certify_over_http_equals_local(server, data, tmp_path, path):
     )
 
 
-def test_cli_certify_and_predict_against_server(server, data, tmp_path, capsys):
+def test_cli_certify_and_predict_against_server(server, data, tmp_path):
     npz = tmp_path / "d.npz"
     np.savez(npz, images=data.images, labels=data.labels)
     url = f"{server}/v2/models/small"
@@ -101,7 +102,8 @@ def test_cli_certify_and_predict_against_server(server, data, tmp_path, capsys):
     assert main(pargs) == 0
     predict_dataset(local, data, tmp_path / "lp.tsv", N, 0.01, BATCH, progress=False)
     got = rows(tmp_path / "p.tsv")
-    assert got[0][-1] == "queries" and [int(r[-1]) for r in got[1:]] == [N] * 3
+    assert got[0][-1] == "queries"
+    assert [int(r[-1]) for r in got[1:]] == [N] * 3
     assert [r[:4] for r in got[1:]] == [r[:4] for r in rows(tmp_path / "lp.tsv")[1:]]
 
 
@@ -116,9 +118,11 @@ def test_query_budget_stops_cleanly_and_rerun_resumes(server, data, tmp_path, ca
     assert main([*args, "--max-queries", str(2 * per_image + 10)]) == 2
     err = capsys.readouterr().err
     lines = [x for x in err.splitlines() if not x.startswith("dsmooth: engine:")]
-    assert "query budget" in err and len(lines) == 1, err
+    assert "query budget" in err, err
+    assert len(lines) == 1, err
     first = out.read_text()
-    assert first.endswith("\n") and len(first.splitlines()) == 3  # header + 2 complete rows
+    assert first.endswith("\n")
+    assert len(first.splitlines()) == 3  # header + 2 complete rows
     # resumes with the one image left (+1: the probe image that finds the number of classes)
     assert main([*args, "--max-queries", str(per_image + 1)]) == 0
     final = rows(out)
@@ -134,7 +138,8 @@ def test_server_rejects_bad_requests_with_4xx(server):
     body = {"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32"}]}
     body["inputs"][0]["data"] = [0.5] * (3 * 8 * 8)
     r = httpx.post(f"{server}/v2/models/small/infer", json=body, timeout=5)
-    assert r.status_code == 400 and "shape" in r.json()["error"]
+    assert r.status_code == 400
+    assert "shape" in r.json()["error"]
     assert httpx.post(f"{server}/v2/models/other/infer", json=body, timeout=5).status_code == 404
     ok = {"instances": np.full((2, 3, 32, 32), 0.5).tolist()}
     r = httpx.post(f"{server}/v1/models/small:predict", json=ok, timeout=5)
@@ -160,11 +165,13 @@ def test_ray_workers_count_queries_like_a_single_process(server, data, tmp_path)
     options = {"classifier": url, "data": str(npz), "sigma": SIGMA, "n0": N0, "n": N}
     options.update(batch=BATCH, seed=3, alpha=0.01, request_size=32)
     summary = certify_on_ray(options, tmp_path / "ray.tsv", workers=2, sort=True, progress=False)
-    assert summary.images == len(data) and summary.failures == 0
+    assert summary.images == len(data)
+    assert summary.failures == 0
     remote = Smooth(load_model(url, request_size=32), NUM_CLASSES, SIGMA, seed=3, noise="lattice")
     certify_dataset(remote, data, tmp_path / "one.tsv", N0, N, 0.01, BATCH, progress=False)
     ray_rows, one_rows = rows(tmp_path / "ray.tsv"), rows(tmp_path / "one.tsv")
-    assert ray_rows[0] == one_rows[0] and ray_rows[0][-1] == "queries"
+    assert ray_rows[0] == one_rows[0]
+    assert ray_rows[0][-1] == "queries"
     t = ray_rows[0].index("time")
     assert [r[:t] + r[t + 1 :] for r in ray_rows[1:]] == [r[:t] + r[t + 1 :] for r in one_rows[1:]]
     assert [int(r[-1]) for r in ray_rows[1:]] == [N0 + N] * len(data)

@@ -36,7 +36,7 @@ def wrong_rate(plan: SequentialPlan, seed: int) -> tuple[float, float]:
     p_top = rng.uniform(0.5, 1.0, COUNT)
     k0 = rng.binomial(N0, p_top)
     p_selected = np.where(k0 >= N0 - k0, p_top, 1 - p_top)  # argmax; ties go to the top
-    out = run_sequential(plan, lambda r, m, active: rng.binomial(m, p_selected[active]), COUNT)
+    out = run_sequential(plan, lambda _round, m, active: rng.binomial(m, p_selected[active]), COUNT)
     certified = out.p_lower >= 0.5
     true_radius = np.where(p_selected > 0.5, SIGMA * norm.ppf(p_selected), -np.inf)
     wrong = certified & (radius_of(out.p_lower, SIGMA) > true_radius)

@@ -22,7 +22,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("k,n", CASES)
+@pytest.mark.parametrize(("k", "n"), CASES)
 @pytest.mark.parametrize("alpha", [0.001, 0.01, 0.1])
 def test_lower_bound_equals_statsmodels(k, n, alpha):
     # Cohen et al.: proportion_confint(NA, N, alpha=2 * alpha, method="beta")[0]
@@ -30,13 +30,13 @@ def test_lower_bound_equals_statsmodels(k, n, alpha):
     assert stats.lower_confidence_bound(k, n, alpha) == pytest.approx(reference, abs=1e-12)
 
 
-@pytest.mark.parametrize("k,n", CASES)
+@pytest.mark.parametrize(("k", "n"), CASES)
 def test_upper_bound_equals_statsmodels(k, n):
     reference = proportion_confint(k, n, alpha=0.02, method="beta")[1]
     assert stats.upper_confidence_bound(k, n, 0.01) == pytest.approx(reference, abs=1e-12)
 
 
-@pytest.mark.parametrize("k,n", [(0, 1), (5, 10), (60, 100), (70, 100), (520, 1000), (1, 2)])
+@pytest.mark.parametrize(("k", "n"), [(0, 1), (5, 10), (60, 100), (70, 100), (520, 1000), (1, 2)])
 def test_binomial_pvalue_equals_scipy(k, n):
     assert stats.binomial_pvalue(k, n) == pytest.approx(binomtest(k, n, 0.5).pvalue, abs=1e-12)
 

@@ -65,12 +65,13 @@ def test_grid_shows_clean_noisy_denoised_with_the_classifier_labels(
     cols = 1 + 2 * len(sigmas)
     assert len(fig.axes) == len(indices) * cols
     titles = [fig.axes[c].get_title() for c in range(cols)]
+    sigma = "\N{GREEK SMALL LETTER SIGMA}"  # the titles' own letter (ruff RUF001 reads it as o)
     assert titles == [
         "clean",
-        "x + d, σ=0.25",
-        "D(x + d), σ=0.25",
-        "x + d, σ=0.5",
-        "D(x + d), σ=0.5",
+        f"x + d, {sigma}=0.25",
+        f"D(x + d), {sigma}=0.25",
+        f"x + d, {sigma}=0.5",
+        f"D(x + d), {sigma}=0.5",
     ]
 
     for r, i in enumerate(indices):
@@ -119,7 +120,7 @@ def test_class_name_option():
 def test_bad_requests_are_user_errors(tiny_classifier_file, tiny_data_file):
     classifier = load_model(str(tiny_classifier_file), role="classifier")
     data = load_images(tiny_data_file)
-    with pytest.raises(UserError, match="outside 0..11"):
+    with pytest.raises(UserError, match=r"outside 0\.\.11"):
         denoising_grid(classifier, data, [12], [0.25])
     with pytest.raises(UserError, match="positive"):
         denoising_grid(classifier, data, [0], [0.0])
@@ -132,11 +133,11 @@ def test_bad_requests_are_user_errors(tiny_classifier_file, tiny_data_file):
 def test_cli_writes_the_png(tmp_path, tiny_classifier_file, tiny_data_file, denoiser_file, capsys):
     out = tmp_path / "grid.png"
     base = ["visualize", "--classifier", str(tiny_classifier_file), "--data", str(tiny_data_file)]
-    argv = base + ["--denoiser", str(denoiser_file), "--indices", "0", "1", "--sigmas", "0.25"]
-    assert main(argv + ["--out", str(out)]) == 0
+    argv = [*base, "--denoiser", str(denoiser_file), "--indices", "0", "1", "--sigmas", "0.25"]
+    assert main([*argv, "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
-    assert main(argv + ["--out", str(tmp_path / "grid.bmp")]) == 2
+    assert main([*argv, "--out", str(tmp_path / "grid.bmp")]) == 2
     assert "extension" in capsys.readouterr().err
-    assert main(base + ["--indices", "99", "--out", str(out)]) == 2
+    assert main([*base, "--indices", "99", "--out", str(out)]) == 2
     assert "outside" in capsys.readouterr().err
