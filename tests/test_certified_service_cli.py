@@ -14,11 +14,11 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 
-from service_helpers import dsmooth_server
+from service_helpers import dsmooth_server  # noqa: E402
 
-from dsmooth import Smooth
-from dsmooth.cli import main
-from dsmooth.deploy.client import CertifiedClient
+from dsmooth import Smooth  # noqa: E402
+from dsmooth.cli import main  # noqa: E402
+from dsmooth.deploy.client import CertifiedClient  # noqa: E402
 
 
 def smoothed(model_file, *extra: str) -> list[str]:

@@ -15,17 +15,17 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from conftest import LinearClassifier
-from service_helpers import LiveServer
-from starlette.testclient import TestClient
+from conftest import LinearClassifier  # noqa: E402
+from service_helpers import LiveServer  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
 
-from dsmooth import Smooth
-from dsmooth.deploy.client import CertifiedClient, ServerBusy, ServiceError
-from dsmooth.deploy.service.app import Limits, build_service_app
-from dsmooth.deploy.service.policy import CertifySettings, Policy
-from dsmooth.deploy.service.scheduler import CertificationService
-from dsmooth.deploy.service.server import check_binding, is_loopback, read_token
-from dsmooth.errors import UserError
+from dsmooth import Smooth  # noqa: E402
+from dsmooth.deploy.client import CertifiedClient, ServerBusy, ServiceError  # noqa: E402
+from dsmooth.deploy.service.app import Limits, build_service_app  # noqa: E402
+from dsmooth.deploy.service.policy import CertifySettings, Policy  # noqa: E402
+from dsmooth.deploy.service.scheduler import CertificationService  # noqa: E402
+from dsmooth.deploy.service.server import check_binding, is_loopback, read_token  # noqa: E402
+from dsmooth.errors import UserError  # noqa: E402
 
 SHAPE = (3, 8, 8)
 TOKEN = "a-test-token-of-some-length"

@@ -17,10 +17,10 @@ pytest.importorskip("openvino")
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 
-from dsmooth import Smooth
-from dsmooth.pipeline.engine import EngineOptions, accelerate
-from dsmooth.pipeline.openvino_backend import OpenVINOEngine, module_fingerprint
-from dsmooth.sources import load_model
+from dsmooth import Smooth  # noqa: E402
+from dsmooth.pipeline.engine import EngineOptions, accelerate  # noqa: E402
+from dsmooth.pipeline.openvino_backend import OpenVINOEngine, module_fingerprint  # noqa: E402
+from dsmooth.sources import load_model  # noqa: E402
 
 SHAPE = (3, 16, 16)
 

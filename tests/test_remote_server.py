@@ -17,14 +17,14 @@ import torch
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from byoc_models import NUM_CLASSES, build
-from service_helpers import dsmooth_server, wait_ready
+from byoc_models import NUM_CLASSES, build  # noqa: E402
+from service_helpers import dsmooth_server, wait_ready  # noqa: E402
 
-from dsmooth.certify.smooth import Smooth
-from dsmooth.cli import main
-from dsmooth.data.images import ImageSet
-from dsmooth.runs.local import certify_dataset, predict_dataset
-from dsmooth.sources import load_model
+from dsmooth.certify.smooth import Smooth  # noqa: E402
+from dsmooth.cli import main  # noqa: E402
+from dsmooth.data.images import ImageSet  # noqa: E402
+from dsmooth.runs.local import certify_dataset, predict_dataset  # noqa: E402
+from dsmooth.sources import load_model  # noqa: E402
 
 ASSET = Path(__file__).resolve().parents[1] / "src/dsmooth/assets/cifar10_test_every20.npz"
 SIGMA, N0, N, BATCH = 0.25, 8, 48, 24

@@ -67,7 +67,7 @@ class _Fixed(Smooth):
         super().__init__(lambda x: x.new_zeros(len(x), dtype=int), 4, sigma)
         self.counts_by_stage = counts_by_stage
 
-    def sample_counts(self, x, num, batch_size, *, index, stage=1):
+    def sample_counts(self, x, num, batch_size, *, index, stage=1):  # noqa: ARG002
         counts = np.asarray(self.counts_by_stage[stage], dtype=np.int64)
         assert counts.sum() == num
         return counts
