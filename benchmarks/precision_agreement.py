@@ -91,7 +91,7 @@ class AllVariants:
         return out
 
 
-def certify_from_labels(labels, n0, n, alpha, sigma, num_classes) -> tuple[int, float]:
+def certify_from_labels(labels, n0, *, n, alpha, sigma, num_classes) -> tuple[int, float]:
     """CERTIFY's decision from the labels of its n0 selection then n estimation samples."""
     selection = np.bincount(labels[:n0], minlength=num_classes)
     estimation = np.bincount(labels[n0 : n0 + n], minlength=num_classes)
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     lowest = dict.fromkeys(variants, 1.0)
     rows: dict[str, list] = {k: [] for k in names}
     total = 0
-    decide = (args.n0, args.n, args.alpha, args.sigma, num_classes)
+    decide = dict(n0=args.n0, n=args.n, alpha=args.alpha, sigma=args.sigma, num_classes=num_classes)
     start = time.perf_counter()
     for i in tqdm(range(count), desc="images", file=sys.stderr):
         x, y = data.image(i), int(data.labels[i])
@@ -145,14 +145,14 @@ def main(argv=None) -> int:
         pred32, radius32 = smooth.certify(x, args.n0, args.n, args.alpha, args.batch, index=i)
         labels = both.take()
         # the same rule on the recorded fp32 labels must reproduce Smooth.certify
-        assert certify_from_labels(labels["fp32"], *decide) == (pred32, radius32)
+        assert certify_from_labels(labels["fp32"], **decide) == (pred32, radius32)
         rows["fp32"].append((y, pred32, radius32))
         total += len(labels["fp32"])
         for v in variants:
             same = int((labels["fp32"] == labels[v]).sum())
             agree[v] += same
             lowest[v] = min(lowest[v], same / len(labels["fp32"]))
-            rows[v].append((y, *certify_from_labels(labels[v], *decide)))
+            rows[v].append((y, *certify_from_labels(labels[v], **decide)))
     normalisation = f" (mean {args.mean}, std {args.std})" if args.mean else ""
     lines = [
         "other arithmetic vs torch fp32 inside the base classifier (the same float32 noisy "

@@ -73,7 +73,7 @@ def classifier_step(model, precision, channels_last):
     model = model.to(memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-    def step(batch, labels, k):
+    def step(batch, labels, _k):
         x = to_float_nchw(batch).contiguous(memory_format=fmt)
         with autocast(precision, CPU):
             logits = model(x)

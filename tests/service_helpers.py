@@ -94,7 +94,7 @@ class LiveServer:
 
         self.sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = make_server(app, self.sock, shutdown_timeout, on_shutdown)
+        self.server = make_server(app, shutdown_timeout, on_shutdown)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
         self.thread.start()
         end = time.monotonic() + 10

@@ -72,7 +72,7 @@ def offline(model, x, s: CertifySettings, index: int) -> tuple[int, float, int]:
 def drive(model, x, s: CertifySettings, index: int, rng) -> tuple[int, float, int]:
     """Run one state machine alone, feeding it chunks of random sizes."""
     cert = make_certification(CLASSES, s)
-    samples = ImageSamples(x, s.sigma, s.seed, index, s.noise, "cpu")
+    samples = ImageSamples(x, s.sigma, seed=s.seed, index=index, noise=s.noise, device="cpu")
     while not cert.done:
         m = int(min(cert.pending, rng.integers(1, 700)))
         batch = samples.take(cert.need.stage, cert.received, m)
@@ -89,8 +89,11 @@ def drive(model, x, s: CertifySettings, index: int, rng) -> tuple[int, float, in
 @pytest.mark.parametrize("noise", ["gaussian", "lattice"])
 def test_chunked_samples_equal_one_draw(noise):
     x = images(2)[1]
-    one = ImageSamples(x, SIGMA, 3, 7, noise, "cpu").take(STAGE_ESTIMATE, 0, 3 * BLOCK + 5)
-    parts, samples, offset = [], ImageSamples(x, SIGMA, 3, 7, noise, "cpu"), 0
+    one = ImageSamples(x, SIGMA, seed=3, index=7, noise=noise, device="cpu").take(
+        STAGE_ESTIMATE, 0, 3 * BLOCK + 5
+    )
+    parts, offset = [], 0
+    samples = ImageSamples(x, SIGMA, seed=3, index=7, noise=noise, device="cpu")
     for m in (1, 255, 2, 300, 10, 205):
         parts.append(samples.take(STAGE_ESTIMATE, offset, m))
         offset += m
@@ -101,7 +104,7 @@ def test_chunked_samples_equal_one_draw(noise):
 
 
 def test_samples_refuse_out_of_order_reads():
-    samples = ImageSamples(images(1)[0], SIGMA, 0, 0, "gaussian", "cpu")
+    samples = ImageSamples(images(1)[0], SIGMA, seed=0, index=0, noise="gaussian", device="cpu")
     samples.take(STAGE_ESTIMATE, 0, 5)
     with pytest.raises(RuntimeError):
         samples.take(STAGE_ESTIMATE, 3, 5)

@@ -57,7 +57,9 @@ def make_app(model, method="sequential", queue=64, token=None, limits=None, **kw
     service = CertificationService(model, 3, batch_size=64, queue=queue)
     policy = Policy(server_settings(method, **kw), n_cap=20_000)
     limits = limits or Limits(max_body_bytes=200_000, max_images=8, max_samples=100_000, timeout=10)
-    app = build_service_app(service, policy, "tiny", limits, token, SHAPE, grace=1.0)
+    app = build_service_app(
+        service, policy, name="tiny", limits=limits, token=token, input_shape=SHAPE, grace=1.0
+    )
     return app, service
 
 
@@ -628,7 +630,13 @@ def test_the_body_limit_follows_the_input_shape_and_image_limit(model):
     assert limits.body_bytes(SHAPE) == body_limit(SHAPE, 8)
     service = CertificationService(model, 3, batch_size=64, queue=64)
     app = build_service_app(
-        service, Policy(server_settings(), 20_000), "tiny", limits, None, SHAPE, 1.0
+        service,
+        Policy(server_settings(), 20_000),
+        name="tiny",
+        limits=limits,
+        token=None,
+        input_shape=SHAPE,
+        grace=1.0,
     )
     try:
         tiny = np.random.default_rng(0).random((8, *SHAPE)) * 1e-30  # long reprs: 1e-30 scale

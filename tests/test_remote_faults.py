@@ -257,7 +257,10 @@ def test_label_outputs_and_tf_serving_answers_are_decoded():
     with pytest.raises(UserError, match="cannot tell the protocol"):
         parse_url("http://h:1/predict")
     r = RemoteClassifier(
-        "http://127.0.0.1:9/v1/models/a", "tfserving", InputContract(), ClientOptions(retries=0)
+        "http://127.0.0.1:9/v1/models/a",
+        "tfserving",
+        contract=InputContract(),
+        client=ClientOptions(retries=0),
     )
     try:
         rows = {"predictions": [{"classes": 3, "probabilities": [0.1, 0.9]}] * 2}

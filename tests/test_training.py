@@ -54,20 +54,23 @@ def _window(image, oy, ox, flip):
 
 
 def test_schedules():
-    assert lr_at(0, 100, 0.1, "cosine") == pytest.approx(0.1)
-    assert lr_at(50, 100, 0.1, "cosine") == pytest.approx(0.05)
-    assert lr_at(100, 100, 0.1, "cosine") == pytest.approx(0.0, abs=1e-12)
-    steps = [lr_at(s, 90, 0.1, "step", milestones=(1 / 3, 2 / 3)) for s in (0, 29, 30, 59, 60)]
+    assert lr_at(0, 100, base_lr=0.1, schedule="cosine") == pytest.approx(0.1)
+    assert lr_at(50, 100, base_lr=0.1, schedule="cosine") == pytest.approx(0.05)
+    assert lr_at(100, 100, base_lr=0.1, schedule="cosine") == pytest.approx(0.0, abs=1e-12)
+    steps = [
+        lr_at(s, 90, base_lr=0.1, schedule="step", milestones=(1 / 3, 2 / 3))
+        for s in (0, 29, 30, 59, 60)
+    ]
     assert steps == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
-    one = [lr_at(s, 100, 0.1, "onecycle") for s in range(100)]
+    one = [lr_at(s, 100, base_lr=0.1, schedule="onecycle") for s in range(100)]
     assert one[0] == pytest.approx(0.004)
     assert max(one) == pytest.approx(0.1, rel=0.01)
     assert int(np.argmax(one)) == 30
     assert one[-1] < 0.001
-    assert lr_at(0, 100, 0.1, "constant", warmup_steps=10) == pytest.approx(0.01)
-    assert lr_at(9, 100, 0.1, "constant", warmup_steps=10) == pytest.approx(0.1)
+    assert lr_at(0, 100, base_lr=0.1, schedule="constant", warmup_steps=10) == pytest.approx(0.01)
+    assert lr_at(9, 100, base_lr=0.1, schedule="constant", warmup_steps=10) == pytest.approx(0.1)
     with pytest.raises(UserError):
-        lr_at(0, 10, 0.1, "linear")
+        lr_at(0, 10, base_lr=0.1, schedule="linear")
 
 
 def _recipe(tmp_path, name="run", **kw) -> ClassifierRecipe:

@@ -115,7 +115,10 @@ def test_each_objective_lowers_its_loss(tmp_path, classifier_dir, objective, ext
     noisy = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(1)) * 0.25
     f = _classifier(classifier_dir)
     objective_fn = DenoiserObjective(
-        objective, [f], extra.get("soft_targets", False), extra.get("mse_weight", 0.0)
+        objective,
+        [f],
+        soft_targets=extra.get("soft_targets", False),
+        mse_weight=extra.get("mse_weight", 0.0),
     )
 
     def score(denoiser):

@@ -61,7 +61,9 @@ def test_grid_shows_clean_noisy_denoised_with_the_classifier_labels(
     denoiser = load_model(str(denoiser_file), role="denoiser")
     data = load_images(tiny_data_file)
     indices, sigmas = [0, 5, 7], [0.25, 0.5]
-    fig = denoising_grid(classifier, data, indices, sigmas, denoiser=denoiser, seed=3)
+    fig = denoising_grid(
+        classifier, data, indices=indices, sigmas=sigmas, denoiser=denoiser, seed=3
+    )
     cols = 1 + 2 * len(sigmas)
     assert len(fig.axes) == len(indices) * cols
     titles = [fig.axes[c].get_title() for c in range(cols)]
@@ -102,7 +104,7 @@ def test_grid_without_denoiser_and_class_names(tiny_classifier_file, tiny_data_f
     classifier = load_model(str(tiny_classifier_file), role="classifier")
     data = load_images(tiny_data_file)
     names = ["ant", "bee", "cow"]
-    fig = denoising_grid(classifier, data, [2], [0.12, 0.25, 1.0], names=names)
+    fig = denoising_grid(classifier, data, indices=[2], sigmas=[0.12, 0.25, 1.0], names=names)
     assert len(fig.axes) == 4
     assert fig.axes[0].get_ylabel() == f"#2: {names[data.labels[2]]}"
     assert all(ax.xaxis.label.get_text().split(": ")[1] in names for ax in fig.axes)
@@ -121,13 +123,13 @@ def test_bad_requests_are_user_errors(tiny_classifier_file, tiny_data_file):
     classifier = load_model(str(tiny_classifier_file), role="classifier")
     data = load_images(tiny_data_file)
     with pytest.raises(UserError, match=r"outside 0\.\.11"):
-        denoising_grid(classifier, data, [12], [0.25])
+        denoising_grid(classifier, data, indices=[12], sigmas=[0.25])
     with pytest.raises(UserError, match="positive"):
-        denoising_grid(classifier, data, [0], [0.0])
+        denoising_grid(classifier, data, indices=[0], sigmas=[0.0])
     with pytest.raises(UserError, match="keep the image shape"):
-        denoising_grid(classifier, data, [0], [0.25], denoiser=Crop())
+        denoising_grid(classifier, data, indices=[0], sigmas=[0.25], denoiser=Crop())
     with pytest.raises(UserError, match="at least one"):
-        denoising_grid(classifier, data, [], [0.25])
+        denoising_grid(classifier, data, indices=[], sigmas=[0.25])
 
 
 def test_cli_writes_the_png(tmp_path, tiny_classifier_file, tiny_data_file, denoiser_file, capsys):

@@ -17,11 +17,11 @@ __all__ = [
     "SigmaMismatchWarning",
     "Smooth",
     "UserError",
+    "__version__",
     "certify_dataset",
     "compose",
     "list_pretrained",
     "load",
     "load_model",
     "pretrained",
-    "__version__",
 ]

@@ -21,6 +21,9 @@ MAX_IMAGES = 32
 
 MAX_SIGMAS = 8
 
+#: The Greek sigma of the column titles.
+_SIGMA = "\N{GREEK SMALL LETTER SIGMA}"
+
 
 def class_names(spec: str | None, data_classes: Sequence[str]) -> list[str] | None:
     if spec is None:
@@ -55,9 +58,30 @@ def _to_image_tensor(out, like):
     return t.to(like.device, torch.float32)
 
 
+def _check_request(data, indices: Sequence[int], sigmas: Sequence[float]) -> None:
+    if not indices:
+        raise UserError("give at least one image index.")
+    if len(indices) > MAX_IMAGES or len(sigmas) > MAX_SIGMAS:
+        raise UserError(f"show at most {MAX_IMAGES} images and {MAX_SIGMAS} sigmas at once.")
+    bad = [i for i in indices if not 0 <= i < len(data)]
+    if bad:
+        raise UserError(f"image index {bad[0]} is outside 0..{len(data) - 1}.")
+    for s in sigmas:
+        check_sigma(s)
+
+
+def _probe_classes(classifier: Callable, x, data) -> int:
+    """The classifier's score width on one image, or the data's class count (at least 2)
+    for a classifier that returns labels."""
+    out = _call(classifier, x[:1], "classifier")
+    shape = tuple(getattr(out, "shape", ()))
+    return int(shape[1]) if len(shape) == 2 else max(data.num_classes, 2)
+
+
 def denoising_grid(
     classifier: Callable,
     data,
+    *,
     indices: Sequence[int],
     sigmas: Sequence[float],
     denoiser: Callable | None = None,
@@ -65,7 +89,6 @@ def denoising_grid(
     num_classes: int | None = None,
     names: Sequence[str] | None = None,
     device: str = "cpu",
-    *,
     warn: Callable[[str], None] | None = None,
 ):
     """Figure: one row per image; columns clean, then per sigma x + d (and D(x + d)), the
@@ -78,22 +101,12 @@ def denoising_grid(
     from dsmooth.certify.noise import STAGE_SELECT, NoiseStream
     from dsmooth.pipeline.compose import denoiser_at_sigma
 
-    if not indices:
-        raise UserError("give at least one image index.")
-    if len(indices) > MAX_IMAGES or len(sigmas) > MAX_SIGMAS:
-        raise UserError(f"show at most {MAX_IMAGES} images and {MAX_SIGMAS} sigmas at once.")
-    bad = [i for i in indices if not 0 <= i < len(data)]
-    if bad:
-        raise UserError(f"image index {bad[0]} is outside 0..{len(data) - 1}.")
-    for s in sigmas:
-        check_sigma(s)
+    _check_request(data, indices, sigmas)
     device = torch.device(device)
     x = data.batch(indices).to(device)
     labels = [int(data.labels[i]) for i in indices]
     if num_classes is None:
-        out = _call(classifier, x[:1], "classifier")
-        shape = tuple(getattr(out, "shape", ()))
-        num_classes = int(shape[1]) if len(shape) == 2 else max(data.num_classes, 2)
+        num_classes = _probe_classes(classifier, x, data)
 
     def predict(batch) -> list[int]:
         return to_labels(_call(classifier, batch, "classifier"), num_classes, len(batch)).tolist()
@@ -113,13 +126,13 @@ def denoising_grid(
             ]
         )
         noisy = x + noise
-        columns.append(f"x + d, σ={sigma:g}")
+        columns.append(f"x + d, {_SIGMA}={sigma:g}")
         panels.append(hwc(noisy))
         preds.append(predict(noisy))
         if denoiser is not None:
             at_sigma = denoiser_at_sigma(denoiser, sigma, warn=warn)  # a diffusion model's t*
             denoised = _to_image_tensor(_call(at_sigma, noisy, "denoiser"), noisy)
-            columns.append(f"D(x + d), σ={sigma:g}")
+            columns.append(f"D(x + d), {_SIGMA}={sigma:g}")
             panels.append(hwc(denoised))
             preds.append(predict(denoised))
     rows = range(len(indices))
@@ -127,4 +140,4 @@ def denoising_grid(
     captions = [[f"pred: {name(p[r])}" for p in preds] for r in rows]
     colors = [["tab:green" if p[r] == labels[r] else "tab:red" for p in preds] for r in rows]
     row_titles = [f"#{i}: {name(y)}" for i, y in zip(indices, labels, strict=True)]
-    return image_grid(images, captions, columns, row_titles, colors)
+    return image_grid(images, captions, column_titles=columns, row_titles=row_titles, colors=colors)

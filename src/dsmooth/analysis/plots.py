@@ -67,9 +67,9 @@ def default_max_radius(series: Sequence[Series]) -> float:
 def plot_curves(
     series: Sequence[Series],
     path: str | os.PathLike | None = None,
+    *,
     max_radius: float | None = None,
     title: str | None = None,
-    *,
     radii: Sequence[float] | None = None,
     cap: float | None = None,
     cap_label: str | None = None,
@@ -138,6 +138,7 @@ def plot_curves(
 def image_grid(
     images: Sequence[Sequence[np.ndarray]],
     captions: Sequence[Sequence[str]],
+    *,
     column_titles: Sequence[str],
     row_titles: Sequence[str] = (),
     colors: Sequence[Sequence[str]] | None = None,

@@ -93,7 +93,7 @@ img { max-width: 100%; }
 
 
 def render_html(
-    title, setting_rows, report, decimals, curves: bytes, samples: bytes | None, runs=None
+    title, setting_rows, *, report, decimals, curves: bytes, samples: bytes | None, runs=None
 ):
     e = html.escape
     head, body, commands = runs or ([], [], [])
@@ -148,7 +148,7 @@ def md_table(head: list[str], body: list[list[str]], numbers: bool = True) -> st
     return "\n".join(lines + [row(r) for r in body])
 
 
-def render_markdown(title, setting_rows, report, decimals, curves_name, samples_name, runs=None):
+def render_markdown(title, setting_rows, *, report, decimals, curves_name, samples_name, runs=None):
     head, body, commands = runs or ([], [], [])
     parts = [f"# {title}", "", "## Settings", ""]
     parts += [md_table(["setting", "value"], [[k, v] for k, v in setting_rows], False), ""]

@@ -158,7 +158,7 @@ def cap_footnote(
     return f"{DAGGER} above the largest radius a row's settings can certify: {parts}."
 
 
-def mark_head(head: Sequence[str], radii: Sequence[float], marks: Sequence[bool], mark: str):
+def mark_head(head: Sequence[str], marks: Sequence[bool], mark: str):
     """The header of a certified-accuracy table (a name column, then one per radius) with
     `mark` after each marked radius."""
     out = list(head)
@@ -190,7 +190,7 @@ class CappedReport(Report):
     def main_table(self, decimals: int, latex: bool = False):
         head, body = super().main_table(decimals, latex)
         mark = r"$^\dagger$" if latex else f" {DAGGER}"
-        return mark_head(head, self.radii, self.marks, mark), body
+        return mark_head(head, self.marks, mark), body
 
     def markdown(self, decimals: int = 0) -> str:
         text = super().markdown(decimals)

@@ -523,7 +523,7 @@ class Report:
                 " & ".join(head) + r" \\",
                 r"\midrule",
             ]
-            lines += [" & ".join([esc(row[0])] + row[1:]) + r" \\" for row in body]
+            lines += [" & ".join([esc(row[0]), *row[1:]]) + r" \\" for row in body]
             lines += [r"\bottomrule", r"\end{tabular}"]
             return "\n".join(lines)
 
@@ -621,6 +621,25 @@ def analyze(
     radii = [float(r) for r in radii]
     if not radii:
         raise UserError("give at least one radius.")
+    read = _read_entries(_entries(logs, groups), record)
+    if any(log.kind == "predict" for _, log in read) and any(r > 0 for r in radii):
+        record("predict logs have no certified radii; their cells at radius > 0 are left empty.")
+    ungrouped = [log for g, log in read if g is None]
+    members: dict[str, list[Log]] = {name: [] for name, _ in groups}
+    for g, log in read:
+        if g is not None:
+            members[g].append(log)
+    series = _series(ungrouped, members, envelope)
+    for g, logs in members.items():  # say so rather than drop a group silently
+        if not logs:
+            record(f"the group {g!r} has only empty logs; it has no row.")
+    return Report(series, radii, collected)
+
+
+def _entries(
+    logs: Sequence[str | os.PathLike], groups: Sequence[tuple[str, Sequence[str | os.PathLike]]]
+) -> list[tuple[str | None, Path]]:
+    """(group or None, path) for every log given."""
     entries: list[tuple[str | None, Path]] = [(None, Path(p)) for p in logs]
     for name, paths in groups:
         if not paths:
@@ -628,6 +647,13 @@ def analyze(
         entries += [(name, Path(p)) for p in paths]
     if not entries:
         raise UserError("give at least one log (or --label NAME=GLOB).")
+    return entries
+
+
+def _read_entries(
+    entries: list[tuple[str | None, Path]], record: Warn
+) -> list[tuple[str | None, Log]]:
+    """(group, log) for every entry whose log is not empty; a file given twice is read once."""
     names = short_names([p for _, p in entries])
     cache: dict[Path, Log] = {}
     read: list[tuple[str | None, Log]] = []
@@ -639,15 +665,12 @@ def analyze(
     kept = {id(log) for log in check_logs(list(cache.values()), warn=record)}
     if not kept:
         raise UserError("every log is empty; nothing to analyze.")
-    read = [(g, log) for g, log in read if id(log) in kept]
-    if any(log.kind == "predict" for _, log in read) and any(r > 0 for r in radii):
-        record("predict logs have no certified radii; their cells at radius > 0 are left empty.")
+    return [(g, log) for g, log in read if id(log) in kept]
 
-    ungrouped = [log for g, log in read if g is None]
-    members: dict[str, list[Log]] = {name: [] for name, _ in groups}
-    for g, log in read:
-        if g is not None:
-            members[g].append(log)
+
+def _series(ungrouped: list[Log], members: dict[str, list[Log]], envelope: bool) -> list[Series]:
+    """The table's rows: each log, or with `envelope` each group's (and the ungrouped
+    logs') best certified accuracy."""
     series: list[Series] = []
     if envelope:
         if ungrouped:
@@ -657,7 +680,4 @@ def analyze(
         series += [Series(log.name, [log]) for log in ungrouped]
         for g, logs in members.items():
             series += [Series(g if len(logs) == 1 else f"{g}: {x.name}", [x]) for x in logs]
-    for g, logs in members.items():  # say so rather than drop a group silently
-        if not logs:
-            record(f"the group {g!r} has only empty logs; it has no row.")
-    return Report(series, radii, collected)
+    return series

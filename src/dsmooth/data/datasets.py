@@ -28,6 +28,7 @@ import tempfile
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -96,13 +97,15 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Rebuilds only dicts/lists/bytes/str/numbers and numpy arrays; anything else (the
     callables a malicious pickle needs, like os.system) is refused."""
 
-    ALLOWED = {
-        ("_codecs", "encode"),  # bytes as written by Python 3 at protocol 2; inert
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
+    ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("_codecs", "encode"),  # bytes as written by Python 3 at protocol 2; inert
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
+    )
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -249,20 +252,31 @@ def load_dataset(
     if not isinstance(spec, (str, os.PathLike)):
         return load_npz_files(list(spec))
     text = str(spec)
-    if text.lower() == "cifar10" and not Path(text).exists():
-        return load_cifar_batches(cifar10_folder(), split)
-    if "," in text and not Path(text).exists():
-        return load_npz_files([p.strip() for p in text.split(",") if p.strip()])
     path = Path(text)
-    if not path.exists() and ".npz:" in text:
-        file, prefix = text.rsplit(":", 1)
-        return load_npz_files([file], prefix)
     if not path.exists():
-        raise UserError(f"data not found: {path}.")
+        return _load_named(text, split)
     if path.is_file():
         if path.suffix != ".npz":
             raise UserError(f"{path}: expected a .npz file, a folder, or cifar10.")
         return load_npz_files([path])
+    return _load_folder(path, split, size)
+
+
+def _load_named(text: str, split: str) -> ImageSet:
+    """A spec that names no existing file or folder: cifar10, a comma-separated list of
+    .npz files, or FILE.npz:PREFIX."""
+    if text.lower() == "cifar10":
+        return load_cifar_batches(cifar10_folder(), split)
+    if "," in text:
+        return load_npz_files([p.strip() for p in text.split(",") if p.strip()])
+    if ".npz:" in text:
+        file, prefix = text.rsplit(":", 1)
+        return load_npz_files([file], prefix)
+    raise UserError(f"data not found: {Path(text)}.")
+
+
+def _load_folder(path: Path, split: str, size: int | None) -> ImageSet:
+    """CIFAR-10 batches, the split's .npz files, or class subfolders of images."""
     if is_cifar_batches(path):
         return load_cifar_batches(path, split)
     if is_cifar_batches(path / "cifar-10-batches-py"):
@@ -293,6 +307,7 @@ class BatchLoader:
         self,
         data: ImageSet,
         batch_size: int,
+        *,
         shuffle: bool = True,
         augment: bool = False,
         drop_last: bool = False,

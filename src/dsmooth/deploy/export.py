@@ -132,7 +132,6 @@ def to_keras(model: nn.Module, shape: tuple[int, int, int]):
     Identity/Dropout, and sums/differences of tensors. Anything else is a UserError
     naming the operation.
     """
-    from dsmooth.models.normalize import Normalize
     from dsmooth.sources.keras import import_keras
 
     keras = import_keras()
@@ -150,60 +149,71 @@ def to_keras(model: nn.Module, shape: tuple[int, int, int]):
     def arg(a):
         return env[a.name] if isinstance(a, fx.Node) else a
 
-    def unsupported(what: str):
-        return UserError(f"Keras export does not support {what}; use ONNX or TorchScript.")
-
     for node in graph.nodes:
         if node.op == "placeholder":
             if inputs is not None:
-                raise unsupported("models with several inputs")
+                raise _unsupported("models with several inputs")
             inputs = keras.Input(shape=(None, None, shape[0]), name="image")
             env[node.name] = inputs
         elif node.op == "call_module":
-            m = modules[node.target]
-            x = arg(node.args[0])
-            if isinstance(m, nn.Conv2d):
-                env[node.name] = _conv(layers, m, x)
-            elif isinstance(m, nn.BatchNorm2d):
-                bn = layers.BatchNormalization(
-                    axis=-1, epsilon=m.eps, center=m.affine, scale=m.affine
-                )
-                y = bn(x)
-                weights = []
-                if m.affine:
-                    weights += [m.weight.detach().numpy(), m.bias.detach().numpy()]
-                weights += [m.running_mean.numpy(), m.running_var.numpy()]
-                bn.set_weights(weights)
-                env[node.name] = y
-            elif isinstance(m, nn.ReLU):
-                env[node.name] = layers.ReLU()(x)
-            elif isinstance(m, (nn.Identity, nn.Dropout)):
-                env[node.name] = x
-            elif isinstance(m, Normalize):
-                mean = m.mean.flatten().numpy()
-                std = m.std.flatten().numpy()
-                env[node.name] = layers.Normalization(axis=-1, mean=mean, variance=std**2)(x)
-            elif isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
-                env[node.name] = layers.GlobalAveragePooling2D(keepdims=True)(x)
-            elif isinstance(m, nn.Flatten):
-                env[node.name] = layers.Flatten()(layers.Permute((3, 1, 2))(x))
-            elif isinstance(m, nn.Linear):
-                dense = layers.Dense(m.out_features, use_bias=m.bias is not None)
-                y = dense(x)
-                w = [m.weight.detach().numpy().T]
-                if m.bias is not None:
-                    w.append(m.bias.detach().numpy())
-                dense.set_weights(w)
-                env[node.name] = y
-            else:
-                raise unsupported(f"layer {type(m).__name__}")
+            env[node.name] = _module(layers, modules[node.target], arg(node.args[0]))
         elif node.op == "call_function" or node.op == "call_method":
-            env[node.name] = _function(layers, node, arg, unsupported)
+            env[node.name] = _function(layers, node, arg)
         elif node.op == "output":
             output = arg(node.args[0])
         else:
-            raise unsupported(f"graph operation {node.op} {node.target}")
+            raise _unsupported(f"graph operation {node.op} {node.target}")
     return keras.Model(inputs, output, name="dsmooth_export")
+
+
+def _unsupported(what: str) -> UserError:
+    return UserError(f"Keras export does not support {what}; use ONNX or TorchScript.")
+
+
+def _module(layers, m: nn.Module, x):
+    """The Keras layers computing torch module `m` on `x`."""
+    from dsmooth.models.normalize import Normalize
+
+    if isinstance(m, nn.Conv2d):
+        return _conv(layers, m, x)
+    if isinstance(m, nn.BatchNorm2d):
+        return _batch_norm(layers, m, x)
+    if isinstance(m, nn.ReLU):
+        return layers.ReLU()(x)
+    if isinstance(m, (nn.Identity, nn.Dropout)):
+        return x
+    if isinstance(m, Normalize):
+        mean = m.mean.flatten().numpy()
+        std = m.std.flatten().numpy()
+        return layers.Normalization(axis=-1, mean=mean, variance=std**2)(x)
+    if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+        return layers.GlobalAveragePooling2D(keepdims=True)(x)
+    if isinstance(m, nn.Flatten):
+        return layers.Flatten()(layers.Permute((3, 1, 2))(x))
+    if isinstance(m, nn.Linear):
+        return _dense(layers, m, x)
+    raise _unsupported(f"layer {type(m).__name__}")
+
+
+def _batch_norm(layers, m: nn.BatchNorm2d, x):
+    bn = layers.BatchNormalization(axis=-1, epsilon=m.eps, center=m.affine, scale=m.affine)
+    y = bn(x)
+    weights = []
+    if m.affine:
+        weights += [m.weight.detach().numpy(), m.bias.detach().numpy()]
+    weights += [m.running_mean.numpy(), m.running_var.numpy()]
+    bn.set_weights(weights)
+    return y
+
+
+def _dense(layers, m: nn.Linear, x):
+    dense = layers.Dense(m.out_features, use_bias=m.bias is not None)
+    y = dense(x)
+    w = [m.weight.detach().numpy().T]
+    if m.bias is not None:
+        w.append(m.bias.detach().numpy())
+    dense.set_weights(w)
+    return y
 
 
 def _conv(layers, m: nn.Conv2d, x):
@@ -231,7 +241,7 @@ def _conv(layers, m: nn.Conv2d, x):
     return y
 
 
-def _function(layers, node: fx.Node, arg, unsupported):
+def _function(layers, node: fx.Node, arg):
     target = node.target
     args = [arg(a) for a in node.args]
     if target in (F.relu, torch.relu, "relu"):
@@ -245,7 +255,7 @@ def _function(layers, node: fx.Node, arg, unsupported):
         return layers.Flatten()(layers.Permute((3, 1, 2))(args[0]))
     if target is F.adaptive_avg_pool2d and args[1] in (1, (1, 1)):
         return layers.GlobalAveragePooling2D(keepdims=True)(args[0])
-    raise unsupported(f"the operation {getattr(target, '__name__', target)}")
+    raise _unsupported(f"the operation {getattr(target, '__name__', target)}")
 
 
 def export_keras(model: nn.Module, path: Path, shape: tuple[int, int, int]) -> None:
@@ -344,7 +354,7 @@ def export(
     expected = reference(model, inputs)
     try:
         _EXPORT[fmt](model, tmp, shape)
-        report = {"format": fmt, "tolerance": TOLERANCE, "images": int(len(inputs))}
+        report = {"format": fmt, "tolerance": TOLERANCE, "images": len(inputs)}
         report["max_error"] = max_error(expected, _RUN[fmt](tmp, inputs))
         if fmt == "keras" and (
             check_tensorflow or (check_tensorflow is None and tensorflow_available())

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from dsmooth._version import __version__
 from dsmooth.errors import UserError
 
 INPUT_NAME = "input"
@@ -59,50 +60,65 @@ class Predictor:
 def build_app(predictor: Predictor, name: str):
     """The Starlette application serving `predictor` as model `name`."""
     from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from dsmooth._version import __version__
+    handlers = _Handlers(predictor, name)
+    routes = [
+        Route("/v2", handlers.server_meta),
+        Route("/v2/health/live", handlers.live),
+        Route("/v2/health/ready", handlers.ready),
+        Route("/v2/models/{model}", handlers.model_meta),
+        Route("/v2/models/{model}/ready", handlers.model_ready),
+        Route("/v2/models/{model}/infer", handlers.infer, methods=["POST"]),
+        Route("/v1/models/{model}", handlers.tfs_status),
+        Route("/v1/models/{model}/metadata", handlers.tfs_metadata),
+        Route("/v1/models/{target}", handlers.tfs_predict, methods=["POST"]),
+    ]
+    return Starlette(routes=routes)
 
-    shape = [-1, *(predictor.input_shape or (-1, -1, -1))]
 
-    def error(status: int, message: str, key: str = "error") -> JSONResponse:
-        return JSONResponse({key: message}, status_code=status)
+class _Handlers:
+    """The routes of one model server (`build_app`)."""
 
-    def unknown(request) -> JSONResponse | None:
-        if request.path_params["model"] != name:
-            return error(404, f"unknown model {request.path_params['model']!r}")
+    def __init__(self, predictor: Predictor, name: str):
+        self.predictor = predictor
+        self.name = name
+        self.shape = [-1, *(predictor.input_shape or (-1, -1, -1))]
+
+    def unknown(self, request):
+        if request.path_params["model"] != self.name:
+            return _error(404, f"unknown model {request.path_params['model']!r}")
         return None
 
-    def live(request):
-        return JSONResponse({"live": True})
+    def live(self, _request):
+        return _json({"live": True})
 
-    def ready(request):
-        return JSONResponse({"ready": True})
+    def ready(self, _request):
+        return _json({"ready": True})
 
-    def server_meta(request):
-        return JSONResponse({"name": "dsmooth", "version": __version__, "extensions": []})
+    def server_meta(self, _request):
+        return _json({"name": "dsmooth", "version": __version__, "extensions": []})
 
-    def model_meta(request):
-        if (r := unknown(request)) is not None:
+    def model_meta(self, request):
+        if (r := self.unknown(request)) is not None:
             return r
-        return JSONResponse(
+        return _json(
             {
-                "name": name,
+                "name": self.name,
                 "versions": ["1"],
                 "platform": "pytorch_dsmooth",
-                "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": shape}],
+                "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": self.shape}],
                 "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, -1]}],
             }
         )
 
-    def model_ready(request):
-        if (r := unknown(request)) is not None:
+    def model_ready(self, request):
+        if (r := self.unknown(request)) is not None:
             return r
-        return JSONResponse({"name": name, "ready": True})
+        return _json({"name": self.name, "ready": True})
 
-    async def infer(request):
-        if (r := unknown(request)) is not None:
+    async def infer(self, request):
+        if (r := self.unknown(request)) is not None:
             return r
         try:
             doc = await request.json()
@@ -113,14 +129,14 @@ def build_app(predictor: Predictor, name: str):
                 raise ValueError(f"{data.size} values for shape {dims}")
             array = data.reshape(dims)
         except Exception as e:
-            return error(400, f"bad request: {type(e).__name__}: {e}")
+            return _error(400, f"bad request: {type(e).__name__}: {e}")
         try:
-            out = await _in_thread(predictor, array)
+            out = await _in_thread(self.predictor, array)
         except ValueError as e:
-            return error(400, str(e))
-        return JSONResponse(
+            return _error(400, str(e))
+        return _json(
             {
-                "model_name": name,
+                "model_name": self.name,
                 "id": doc.get("id", ""),
                 "outputs": [
                     {
@@ -133,33 +149,33 @@ def build_app(predictor: Predictor, name: str):
             }
         )
 
-    def tfs_status(request):
-        if (r := unknown(request)) is not None:
+    def tfs_status(self, request):
+        if (r := self.unknown(request)) is not None:
             return r
-        return JSONResponse(
+        return _json(
             {"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {}}]}
         )
 
-    def tfs_metadata(request):
-        if (r := unknown(request)) is not None:
+    def tfs_metadata(self, request):
+        if (r := self.unknown(request)) is not None:
             return r
-        dims = [{"size": str(d)} for d in shape]
+        dims = [{"size": str(d)} for d in self.shape]
         sig = {
             "inputs": {INPUT_NAME: {"dtype": "DT_FLOAT", "tensor_shape": {"dim": dims}}},
             "outputs": {OUTPUT_NAME: {"dtype": "DT_FLOAT"}},
             "method_name": "tensorflow/serving/predict",
         }
-        return JSONResponse(
+        return _json(
             {
-                "model_spec": {"name": name, "version": "1"},
+                "model_spec": {"name": self.name, "version": "1"},
                 "metadata": {"signature_def": {"signature_def": {"serving_default": sig}}},
             }
         )
 
-    async def tfs_predict(request):
+    async def tfs_predict(self, request):
         model, _, verb = request.path_params["target"].partition(":")
-        if model != name or verb != "predict":
-            return error(404, f"unknown model or verb {request.path_params['target']!r}")
+        if model != self.name or verb != "predict":
+            return _error(404, f"unknown model or verb {request.path_params['target']!r}")
         try:
             doc = await request.json()
             rows = doc["instances"] if "instances" in doc else doc["inputs"]
@@ -167,25 +183,22 @@ def build_app(predictor: Predictor, name: str):
                 rows = [r[INPUT_NAME] for r in rows]
             array = np.asarray(rows, dtype=np.float32)
         except Exception as e:
-            return error(400, f"bad request: {type(e).__name__}: {e}")
+            return _error(400, f"bad request: {type(e).__name__}: {e}")
         try:
-            out = await _in_thread(predictor, array)
+            out = await _in_thread(self.predictor, array)
         except ValueError as e:
-            return error(400, str(e))
-        return JSONResponse({"predictions": out.tolist()})
+            return _error(400, str(e))
+        return _json({"predictions": out.tolist()})
 
-    routes = [
-        Route("/v2", server_meta),
-        Route("/v2/health/live", live),
-        Route("/v2/health/ready", ready),
-        Route("/v2/models/{model}", model_meta),
-        Route("/v2/models/{model}/ready", model_ready),
-        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
-        Route("/v1/models/{model}", tfs_status),
-        Route("/v1/models/{model}/metadata", tfs_metadata),
-        Route("/v1/models/{target}", tfs_predict, methods=["POST"]),
-    ]
-    return Starlette(routes=routes)
+
+def _json(content, status: int = 200):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(content, status_code=status)
+
+
+def _error(status: int, message: str):
+    return _json({"error": message}, status)
 
 
 async def _in_thread(fn, *args):
@@ -197,6 +210,7 @@ async def _in_thread(fn, *args):
 def serve(
     model: Callable,
     name: str,
+    *,
     host: str = "127.0.0.1",
     port: int = 8000,
     input_shape: tuple | None = None,

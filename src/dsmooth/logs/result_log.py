@@ -217,55 +217,11 @@ def read_rows(path: str | os.PathLike, columns: Sequence[str] | None = None) -> 
     it must hold the certify or the predict columns, in any order, with any extras.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} is not a file." if path.exists() else f"log not found: {path}.")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror or e}).") from None
-    end = data.rfind(b"\n") + 1
-    if end == 0:  # a header line and nothing else, without its newline
-        end = len(data)
-        torn_bytes = b""
-    else:
-        torn_bytes = data[end:]
-    try:
-        text = data[:end].decode("utf-8-sig")  # tolerate a BOM
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not a text (UTF-8) log.") from None
-    torn = torn_bytes.decode("utf-8", errors="replace")
+    text, torn, end = _read_text(path)
     lines = text.split("\n")
     header = tuple(c.strip() for c in lines[0].rstrip("\r").split("\t"))
-    if header == ("",):
-        raise UserError(f"{path} is empty; a log starts with a header line.")
-    if columns is not None and header != tuple(columns):
-        raise UserError(
-            f"{path} exists with columns {list(header)}, not {list(columns)}; choose another --out."
-        )
-    if len(set(header)) != len(header):
-        raise UserError(f"{path}: the header repeats a column name: {list(header)}.")
-    kind = "certify" if "radius" in header else "predict"
-    standard = CERTIFY_COLUMNS if kind == "certify" else PREDICT_COLUMNS
-    missing = [c for c in standard if c not in header]
-    if missing:
-        raise UserError(
-            f"{path} lacks column(s) {', '.join(missing)} (header: {' '.join(header)}); "
-            f"expected {' '.join(CERTIFY_COLUMNS)} or {' '.join(PREDICT_COLUMNS)}."
-        )
-    rows: list[list[str]] = []
-    numbers: list[int] = []
-    for n, line in enumerate(lines[1:], start=2):
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            raise UserError(
-                f"{path}, line {n} is not a complete row ({len(fields)} fields, the header "
-                f"has {len(header)}); fix or remove that line."
-            )
-        rows.append(fields)
-        numbers.append(n)
+    kind, standard = _check_header(path, header, columns)
+    rows, numbers = _split_rows(path, header, lines)
     table = LogRows(
         path=path,
         header=header,
@@ -285,6 +241,72 @@ def read_rows(path: str | os.PathLike, columns: Sequence[str] | None = None) -> 
             table.columns[name] = _extra_column(values)
     _check_values(table)
     return table
+
+
+def _read_text(path: Path) -> tuple[str, str, int]:
+    """(the text up to the end of the last complete line, the torn rest, the bytes of the
+    former); a lone header line without its newline counts as complete."""
+    if not path.is_file():
+        raise UserError(f"{path} is not a file." if path.exists() else f"log not found: {path}.")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e}).") from None
+    end = data.rfind(b"\n") + 1
+    if end == 0:  # a header line and nothing else, without its newline
+        end = len(data)
+        torn_bytes = b""
+    else:
+        torn_bytes = data[end:]
+    try:
+        text = data[:end].decode("utf-8-sig")  # tolerate a BOM
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text (UTF-8) log.") from None
+    return text, torn_bytes.decode("utf-8", errors="replace"), end
+
+
+def _check_header(
+    path: Path, header: tuple[str, ...], columns: Sequence[str] | None
+) -> tuple[str, tuple[str, ...]]:
+    """The log's kind and its standard columns, once the header is known to hold them."""
+    if header == ("",):
+        raise UserError(f"{path} is empty; a log starts with a header line.")
+    if columns is not None and header != tuple(columns):
+        raise UserError(
+            f"{path} exists with columns {list(header)}, not {list(columns)}; choose another --out."
+        )
+    if len(set(header)) != len(header):
+        raise UserError(f"{path}: the header repeats a column name: {list(header)}.")
+    kind = "certify" if "radius" in header else "predict"
+    standard = CERTIFY_COLUMNS if kind == "certify" else PREDICT_COLUMNS
+    missing = [c for c in standard if c not in header]
+    if missing:
+        raise UserError(
+            f"{path} lacks column(s) {', '.join(missing)} (header: {' '.join(header)}); "
+            f"expected {' '.join(CERTIFY_COLUMNS)} or {' '.join(PREDICT_COLUMNS)}."
+        )
+    return kind, standard
+
+
+def _split_rows(
+    path: Path, header: tuple[str, ...], lines: list[str]
+) -> tuple[list[list[str]], list[int]]:
+    """The fields of each non-blank line after the header, and its line number."""
+    rows: list[list[str]] = []
+    numbers: list[int] = []
+    for n, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise UserError(
+                f"{path}, line {n} is not a complete row ({len(fields)} fields, the header "
+                f"has {len(header)}); fix or remove that line."
+            )
+        rows.append(fields)
+        numbers.append(n)
+    return rows, numbers
 
 
 def _fast_column(name: str, values: list[str]) -> np.ndarray | None:
@@ -312,23 +334,34 @@ def _parse_column(name: str, values: list[str], where: Callable[[int], str]) -> 
     if fast is not None:
         return fast
     if name in INT_COLUMNS:
-        out = np.empty(len(values), dtype=np.int64)
-        for i, v in enumerate(values):
-            if not _INT_RE.fullmatch(v):
-                raise UserError(f"{where(i)}: {name} is {v!r}, not an integer.")
-            out[i] = int(v)
-        return out
+        return _parse_ints(name, values, where)
     if name == "time":
-        out = np.empty(len(values), dtype=np.float64)
-        for i, v in enumerate(values):
-            try:
-                out[i] = parse_seconds(v)
-            except ValueError:
-                raise UserError(
-                    f"{where(i)}: time is {v!r}, neither seconds nor H:MM:SS.ffffff."
-                ) from None
-        return out
-    # radius
+        return _parse_times(values, where)
+    return _parse_radii(name, values, where)
+
+
+def _parse_ints(name: str, values: list[str], where: Callable[[int], str]) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        if not _INT_RE.fullmatch(v):
+            raise UserError(f"{where(i)}: {name} is {v!r}, not an integer.")
+        out[i] = int(v)
+    return out
+
+
+def _parse_times(values: list[str], where: Callable[[int], str]) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        try:
+            out[i] = parse_seconds(v)
+        except ValueError:
+            raise UserError(
+                f"{where(i)}: time is {v!r}, neither seconds nor H:MM:SS.ffffff."
+            ) from None
+    return out
+
+
+def _parse_radii(name: str, values: list[str], where: Callable[[int], str]) -> np.ndarray:
     out = np.empty(len(values), dtype=np.float64)
     for i, v in enumerate(values):
         try:

@@ -132,12 +132,15 @@ def load_checkpoint(
         raise UserError(
             f"{p}: its config kwargs do not fit {config['architecture']} ({e})."
         ) from None
-    if p.is_dir() and WEIGHTS_SHA256 in config:
-        if file_sha256(p / WEIGHTS) != config[WEIGHTS_SHA256]:
-            raise UserError(
-                f"{p}: {WEIGHTS} is not the one {CONFIG} was written for (a save was cut "
-                "off between the two files); save the checkpoint again."
-            )
+    if (
+        p.is_dir()
+        and WEIGHTS_SHA256 in config
+        and file_sha256(p / WEIGHTS) != config[WEIGHTS_SHA256]
+    ):
+        raise UserError(
+            f"{p}: {WEIGHTS} is not the one {CONFIG} was written for (a save was cut "
+            "off between the two files); save the checkpoint again."
+        )
     try:
         state = load_file(str(p / WEIGHTS if p.is_dir() else p))
     except (OSError, SafetensorError) as e:

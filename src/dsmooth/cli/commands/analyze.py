@@ -126,8 +126,8 @@ def run(args) -> int:
         plot_curves(
             report.series,
             args.plot,
-            args.max_radius,
-            args.title,
+            max_radius=args.max_radius,
+            title=args.title,
             radii=report.radii,
             cap=cap,
             cap_label=cap_label,

@@ -148,21 +148,21 @@ def run(args) -> int:
         text = render_markdown(
             args.title,
             setting_rows,
-            report,
-            args.decimals,
-            curves_path.name,
-            samples_path.name if samples_path else None,
-            runs,
+            report=report,
+            decimals=args.decimals,
+            curves_name=curves_path.name,
+            samples_name=samples_path.name if samples_path else None,
+            runs=runs,
         )
     else:
         text = render_html(
             args.title,
             setting_rows,
-            report,
-            args.decimals,
-            png_bytes(curves),
-            None if samples is None else png_bytes(samples),
-            runs,
+            report=report,
+            decimals=args.decimals,
+            curves=png_bytes(curves),
+            samples=None if samples is None else png_bytes(samples),
+            runs=runs,
         )
     write_text(out, text)
     print(f"wrote {out}")

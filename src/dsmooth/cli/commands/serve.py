@@ -175,7 +175,15 @@ def run(args) -> int:
     )
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
     model = compose(classifier, common.prepare_denoiser(denoiser, args.sigma, args.strict))
-    serve(model, args.name, args.host, args.port, shape, args.max_batch, _announce)
+    serve(
+        model,
+        args.name,
+        host=args.host,
+        port=args.port,
+        input_shape=shape,
+        max_batch=args.max_batch,
+        announce=_announce,
+    )
     return 0
 
 
@@ -285,10 +293,21 @@ def run_smoothed(args) -> int:
     if isinstance(base, engine.EngineModule):
         base.warm_up(shape, (args.batch,))
     service = CertificationService(
-        base, num_classes, args.batch, args.queue, device=device, noise_secret=secret
+        base,
+        num_classes,
+        batch_size=args.batch,
+        queue=args.queue,
+        device=device,
+        noise_secret=secret,
     )
     app = build_service_app(
-        service, policy, args.name, limits, token, shape, grace=float(args.grace)
+        service,
+        policy,
+        name=args.name,
+        limits=limits,
+        token=token,
+        input_shape=shape,
+        grace=float(args.grace),
     )
     print(
         f"dsmooth: request bodies up to {limits.body_bytes(shape) / 2**20:.1f} MiB "
@@ -299,8 +318,8 @@ def run_smoothed(args) -> int:
     serve_app(
         app,
         args.host,
-        args.port,
-        token,
+        port=args.port,
+        token=token,
         shutdown_timeout=limits.timeout + args.grace,
         announce=_announce,
         path=f"/v2/models/{args.name}/infer and /v1/certify",

@@ -63,8 +63,8 @@ def grid_from_args(args, data, num_classes: int | None = None, **classifier_opti
     return denoising_grid(
         classifier,
         data,
-        args.indices,
-        args.sigmas,
+        indices=args.indices,
+        sigmas=args.sigmas,
         denoiser=denoiser,
         seed=args.seed,
         num_classes=num_classes,

@@ -148,6 +148,7 @@ class SequentialCertification(Certification):
         self,
         num_classes: int,
         sigma: float,
+        *,
         n0: int,
         alpha: float,
         n_max: int,
@@ -199,9 +200,9 @@ def make_certification(num_classes: int, settings) -> Certification:
     return SequentialCertification(
         num_classes,
         settings.sigma,
-        settings.n0,
-        settings.alpha,
-        settings.n_max,
-        settings.radius,
-        settings.tol,
+        n0=settings.n0,
+        alpha=settings.alpha,
+        n_max=settings.n_max,
+        radius=settings.radius,
+        tol=settings.tol,
     )

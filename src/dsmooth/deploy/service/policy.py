@@ -104,11 +104,9 @@ class Policy:
 
     def resolve(self, params: dict | None) -> CertifySettings:
         """The settings for one request, or a ParameterError naming what would loosen them."""
-        params = dict(params or {})
         s = self.settings
         changes: dict = {}
-        for name in list(params):
-            value = params.pop(name)
+        for name, value in dict(params or {}).items():
             if value is None or name in ("index", "timeout"):
                 continue
             if name in ("sigma", "noise", "method"):
@@ -117,34 +115,38 @@ class Policy:
                 raise ParameterError(
                     name, f"the server certifies with {name} {getattr(s, name)!r} only."
                 )
-            if name == "alpha":
-                alpha = _number(name, value)
-                if not (0.0 < alpha <= s.alpha):
-                    raise ParameterError(
-                        name, f"must be in (0, {s.alpha:g}] (the server's alpha), got {value}."
-                    )
-                changes[name] = alpha
-            elif name in ("n0", "n", "n_max"):
-                changes[name] = self._count(name, value)
-            elif name == "tol":
-                if s.method == "cp":
-                    raise ParameterError(name, "only for the sequential method.")
-                tol = _number(name, value)
-                limit = s.tolerance
-                if not (0.0 < tol <= limit):
-                    raise ParameterError(name, f"must be in (0, {limit:g}], got {value}.")
-                changes[name] = tol
-            elif name == "radius":
-                changes[name] = self._radii(value)
-            elif name == "seed":
-                changes[name] = key_number(name, value)
-            else:
-                raise ParameterError(name, "unknown parameter.")
+            changes[name] = self._tightened(name, value)
         return replace(s, **changes)
+
+    def _tightened(self, name: str, value):
+        """The request's value of parameter `name`, checked to tighten the server's."""
+        s = self.settings
+        if name == "alpha":
+            alpha = _number(name, value)
+            if not (0.0 < alpha <= s.alpha):
+                raise ParameterError(
+                    name, f"must be in (0, {s.alpha:g}] (the server's alpha), got {value}."
+                )
+            return alpha
+        if name in ("n0", "n", "n_max"):
+            return self._count(name, value)
+        if name == "tol":
+            if s.method == "cp":
+                raise ParameterError(name, "only for the sequential method.")
+            tol = _number(name, value)
+            limit = s.tolerance
+            if not (0.0 < tol <= limit):
+                raise ParameterError(name, f"must be in (0, {limit:g}], got {value}.")
+            return tol
+        if name == "radius":
+            return self._radii(value)
+        if name == "seed":
+            return key_number(name, value)
+        raise ParameterError(name, "unknown parameter.")
 
     def _count(self, name: str, value) -> int:
         s = self.settings
-        if name == "n_max" and s.method == "cp" or name == "n" and s.method == "sequential":
+        if (name == "n_max" and s.method == "cp") or (name == "n" and s.method == "sequential"):
             raise ParameterError(name, f"not a parameter of the {s.method} method.")
         if isinstance(value, bool) or not isinstance(value, int):
             raise ParameterError(name, f"must be an integer, got {value!r}.")

@@ -37,7 +37,7 @@ class ImageSamples:
     """
 
     def __init__(
-        self, x, sigma: float, seed: int, index: int, noise: str, device: torch.device | str
+        self, x, sigma: float, *, seed: int, index: int, noise: str, device: torch.device | str
     ):
         self.device = torch.device(device)
         self.x = check_image(x).to(self.device)

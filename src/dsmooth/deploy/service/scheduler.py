@@ -103,6 +103,7 @@ class CertificationService:
         self,
         base: Callable,
         num_classes: int,
+        *,
         batch_size: int = 256,
         queue: int = 256,
         metrics: Metrics | None = None,
@@ -176,7 +177,14 @@ class CertificationService:
             seed = keyed_seed(self.noise_secret, seed)
         jobs = [
             ImageJob(
-                ImageSamples(x, settings.sigma, seed, first_index + i, settings.noise, self.device),
+                ImageSamples(
+                    x,
+                    settings.sigma,
+                    seed=seed,
+                    index=first_index + i,
+                    noise=settings.noise,
+                    device=self.device,
+                ),
                 make_certification(self.num_classes, settings),
             )
             for i, x in enumerate(images)

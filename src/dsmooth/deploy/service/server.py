@@ -83,12 +83,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(
-    app, sock: socket.socket, shutdown_timeout: float, on_shutdown: Callable[[], None] | None = None
-):
-    """A uvicorn Server for `app`; `server.run(sockets=[sock])` serves until SIGTERM/SIGINT,
-    then stops accepting, lets requests finish for up to `shutdown_timeout` seconds, and
-    closes the service (the app's lifespan).
+def make_server(app, shutdown_timeout: float, on_shutdown: Callable[[], None] | None = None):
+    """A uvicorn Server for `app`; `server.run(sockets=[sock])`, with a socket from `bind`,
+    serves until SIGTERM/SIGINT, then stops accepting, lets requests finish for up to
+    `shutdown_timeout` seconds, and closes the service (the app's lifespan).
 
     uvicorn waits for in-flight requests *before* the lifespan shutdown, so without
     `on_shutdown` a request would run on to its own deadline. `on_shutdown` (typically
@@ -125,6 +123,7 @@ def make_server(
 def serve_app(
     app,
     host: str,
+    *,
     port: int,
     token: str | None,
     shutdown_timeout: float,
@@ -138,4 +137,4 @@ def serve_app(
     check_bound(sock, token)
     shown = f"[{host}]" if ":" in host else host
     announce(f"serving certificates on http://{shown}:{sock.getsockname()[1]}{path}")
-    make_server(app, sock, shutdown_timeout, on_shutdown).run(sockets=[sock])
+    make_server(app, shutdown_timeout, on_shutdown).run(sockets=[sock])
