@@ -4,6 +4,7 @@ with --smoothed the smoothed classifier itself: a certificate per image (docs/se
 from __future__ import annotations
 
 from dsmooth.cli.commands import common, source_options
+from dsmooth.cli.options import add_options
 from dsmooth.errors import UserError
 
 
@@ -18,10 +19,16 @@ def register(sub) -> None:
         "(docs/sources.md).",
     )
     g = p.add_argument_group("model")
-    g.add_argument("--classifier", required=True, help="any classifier dsmooth can load")
-    g.add_argument("--denoiser", default=None, help="optional denoiser in front of it")
-    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    common.add_denoiser_sigma_option(g)
+    add_options(
+        g,
+        common.MODEL_OPTIONS,
+        ("classifier", "denoiser", "device"),
+        helps={
+            "classifier": "any classifier dsmooth can load",
+            "denoiser": "optional denoiser in front of it",
+        },
+    )
+    add_options(g, common.DENOISER_SIGMA_OPTIONS)
     source_options.add(p)
     s = p.add_argument_group("server")
     s.add_argument("--name", default="dsmooth", help="model name in the URLs (default dsmooth)")
