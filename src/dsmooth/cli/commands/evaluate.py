@@ -91,20 +91,19 @@ def run(args) -> int:
 
 def accelerated(args, base, data, images: int):
     """The base classifier run by the engine with the command's engine options, settled
-    for `images` forward passes (twice that with --sigma), as certify runs it."""
-    from dsmooth.pipeline import engine
-    from dsmooth.pipeline.build import calibration_for
+    for `images` forward passes (twice that with --sigma), as certify runs it
+    (dsmooth.pipeline.build.engine_for)."""
+    from dsmooth.pipeline.build import engine_for
 
-    samples = images * (2 if args.sigma is not None else 1)
-    options = engine.for_work(common.engine_options(args), samples)
-    precision = engine.resolve_precision(options.precision, engine.resolve_device(args.device))
-    sigma = args.sigma if args.sigma is not None else 0.0  # int8: clean images without --sigma
-    return engine.accelerate(
+    return engine_for(
         base,
-        options,
-        report=engine.stderr_report,
+        common.engine_options(args),
+        samples=images * (2 if args.sigma is not None else 1),
         image_shape=tuple(data.image(0).shape),
-        calibration=calibration_for(data, precision, sigma, args.seed, args.calibration_images),
+        data=data,
+        sigma=args.sigma if args.sigma is not None else 0.0,  # int8: clean images otherwise
+        seed=args.seed,
+        calibration_images=args.calibration_images,
     )
 
 

@@ -275,22 +275,22 @@ def run_smoothed(args) -> int:
     from dsmooth.deploy.service.app import build_service_app
     from dsmooth.deploy.service.scheduler import CertificationService
     from dsmooth.deploy.service.server import check_binding, read_token, serve_app
-    from dsmooth.pipeline import engine
+    from dsmooth.pipeline.build import engine_for
+    from dsmooth.pipeline.engine import resolve_device
 
     policy, limits = smoothed_settings(args)
     shape = parse_shape(args.input_shape)
     token = read_token(args.auth_token_file)
     check_binding(args.host, token)  # before minutes of model loading
     secret = noise_secret(args)
-    device = engine.resolve_device(args.device)
+    device = resolve_device(args.device)
     base = common.load_base(args, device, channels=shape[0])
     num_classes = args.num_classes or probe_classes(base, shape, device)
     if num_classes < 2:
         raise UserError(f"--num-classes must be at least 2, got {num_classes}.")
-    options = engine.for_work(common.engine_options(args), 10**9)  # a server runs long
-    base = engine.accelerate(base, options, report=engine.stderr_report, image_shape=shape)
-    if isinstance(base, engine.EngineModule):
-        base.warm_up(shape, (args.batch,))
+    base = engine_for(  # a server runs long: settled as for a run of 10**9 samples
+        base, common.engine_options(args), samples=10**9, image_shape=shape, warm_up=(args.batch,)
+    )
     service = CertificationService(
         base, num_classes, args.batch, args.queue, device=device, noise_secret=secret
     )
