@@ -402,7 +402,7 @@ def report_summary(out, written: int) -> None:
     its images, and how many are right."""
     from dsmooth.analysis.tables import read_log
 
-    log = read_log(out, warn=lambda message: None)
+    log = read_log(out, warn=lambda _: None)  # quiet: `dsmooth analyze` reports problems
     if not len(log):
         what = "nothing to report"
     elif log.radius is None:

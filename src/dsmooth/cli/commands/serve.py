@@ -188,45 +188,22 @@ def run(args) -> int:
 
 def smoothed_settings(args):
     """The server's certification settings and limits from the flags, or a UserError."""
-    from dsmooth.certify.smooth import check_count
-    from dsmooth.certify.stats import check_alpha
     from dsmooth.deploy.service.app import Limits
     from dsmooth.deploy.service.policy import CertifySettings, Policy
-    from dsmooth.sigma import check_sigma
 
     for key, value in SMOOTHED_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.sigma is None:
-        raise UserError("--smoothed needs --sigma, the noise level of the certificates.")
-    check_sigma(args.sigma)
-    check_alpha(args.alpha)
-    if parse_shape(args.input_shape) is None:
-        raise UserError("--smoothed needs --input-shape C,H,W (e.g. 3,32,32).")
-    for flag in ("n0", "n", "batch", "queue", "max_images_per_request", "max_samples_per_request"):
-        check_count("--" + flag.replace("_", "-"), getattr(args, flag))
+    check_certification_flags(args)
     method = common.certify_method(args)  # checks --radius/--n-max/--tol against --method
-    n_max = getattr(method, "n_max", args.n)
-    if not (args.request_timeout > 0):
-        raise UserError(f"--request-timeout must be positive, got {args.request_timeout}.")
-    if not (args.grace >= 0):
-        raise UserError(f"--grace must be >= 0, got {args.grace}.")
-    if args.max_images_per_request > args.queue:
-        raise UserError(
-            f"--max-images-per-request ({args.max_images_per_request}) exceeds --queue "
-            f"({args.queue}): such a request could never be admitted."
-        )
-    if getattr(args, "precision", None) == "int8":
-        raise UserError(
-            "--smoothed does not run int8 (it needs calibration data); use fp32 or bf16."
-        )
+    check_service_flags(args)
     settings = CertifySettings(
         method=args.method,
         sigma=float(args.sigma),
         alpha=float(args.alpha),
         n0=int(args.n0),
         n=int(args.n),
-        n_max=int(n_max),
+        n_max=int(getattr(method, "n_max", args.n)),
         radius=tuple(args.radius) if args.radius else None,
         tol=args.tol,
         seed=int(args.seed),
@@ -242,6 +219,40 @@ def smoothed_settings(args):
         timeout=float(args.request_timeout),
     )
     return Policy(settings, n_cap), limits
+
+
+def check_certification_flags(args) -> None:
+    """--sigma, --alpha, --input-shape and the counts of --smoothed, or a UserError."""
+    from dsmooth.certify.smooth import check_count
+    from dsmooth.certify.stats import check_alpha
+    from dsmooth.sigma import check_sigma
+
+    if args.sigma is None:
+        raise UserError("--smoothed needs --sigma, the noise level of the certificates.")
+    check_sigma(args.sigma)
+    check_alpha(args.alpha)
+    if parse_shape(args.input_shape) is None:
+        raise UserError("--smoothed needs --input-shape C,H,W (e.g. 3,32,32).")
+    for flag in ("n0", "n", "batch", "queue", "max_images_per_request", "max_samples_per_request"):
+        check_count("--" + flag.replace("_", "-"), getattr(args, flag))
+
+
+def check_service_flags(args) -> None:
+    """The request timeout, shutdown grace, queue and precision of --smoothed, or a
+    UserError."""
+    if not (args.request_timeout > 0):
+        raise UserError(f"--request-timeout must be positive, got {args.request_timeout}.")
+    if not (args.grace >= 0):
+        raise UserError(f"--grace must be >= 0, got {args.grace}.")
+    if args.max_images_per_request > args.queue:
+        raise UserError(
+            f"--max-images-per-request ({args.max_images_per_request}) exceeds --queue "
+            f"({args.queue}): such a request could never be admitted."
+        )
+    if getattr(args, "precision", None) == "int8":
+        raise UserError(
+            "--smoothed does not run int8 (it needs calibration data); use fp32 or bf16."
+        )
 
 
 def noise_secret(args) -> bytes | None:
