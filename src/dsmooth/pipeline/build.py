@@ -165,3 +165,35 @@ def smooth_for(
     if warm_up and isinstance(base, engine.EngineModule):
         base.warm_up(image_shape, (min(first or batch, batch), batch))
     return Smooth(base, num_classes, sigma, seed=seed, noise=noise), int(batch)
+
+
+def engine_for(
+    base,
+    options: engine.EngineOptions,
+    *,
+    samples: int,
+    image_shape: Sequence[int],
+    data: ImageSet | None = None,
+    sigma: float = 0.0,
+    seed: int = 0,
+    calibration_images: int = 300,
+    warm_up: Sequence[int] = (),
+    report: Callable[[str], None] = engine.stderr_report,
+):
+    """f(D(.)) on the engine, outside a Smooth (evaluate, the certification service):
+    `options` settled for about `samples` forward passes of one image (`engine.for_work`),
+    int8 calibrated on the first `calibration_images` images of `data` at `sigma` (without
+    `data`, no calibration), and the graph compiled for the `warm_up` batch sizes."""
+    image_shape = tuple(image_shape)
+    options = engine.for_work(options, samples)
+    calibration = None
+    if data is not None:
+        device = engine.resolve_device(options.device)
+        precision = engine.resolve_precision(options.precision, device)
+        calibration = calibration_for(data, precision, sigma, seed, calibration_images)
+    base = engine.accelerate(
+        base, options, report=report, image_shape=image_shape, calibration=calibration
+    )
+    if warm_up and isinstance(base, engine.EngineModule):
+        base.warm_up(image_shape, tuple(warm_up))
+    return base

@@ -9,7 +9,37 @@ import textwrap
 from pathlib import Path
 
 from dsmooth._io import write_text as write_whole
+from dsmooth.cli.options import add_options, option, table
 from dsmooth.errors import UserError
+
+#: The flags `build_report` reads, shared with `dsmooth report` (which words some of
+#: their help texts its own way).
+REPORT_OPTIONS = table(
+    option("logs", nargs="*", metavar="LOG", help="result logs (files or glob patterns)"),
+    option(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME=GLOB",
+        help="name a group of logs; repeat for more groups (or more globs for one name)",
+    ),
+    option(
+        "--radii",
+        nargs="+",
+        default=["0:1.5:0.25"],
+        metavar="R",
+        help="l2 radii: numbers and/or START:STOP:STEP ranges (default 0:1.5:0.25)",
+    ),
+    option(
+        "--envelope",
+        action="store_true",
+        help="one row per group (all LOGs without --label): best over its logs per radius",
+    ),
+    option(
+        "--decimals", type=int, default=0, help="decimals of percentages (default 0, as the paper)"
+    ),
+    option("--strict", action="store_true", help="treat every warning as an error"),
+)
 
 
 def register(sub) -> None:
@@ -33,35 +63,14 @@ def register(sub) -> None:
         epilog="example: dsmooth analyze --envelope --radii 0.25:1.5:0.25 \\\n"
         "    --label 'No denoiser=logs/noise_0.00/sigma_*' --label 'Stab=logs/stab/*/sigma_*'",
     )
-    p.add_argument("logs", nargs="*", metavar="LOG", help="result logs (files or glob patterns)")
-    p.add_argument(
-        "--label",
-        action="append",
-        default=[],
-        metavar="NAME=GLOB",
-        help="name a group of logs; repeat for more groups (or more globs for one name)",
-    )
-    p.add_argument(
-        "--radii",
-        nargs="+",
-        default=["0:1.5:0.25"],
-        metavar="R",
-        help="l2 radii: numbers and/or START:STOP:STEP ranges (default 0:1.5:0.25)",
-    )
-    p.add_argument(
-        "--envelope",
-        action="store_true",
-        help="one row per group (all LOGs without --label): best over its logs per radius",
-    )
+    add_options(p, REPORT_OPTIONS, ("logs", "label", "radii", "envelope"))
     p.add_argument("--format", choices=FORMATS, default="markdown", help="table format")
-    p.add_argument(
-        "--decimals", type=int, default=0, help="decimals of percentages (default 0, as the paper)"
-    )
+    add_options(p, REPORT_OPTIONS, ("decimals",))
     p.add_argument("--out", default=None, help="write the table to this file (default: stdout)")
     p.add_argument("--plot", default=None, help="write accuracy curves here (.png, .svg, .pdf)")
     p.add_argument("--max-radius", type=float, default=None, help="x-axis end of the plot")
     p.add_argument("--title", default=None, help="plot title")
-    p.add_argument("--strict", action="store_true", help="treat every warning as an error")
+    add_options(p, REPORT_OPTIONS, ("strict",))
     p.set_defaults(func=run)
 
 

@@ -17,7 +17,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from dsmooth.cli.commands.common import add_threads_option
+from dsmooth.cli.commands.common import ENGINE_OPTIONS, SMOOTHING_OPTIONS
+from dsmooth.cli.options import add_options
 from dsmooth.runs.job import CertifyJob
 
 SAMPLE = "cifar10_test_every20.npz"
@@ -41,10 +42,14 @@ def register(sub) -> None:
     )
     p.add_argument("--out-dir", default="runs/demo", help="logs and plot (default runs/demo)")
     p.add_argument("--images", type=int, default=20, help="bundled images to certify (default 20)")
-    p.add_argument("--n0", type=int, default=50, help="selection samples (default 50)")
-    p.add_argument("--n", type=int, default=500, help="estimation samples (default 500)")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
-    add_threads_option(p)
+    add_options(
+        p,
+        SMOOTHING_OPTIONS,
+        ("n0", "n", "alpha"),
+        defaults={"n0": 50, "n": 500},
+        helps={"alpha": "failure probability"},
+    )
+    add_options(p, ENGINE_OPTIONS, ("threads",))
     p.add_argument(
         "--denoisers",
         nargs="+",

@@ -14,6 +14,8 @@ import datetime
 from pathlib import Path
 
 from dsmooth.analysis.report import png_bytes, records, render_html, render_markdown, run_settings
+from dsmooth.cli.commands.analyze import REPORT_OPTIONS
+from dsmooth.cli.options import add_options
 from dsmooth.errors import UserError
 
 
@@ -30,15 +32,21 @@ def register(sub) -> None:
         "clean/noisy/denoised images. The format follows --out: .html (self-contained) or "
         ".md (figures written as PNGs beside it).",
     )
-    p.add_argument("logs", nargs="*", metavar="LOG", help="result logs (files or glob patterns)")
-    p.add_argument("--label", action="append", default=[], metavar="NAME=GLOB", help="a group")
-    p.add_argument("--radii", nargs="+", default=["0:1.5:0.25"], metavar="R", help="l2 radii")
-    p.add_argument("--envelope", action="store_true", help="one row per group (best per radius)")
-    p.add_argument("--decimals", type=int, default=0, help="decimals of percentages")
+    add_options(
+        p,
+        REPORT_OPTIONS,
+        ("logs", "label", "radii", "envelope", "decimals"),
+        helps={
+            "label": "a group",
+            "radii": "l2 radii",
+            "envelope": "one row per group (best per radius)",
+            "decimals": "decimals of percentages",
+        },
+    )
     p.add_argument("--max-radius", type=float, default=None, help="x-axis end of the curves")
     p.add_argument("--title", default="dsmooth report", help="page title")
     p.add_argument("--out", required=True, help="report.html or report.md")
-    p.add_argument("--strict", action="store_true", help="treat every warning as an error")
+    add_options(p, REPORT_OPTIONS, ("strict",))
     g = p.add_argument_group("sample images (optional)")
     g.add_argument("--data", default=None, help="images (.npz or folder) for the sample grid")
     g.add_argument("--classifier", default=None, help="classifier for the sample grid")

@@ -11,6 +11,7 @@ from dsmooth.analysis.denoising_grid import class_names, denoising_grid
 
 def register(sub) -> None:
     from dsmooth.cli.commands import common
+    from dsmooth.cli.options import add_options
 
     p = sub.add_parser(
         "visualize",
@@ -22,7 +23,7 @@ def register(sub) -> None:
         "[0, 1] for display only.",
     )
     common.add_model_options(p)
-    p.add_argument("--data", required=True, help="images and labels: " + common.DATA_FORMS)
+    add_options(p, common.DATA_OPTIONS, ("data",))
     p.add_argument(
         "--indices",
         type=int,
