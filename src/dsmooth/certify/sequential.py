@@ -73,7 +73,7 @@ def geometric_schedule(n_first: int, n_max: int, growth: float) -> tuple[int, ..
     points, n = [], float(n_first)
     while round(n) < n_max:
         if not points or round(n) > points[-1]:
-            points.append(int(round(n)))
+            points.append(round(n))
         n *= growth
     points.append(int(n_max))
     return tuple(points)

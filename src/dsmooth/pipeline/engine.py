@@ -176,7 +176,7 @@ class EngineModule(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen dataclass)
+        options: EngineOptions = EngineOptions(),
         report: Callable[[str], None] | None = None,
     ):
         super().__init__()
@@ -289,7 +289,7 @@ class EngineModule(nn.Module):
 
 def accelerate(
     model: Callable,
-    options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen dataclass)
+    options: EngineOptions = EngineOptions(),
     report: Callable[[str], None] | None = None,
     image_shape: Sequence[int] | None = None,
     calibration=None,
@@ -316,7 +316,20 @@ def accelerate(
         options = replace(
             options, threads=_auto_threads(model, options, device, image_shape, report)
         )
-    backend = options.backend
+    backend = _backend_for(options.backend, precision, device, image_shape)
+    if backend == "openvino":
+        return _openvino_or_torch(model, options, precision, report, image_shape, calibration)
+    if backend == "auto":
+        return _measured_choice(model, options, precision, report, image_shape)
+    return EngineModule(model, options, report)
+
+
+def _backend_for(
+    backend: str, precision: str, device: torch.device, image_shape: Sequence[int] | None
+) -> str:
+    """The backend that runs at `precision` on `device`: int8 is OpenVINO's; OpenVINO runs
+    on the CPU and needs the image shape, so auto falls back to torch without them, and an
+    explicit openvino is an error."""
     if precision == "int8" and backend == "torch":
         raise UserError("--precision int8 runs on OpenVINO; use --backend openvino or auto.")
     if precision == "int8":
@@ -329,11 +342,7 @@ def accelerate(
         if backend == "openvino":
             raise ValueError("the OpenVINO backend needs image_shape to convert the model")
         backend = "torch"
-    if backend == "openvino":
-        return _openvino_or_torch(model, options, precision, report, image_shape, calibration)
-    if backend == "auto":
-        return _measured_choice(model, options, precision, report, image_shape)
-    return EngineModule(model, options, report)
+    return backend
 
 
 def _openvino(model, options, precision, report, image_shape, calibration, fingerprint=None):
@@ -636,7 +645,7 @@ def count_flops(model: Callable, image_shape: Sequence[int]) -> float:
     inner = getattr(model, "model", model) if is_engine(model) else model
     total = 0.0
 
-    def hook(module, inputs, output):
+    def hook(module, _inputs, output):  # torch passes (module, args, output) positionally
         nonlocal total
         if isinstance(module, nn.Conv2d):
             k = module.kernel_size[0] * module.kernel_size[1]
