@@ -160,7 +160,9 @@ class Recorder(Smooth):
 def test_rounds_use_fresh_noise_stages_and_selection_stays_separate():
     model, x, _ = model_with_pa(0.97, 0.25)
     smooth = Recorder(model, 2, 0.25, seed=1)
-    result = certify_sequential(smooth, x, 100, 0.001, 100_000, (0.25, 0.5), 1000, index=3)
+    result = certify_sequential(
+        smooth, x, n0=100, alpha=0.001, n_max=100_000, radius=(0.25, 0.5), batch_size=1000, index=3
+    )
     stages = [s for s, _ in smooth.calls]
     assert stages[0] == STAGE_SELECT and smooth.calls[0][1] == 100
     rounds = stages[1:]
@@ -181,7 +183,9 @@ def test_smooth_certify_sequential_is_below_exact_radius_and_cheaper(p_a):
     label, radius = smooth.certify(x, 100, 50_000, 0.001, 2048, index=0, method="sequential")
     assert label == 1 and 0.8 * exact_radius <= radius <= exact_radius
     target = 0.5 * exact_radius  # decision mode: a clearly reachable target is cheap
-    result = certify_sequential(smooth, x, 100, 0.001, 50_000, target, 2048, index=0)
+    result = certify_sequential(
+        smooth, x, n0=100, alpha=0.001, n_max=50_000, radius=target, batch_size=2048, index=0
+    )
     assert result.prediction == 1 and target <= result.radius <= exact_radius
     assert result.n_used < 2_000
 
@@ -189,14 +193,18 @@ def test_smooth_certify_sequential_is_below_exact_radius_and_cheaper(p_a):
 def test_sequential_result_does_not_depend_on_batch_size():
     model, x, _ = model_with_pa(0.9, 0.25)
     smooth = Smooth(model, 2, 0.25, seed=2)
-    a = certify_sequential(smooth, x, 100, 0.001, 20_000, None, 64, index=4)
-    b = certify_sequential(smooth, x, 100, 0.001, 20_000, None, 1000, index=4)
+    plan = {"n0": 100, "alpha": 0.001, "n_max": 20_000, "radius": None}
+    a = certify_sequential(smooth, x, **plan, batch_size=64, index=4)
+    b = certify_sequential(smooth, x, **plan, batch_size=1000, index=4)
     assert (a.prediction, a.radius, a.n_used) == (b.prediction, b.radius, b.n_used)
 
 
 def test_abstains_early_when_no_class_is_likely():
     model, x, _ = model_with_pa(0.5, 0.25)
-    result = certify_sequential(Smooth(model, 2, 0.25), x, 100, 0.001, 100_000, 0.25, 1000, index=0)
+    result = certify_sequential(
+        Smooth(model, 2, 0.25), x, n0=100, alpha=0.001, n_max=100_000, radius=0.25,
+        batch_size=1000, index=0,
+    )  # fmt: skip
     assert result.prediction == ABSTAIN and result.radius == 0.0
     assert result.n_used < 100_000
 

@@ -146,8 +146,8 @@ class Sequential(Certifier):
 
     def certify(self, smooth: Smooth, x, batch_size: int = 64, *, index: int) -> Certificate:
         r = certify_sequential(
-            smooth, x, self.n0, self.alpha, self.n_max, self.radii, batch_size,
-            index=index, tol=self.tol,
+            smooth, x, n0=self.n0, alpha=self.alpha, n_max=self.n_max, radius=self.radii,
+            batch_size=batch_size, index=index, tol=self.tol,
         )  # fmt: skip
         return Certificate(r.prediction, r.radius, {"n_used": r.n_used})
 

@@ -278,12 +278,12 @@ class SequentialResult:
 def certify_sequential(
     smooth,
     x,
+    *,
     n0: int,
     alpha: float,
     n_max: int,
     radius: float | Sequence[float] | None = None,
     batch_size: int = 64,
-    *,
     index: int,
     tol: float | None = None,
 ) -> SequentialResult:

@@ -142,12 +142,16 @@ class Smooth:
             from dsmooth.certify.lattice import LatticeNoiseStream, from_levels, to_levels
 
             levels = to_levels(x).to(torch.int32)
-            stream = LatticeNoiseStream(x.shape, self.sigma, self.seed, index, stage, self.device)
+            stream = LatticeNoiseStream(
+                x.shape, self.sigma, seed=self.seed, index=index, stage=stage, device=self.device
+            )
 
             def noisy(m: int) -> torch.Tensor:
                 return from_levels(stream.take(m).to(torch.int32).add_(levels))
         else:
-            stream = NoiseStream(x.shape, self.sigma, self.seed, index, stage, self.device)
+            stream = NoiseStream(
+                x.shape, self.sigma, seed=self.seed, index=index, stage=stage, device=self.device
+            )
 
             def noisy(m: int) -> torch.Tensor:
                 return stream.take(m).add_(x)

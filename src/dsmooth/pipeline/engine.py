@@ -318,7 +318,10 @@ def accelerate(
         )
     backend = _backend_for(options.backend, precision, device, image_shape)
     if backend == "openvino":
-        return _openvino_or_torch(model, options, precision, report, image_shape, calibration)
+        return _openvino_or_torch(
+            model, options, precision=precision, report=report, image_shape=image_shape,
+            calibration=calibration,
+        )  # fmt: skip
     if backend == "auto":
         return _measured_choice(model, options, precision, report, image_shape)
     return EngineModule(model, options, report)
@@ -345,16 +348,16 @@ def _backend_for(
     return backend
 
 
-def _openvino(model, options, precision, report, image_shape, calibration, fingerprint=None):
+def _openvino(model, options, *, precision, report, image_shape, calibration, fingerprint=None):
     from dsmooth.pipeline.openvino_backend import OpenVINOEngine
 
     set_threads(options.threads)
     return OpenVINOEngine(
         model,
         tuple(image_shape),
-        precision,
-        options.threads,
-        calibration,
+        precision=precision,
+        threads=options.threads,
+        calibration=calibration,
         report=report,
         fingerprint=fingerprint,
     )
@@ -370,14 +373,17 @@ def _torch_fallback(model, options, reason: str, report):
     return EngineModule(model, replace(options, precision=precision), report)
 
 
-def _openvino_or_torch(model, options, precision, report, image_shape, calibration):
+def _openvino_or_torch(model, options, *, precision, report, image_shape, calibration):
     from dsmooth.pipeline.openvino_backend import unavailable
 
     reason = unavailable()
     if reason is not None:
         return _torch_fallback(model, options, reason, report)
     try:
-        return _openvino(model, options, precision, report, image_shape, calibration)
+        return _openvino(
+            model, options, precision=precision, report=report, image_shape=image_shape,
+            calibration=calibration,
+        )  # fmt: skip
     except UserError:
         raise
     except Exception as e:  # a graph OpenVINO cannot convert or compile
@@ -410,7 +416,10 @@ def _measured_choice(model, options, precision, report, image_shape):
         _say(report, f"dsmooth: backend auto: torch ({_rates(earlier)}, measured earlier here)")
         return torch_engine
     try:
-        ov_engine = _openvino(model, options, precision, report, image_shape, None, fingerprint)
+        ov_engine = _openvino(
+            model, options, precision=precision, report=report, image_shape=image_shape,
+            calibration=None, fingerprint=fingerprint,
+        )  # fmt: skip
     except Exception as e:
         _say(report, f"dsmooth: backend auto: torch (OpenVINO failed: {type(e).__name__})")
         return torch_engine
@@ -569,6 +578,7 @@ def thread_candidates() -> tuple[int, ...]:
 def choose_threads(
     model: Callable,
     image_shape: Sequence[int],
+    *,
     candidates: Sequence[int] | None = None,
     batch: int = 8,
     rounds: int = 3,

@@ -101,8 +101,9 @@ class CertifyWorker:
 
         job = self.job
         return certify_row(
-            self.smooth, self.data, i, job.method, self.batch, job.stop_if_misclassified
-        )
+            self.smooth, self.data, i=i, method=job.method, batch_size=self.batch,
+            stop_if_misclassified=job.stop_if_misclassified,
+        )  # fmt: skip
 
     def pid(self) -> int:
         return os.getpid()
@@ -158,7 +159,10 @@ def certify_dataset(
         if todo:
             started = connect(ray, address, workers)
             try:
-                scheduler = _Scheduler(ray, job, todo, log, summary, workers, max_failures)
+                scheduler = _Scheduler(
+                    ray, job, todo=todo, log=log, summary=summary, workers=workers,
+                    max_failures=max_failures,
+                )  # fmt: skip
                 scheduler.run(progress)
             finally:
                 if started:
@@ -276,6 +280,7 @@ class _Scheduler:
         self,
         ray,
         job: CertifyJob,
+        *,
         todo: list[int],
         log: ResultLog,
         summary: Summary,
