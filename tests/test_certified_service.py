@@ -201,7 +201,7 @@ def test_deadline_returns_a_valid_early_stop(model, service):
     s = settings("sequential", "gaussian", 9, n_max=2_000_000, tol=1e-6)
     (o,) = service.certify([x], s, first_index=5, timeout=0.5)
     assert o.stopped_early and o.reason == "deadline"
-    plan = SequentialPlan(SIGMA, s.alpha, s.n_max, None, s.tol)
+    plan = SequentialPlan(SIGMA, s.alpha, n_max=s.n_max, radii=None, tol=s.tol)
     smooth = Smooth(model, CLASSES, SIGMA, seed=9)
     c_hat = int(smooth.sample_counts(x, s.n0, 64, index=5, stage=0).argmax())
     looks = plan.schedule.index(o.n_used - s.n0) + 1 if o.n_used > s.n0 else 0

@@ -253,7 +253,7 @@ def test_registry_refuses_what_it_cannot_serve():
 
 def test_sequential_test_fed_look_by_look_is_run_sequential():
     """The state machine the service feeds and the loop the product runs are one."""
-    plan = SequentialPlan(0.25, 0.001, 20_000, (0.1, 0.5))
+    plan = SequentialPlan(0.25, 0.001, n_max=20_000, radii=(0.1, 0.5))
     p = np.random.default_rng(0).uniform(0.3, 1.0, 200)
     a, b = np.random.default_rng(1), np.random.default_rng(1)
     ran = run_sequential(plan, lambda r, m, active: a.binomial(m, p[active]), p.size)

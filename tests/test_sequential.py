@@ -50,11 +50,11 @@ def test_schedule_is_increasing_and_ends_at_budget():
 
 
 def test_alpha_spending_sums_to_alpha_and_favours_the_last_look():
-    plan = SequentialPlan(0.25, 0.001, 100_000)
+    plan = SequentialPlan(0.25, 0.001, n_max=100_000)
     assert len(plan.levels) == len(plan.schedule)
     assert sum(plan.levels) == pytest.approx(0.001, rel=1e-12)
     assert plan.levels[-1] == pytest.approx(0.0005)
-    assert SequentialPlan(0.25, 0.01, 50).levels == (0.01,)
+    assert SequentialPlan(0.25, 0.01, n_max=50).levels == (0.01,)
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def run_exact(plan: SequentialPlan, p: float):
 
 
 def test_decision_mode_stops_early_on_clear_cases_and_certifies_the_target():
-    plan = SequentialPlan(0.25, 0.001, 100_000, radii=(0.5,))
+    plan = SequentialPlan(0.25, 0.001, n_max=100_000, radii=(0.5,))
     p_lower, used, reason = run_exact(plan, 1.0)
     assert reason == REASON_DECIDED and used < 5_000
     assert 0.25 * norm.ppf(p_lower) >= 0.5
@@ -107,7 +107,7 @@ def test_decision_mode_stops_early_on_clear_cases_and_certifies_the_target():
 
 
 def test_decision_mode_near_the_threshold_uses_the_budget():
-    plan = SequentialPlan(0.25, 0.001, 100_000, radii=(0.5,))
+    plan = SequentialPlan(0.25, 0.001, n_max=100_000, radii=(0.5,))
     # the pA whose full-budget bound (level alpha/2) is exactly Phi(0.5 / 0.25)
     p_star = brentq(lambda p: cp_lower([p * 1e5], 1e5, 0.0005)[0] - norm.cdf(2.0), 0.9, 1)
     p_lower, used, reason = run_exact(plan, p_star)
@@ -118,13 +118,13 @@ def test_decision_mode_near_the_threshold_uses_the_budget():
 
 
 def test_unreachable_target_gives_up_at_once():
-    plan = SequentialPlan(0.12, 0.001, 100_000, radii=(0.75,))  # needs pA > 1 - 2e-10
+    plan = SequentialPlan(0.12, 0.001, n_max=100_000, radii=(0.75,))  # needs pA > 1 - 2e-10
     _, used, reason = run_exact(plan, 1.0)
     assert used == 100 and reason == REASON_DECIDED
 
 
 def test_maximal_radius_mode_stops_when_the_radius_cannot_grow_by_tol():
-    plan = SequentialPlan(0.25, 0.001, 100_000, tol=0.025)
+    plan = SequentialPlan(0.25, 0.001, n_max=100_000, tol=0.025)
     p_lower, used, reason = run_exact(plan, 0.7)
     assert reason == REASON_CONVERGED and used < 100_000
     fixed = exact.radius(0.25, exact.lower_confidence_bound(70_000, 100_000, 0.001))

@@ -133,7 +133,9 @@ class Sequential(Certifier):
             radii = tuple(float(r) for r in np.atleast_1d(self.radii))
             object.__setattr__(self, "radii", radii)
         # the plan's checks (alpha, n_max, radii, tol, looks) do not depend on sigma
-        SequentialPlan(1.0, float(self.alpha), int(self.n_max), self.radii, self.tol)
+        SequentialPlan(
+            1.0, float(self.alpha), n_max=int(self.n_max), radii=self.radii, tol=self.tol
+        )
 
     @classmethod
     def from_options(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 from scipy.stats import beta, norm
@@ -91,6 +91,7 @@ class SequentialPlan:
 
     sigma: float
     alpha: float
+    _: KW_ONLY
     n_max: int
     radii: tuple[float, ...] | None = None
     tol: float | None = None
@@ -297,7 +298,7 @@ def certify_sequential(
     check_count("n0", n0)
     check_count("batch_size", batch_size)
     radii = None if radius is None else tuple(float(r) for r in np.atleast_1d(radius))
-    plan = SequentialPlan(smooth.sigma, float(alpha), int(n_max), radii, tol)
+    plan = SequentialPlan(smooth.sigma, float(alpha), n_max=int(n_max), radii=radii, tol=tol)
     # Both stages go through Smooth.sample_counts, so the base-classifier contract (one
     # integer label or score row per input, counts adding up to the samples) holds here too.
     selection = smooth.sample_counts(x, n0, batch_size, index=index, stage=STAGE_SELECT)

@@ -27,7 +27,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 
 import torch
 from torch import nn
@@ -89,6 +89,7 @@ class EngineOptions:
 
     precision: str = "auto"  # fp32 | bf16 | int8 | auto (bf16 where the hardware has it)
     compile: bool = True  # torch.compile with freezing, eager fallback on failure
+    _: KW_ONLY
     channels_last: bool = True
     device: str = "cpu"
     threads: int | str | None = None  # torch intra-op threads; None: torch's; "auto": measured

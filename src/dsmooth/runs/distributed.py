@@ -22,7 +22,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -43,6 +43,7 @@ class Summary:
 
     images: int  # rows written by this run
     skipped: int  # rows already in the log (resumed)
+    _: KW_ONLY
     seconds: float
     workers: int
     failures: int = 0  # workers that died and were replaced
@@ -150,7 +151,7 @@ def certify_dataset(
     del data, base
     log = ResultLog(job.out, columns, record)
     start = time.perf_counter()
-    summary = Summary(0, 0, 0.0, 0)
+    summary = Summary(0, 0, seconds=0.0, workers=0)
     try:
         if log.path.exists():
             log.open()  # resume: check the record, learn which images are done
