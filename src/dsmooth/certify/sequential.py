@@ -70,7 +70,8 @@ def radius_of(p_lower, sigma: float) -> np.ndarray:
 
 def geometric_schedule(n_first: int, n_max: int, growth: float) -> tuple[int, ...]:
     """Cumulative sample counts of the looks: n_first * growth^k, ending exactly at n_max."""
-    points, n = [], float(n_first)
+    points: list[int] = []
+    n = float(n_first)
     while round(n) < n_max:
         if not points or round(n) > points[-1]:
             points.append(round(n))
@@ -259,9 +260,13 @@ def run_sequential(plan: SequentialPlan, draw: DrawFn, size: int) -> SequentialO
 
 
 def decide(c_hat: int | None, p_lower: float, sigma: float) -> tuple[int, float]:
-    """(c_hat, its radius) when the bound reaches 1/2, else (ABSTAIN, 0.0)."""
+    """(c_hat, its radius) when the bound reaches 1/2, else (ABSTAIN, 0.0).
+
+    `c_hat` is None before selection, when no look has raised the bound from 0 yet."""
     if p_lower < 0.5:
         return ABSTAIN, 0.0
+    if c_hat is None:  # unreachable: a bound needs the selected class's counts
+        raise RuntimeError(f"a pA lower bound of {p_lower} with no class selected")
     return c_hat, float(radius_of(p_lower, sigma))
 
 

@@ -88,7 +88,7 @@ class EngineOptions:
     """How to run the base classifier; the defaults are the fast path."""
 
     precision: str = "auto"  # fp32 | bf16 | int8 | auto (bf16 where the hardware has it)
-    compile: bool = True  # torch.compile with freezing, eager fallback on failure
+    compile: bool | None = True  # torch.compile, freezing, eager on failure; None: for_work's
     _: KW_ONLY
     channels_last: bool = True
     device: str = "cpu"

@@ -102,7 +102,7 @@ class CertifyWorker:
 
         job = self.job
         return certify_row(
-            self.smooth, self.data, i=i, method=job.method, batch_size=self.batch,
+            self.smooth, self.data, i=i, method=job.certifier, batch_size=self.batch,
             stop_if_misclassified=job.stop_if_misclassified,
         )  # fmt: skip
 
@@ -147,9 +147,9 @@ def certify_dataset(
     indices = select_indices(len(data), job.skip, job.max)
     job, record, base = settle(job, data)
     stop = job.stop_if_misclassified
-    columns = certify_columns(job.method, base, data, job.out, stop_if_misclassified=stop)
+    columns = certify_columns(job.certifier, base, data, job.out, stop_if_misclassified=stop)
     del data, base
-    log = ResultLog(job.out, columns, record)
+    log = ResultLog(job.log_path, columns, record)
     start = time.perf_counter()
     summary = Summary(0, 0, seconds=0.0, workers=0)
     try:

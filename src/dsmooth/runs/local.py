@@ -143,6 +143,8 @@ def certify_dataset(
         if data is not None or out is not None:
             raise UserError("certify_dataset takes a job alone, or a Smooth, data and out.")
         return run_job(smooth, progress=progress)
+    if data is None or out is None:
+        raise UserError("certify_dataset takes a job alone, or a Smooth, data and out.")
     method = method_of(method, n0, n, alpha, sequential)
     stop = stop_if_misclassified
     columns = certify_columns(method, smooth.base_classifier, data, out, stop_if_misclassified=stop)
@@ -233,7 +235,7 @@ def run_job(job: CertifyJob, *, built: Built | None = None, progress: bool = Tru
     if built is None:
         job.check()
         built = job.build()
-        check_resume(job.out, built.record)
+        check_resume(job.log_path, built.record)
     smooth, data, batch = built.smooth, built.data, built.batch
     if job.method is None:
         n, alpha = job.n_estimate, job.level
@@ -241,7 +243,7 @@ def run_job(job: CertifyJob, *, built: Built | None = None, progress: bool = Tru
         def row(i):
             return predict_row(smooth, data, i=i, n=n, alpha=alpha, batch_size=batch)
     else:
-        method, stop = job.method, job.stop_if_misclassified
+        method, stop = job.certifier, job.stop_if_misclassified
 
         def row(i):
             return certify_row(
@@ -249,6 +251,6 @@ def run_job(job: CertifyJob, *, built: Built | None = None, progress: bool = Tru
             )
 
     return _log_dataset(
-        smooth, data, out=job.out, columns=built.columns, row=row, skip=job.skip,
+        smooth, data, out=job.log_path, columns=built.columns, row=row, skip=job.skip,
         max_index=job.max, desc=job.command, progress=progress, provenance=built.record,
     )  # fmt: skip
