@@ -30,6 +30,7 @@ reproduce: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 	cd src && ../$(BIN)/lint-imports --config ../pyproject.toml
 
 format: $(STAMP)

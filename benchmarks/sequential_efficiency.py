@@ -69,7 +69,7 @@ def fixed_n(p: np.ndarray, sigma: float, rng) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sequential(p: np.ndarray, sigma: float, rng, radii) -> tuple[np.ndarray, np.ndarray]:
-    plan = SequentialPlan(sigma, ALPHA, N, radii)
+    plan = SequentialPlan(sigma, ALPHA, n_max=N, radii=radii)
     out = run_sequential(plan, lambda _r, m, active: rng.binomial(m, p[active]), p.size)
     return radius_of(out.p_lower, sigma), N0 + out.n_used
 

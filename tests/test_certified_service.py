@@ -65,7 +65,10 @@ def offline(model, x, s: CertifySettings, index: int) -> tuple[int, float, int]:
     if s.method == "cp":
         label, radius = smooth.certify(x, s.n0, s.n, s.alpha, 50, index=index)
         return label, radius, s.n0 + s.n
-    r = certify_sequential(smooth, x, s.n0, s.alpha, s.n_max, s.radius, 50, index=index, tol=s.tol)
+    r = certify_sequential(
+        smooth, x, n0=s.n0, alpha=s.alpha, n_max=s.n_max, radius=s.radius, batch_size=50,
+        index=index, tol=s.tol,
+    )  # fmt: skip
     return r.prediction, r.radius, r.n_used
 
 
@@ -99,7 +102,7 @@ def test_chunked_samples_equal_one_draw(noise):
         offset += m
     assert torch.equal(torch.cat(parts), one)
     if noise == "gaussian":
-        stream = NoiseStream(SHAPE, SIGMA, 3, 7, STAGE_ESTIMATE)
+        stream = NoiseStream(SHAPE, SIGMA, seed=3, index=7, stage=STAGE_ESTIMATE)
         assert torch.equal(stream.take(3 * BLOCK + 5).add_(x), one)
 
 
@@ -203,7 +206,7 @@ def test_deadline_returns_a_valid_early_stop(model, service):
     (o,) = service.certify([x], s, first_index=5, timeout=0.5)
     assert o.stopped_early
     assert o.reason == "deadline"
-    plan = SequentialPlan(SIGMA, s.alpha, s.n_max, None, s.tol)
+    plan = SequentialPlan(SIGMA, s.alpha, n_max=s.n_max, radii=None, tol=s.tol)
     smooth = Smooth(model, CLASSES, SIGMA, seed=9)
     c_hat = int(smooth.sample_counts(x, s.n0, 64, index=5, stage=0).argmax())
     looks = plan.schedule.index(o.n_used - s.n0) + 1 if o.n_used > s.n0 else 0

@@ -392,8 +392,8 @@ def test_tightened_parameters_are_the_ones_used(model):
                 assert (cert["prediction"], cert["radius"]) == want
                 continue
             out = certify_sequential(
-                smooth, x, n0, params["alpha"], params["n_max"], params.get("radius"), 50,
-                index=20 + i, tol=params.get("tol"),
+                smooth, x, n0=n0, alpha=params["alpha"], n_max=params["n_max"],
+                radius=params.get("radius"), batch_size=50, index=20 + i, tol=params.get("tol"),
             )  # fmt: skip
             got = (cert["prediction"], cert["radius"], cert["n_used"], cert["pA_lower"])
             assert got == (out.prediction, out.radius, out.n_used, out.p_lower)

@@ -33,7 +33,8 @@ def test_named_options_in_the_order_named_with_a_commands_own_default_and_help()
     assert [a.dest for a in p._actions[1:]] == ["n", "n0"]
     assert p.parse_args([]) == argparse.Namespace(n=1000, n0=50)
     text = " ".join(p.format_help().split())
-    assert "selection (default 50)" in text and "samples" in text
+    assert "selection (default 50)" in text
+    assert "samples" in text
     with pytest.raises(ValueError, match="nope"):
         add_options(argparse.ArgumentParser(), options, ("n0",), defaults={"nope": 1})
     with pytest.raises(ValueError, match="two options"):
@@ -60,7 +61,8 @@ def test_commands_share_one_definition_of_their_common_flags():
         spec = ENGINE_OPTIONS[dest].settings
         for name in ("certify", "predict", "evaluate", "serve", "bench"):
             action = flag(command(name), dest)
-            assert action.type is spec.get("type") and action.choices == spec.get("choices")
+            assert action.type is spec.get("type")
+            assert action.choices == spec.get("choices")
     assert flag(command("demo"), "threads").type is ENGINE_OPTIONS["threads"].settings["type"]
     demo, certify = command("demo"), command("certify")
     assert (flag(demo, "n0").default, flag(certify, "n0").default) == (50, 100)

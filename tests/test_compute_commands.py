@@ -88,7 +88,7 @@ def test_evaluate_runs_the_classifier_through_the_engine(
     assert result["engine"]["backend"] == "torch"
     data = load_dataset(str(tiny_data_file), "test")
     direct = evaluate_accuracy(
-        torch.jit.load(str(tiny_classifier_file)), data, 0.25, progress=False
+        torch.jit.load(str(tiny_classifier_file)), data, sigma=0.25, progress=False
     )
     assert {k: result[k] for k in direct} == direct  # fp32 through the engine: same numbers
 

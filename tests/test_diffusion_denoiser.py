@@ -181,8 +181,8 @@ def test_smooth_noise_is_exactly_sigma_with_none_added_by_the_denoiser():
     smooth.certify(x, 7, 13, 0.001, batch_size=5, index=index)
     drawn = torch.cat(
         [
-            NoiseStream(x.shape, sigma, seed, index, STAGE_SELECT).take(7),
-            NoiseStream(x.shape, sigma, seed, index, STAGE_ESTIMATE).take(13),
+            NoiseStream(x.shape, sigma, seed=seed, index=index, stage=STAGE_SELECT).take(7),
+            NoiseStream(x.shape, sigma, seed=seed, index=index, stage=STAGE_ESTIMATE).take(13),
         ]
     )
     received = torch.cat(seen_by_d)

@@ -62,7 +62,7 @@ def test_the_cp_cap_is_all_samples_on_the_top_class():
 @pytest.mark.parametrize("targets", [None, (0.25, 0.5)])
 def test_the_sequential_cap_bounds_what_sequential_certify_returns(targets):
     cap = sequential_max_radius(0.25, 0.001, 2000, targets)
-    plan = SequentialPlan(0.25, 0.001, 2000, targets)
+    plan = SequentialPlan(0.25, 0.001, n_max=2000, radii=targets)
     everything = run_sequential(plan, lambda _round, m, active: np.full(active.shape, m), 1)
     from dsmooth.certify.sequential import radius_of
 

@@ -138,12 +138,14 @@ def test_a_method_object_certifies_through_the_job(tiny_data_file, tmp_path):
     smooth = Smooth(lambda b: torch.zeros(len(b), dtype=torch.long), 3, 0.25)
     out = tmp_path / "abstain.tsv"
     method = Abstain(10, 10, 0.01)
-    assert certify_dataset(smooth, data, out, progress=False, method=method) == len(data)
+    assert certify_dataset(smooth, data, out=out, progress=False, method=method) == len(data)
     head, rows = read_rows(out)
     assert head == list(CERTIFY_COLUMNS)
     assert all(r[2] == "-1" and r[3] == "0" for r in rows)
     with pytest.raises(UserError, match="either a method or n0"):
-        certify_dataset(smooth, data, out, 10, 10, 0.01, progress=False, method=method)
+        certify_dataset(
+            smooth, data, out=out, n0=10, n=10, alpha=0.01, progress=False, method=method
+        )
 
 
 def test_a_certificate_must_fill_the_declared_columns(tiny_data_file, tmp_path):
@@ -155,7 +157,7 @@ def test_a_certificate_must_fill_the_declared_columns(tiny_data_file, tmp_path):
     smooth = Smooth(lambda b: torch.zeros(len(b), dtype=torch.long), 3, 0.25)
     out = tmp_path / "bad.tsv"
     with pytest.raises(RuntimeError, match="declares"):
-        certify_dataset(smooth, data, out, progress=False, method=Forgetful(1, 1, 0.01))
+        certify_dataset(smooth, data, out=out, progress=False, method=Forgetful(1, 1, 0.01))
     assert read_rows(out) == ([*CERTIFY_COLUMNS, "votes"], [])  # no row, no half row
 
 
@@ -187,7 +189,9 @@ def test_sequential_is_certify_sequential_with_n_used(smooth, radius):
     x = image(3)
     method = make_method("sequential", n0=20, n=2000, alpha=0.01, radius=radius)
     got = method.certify(smooth, x, 100, index=4)
-    want = certify_sequential(smooth, x, 20, 0.01, 2000, radius, 100, index=4)
+    want = certify_sequential(
+        smooth, x, n0=20, alpha=0.01, n_max=2000, radius=radius, batch_size=100, index=4
+    )
     assert (got.prediction, got.radius, got.extra) == (
         want.prediction,
         want.radius,
@@ -254,7 +258,7 @@ def test_registry_refuses_what_it_cannot_serve():
 
 def test_sequential_test_fed_look_by_look_is_run_sequential():
     """The state machine the service feeds and the loop the product runs are one."""
-    plan = SequentialPlan(0.25, 0.001, 20_000, (0.1, 0.5))
+    plan = SequentialPlan(0.25, 0.001, n_max=20_000, radii=(0.1, 0.5))
     p = np.random.default_rng(0).uniform(0.3, 1.0, 200)
     a, b = np.random.default_rng(1), np.random.default_rng(1)
     ran = run_sequential(plan, lambda _round, m, active: a.binomial(m, p[active]), p.size)

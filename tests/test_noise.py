@@ -54,8 +54,11 @@ def test_stream_is_the_concatenation_of_its_keyed_blocks():
     "other", [(1, 2, 4), (1, 3, 3), (2, 2, 3), (1 + 2**32, 2, 3), (1, 2 + 2**40, 3)]
 )
 def test_every_coordinate_of_the_key_changes_the_noise(other):
-    base = NoiseStream((8,), 1.0, 1, 2, 3).take(4)
-    assert not torch.equal(base, NoiseStream((8,), 1.0, *other).take(4))
+    base = NoiseStream((8,), 1.0, seed=1, index=2, stage=3).take(4)
+    seed, index, stage = other
+    assert not torch.equal(
+        base, NoiseStream((8,), 1.0, seed=seed, index=index, stage=stage).take(4)
+    )
 
 
 def test_float32_is_the_rounded_float64_draw():

@@ -222,7 +222,7 @@ def test_int8_is_openvino_only_and_needs_calibration():
             TinyConvNet(), EngineOptions(precision="int8", backend="torch"), image_shape=SHAPE
         )
     with pytest.raises(UserError, match="calibration"):
-        OpenVINOEngine(TinyConvNet(), SHAPE, "int8")
+        OpenVINOEngine(TinyConvNet(), SHAPE, precision="int8")
 
 
 def test_int8_calibration_is_seeded_and_part_of_the_key():
@@ -233,11 +233,11 @@ def test_int8_calibration_is_seeded_and_part_of_the_key():
     assert np.std(a.noisy() - images.numpy()) == pytest.approx(0.25, rel=0.05)
     assert a.record() != b.record()
     assert a.record()["images"] == 16
-    q = OpenVINOEngine(TinyConvNet(), SHAPE, "int8", calibration=a)
+    q = OpenVINOEngine(TinyConvNet(), SHAPE, precision="int8", calibration=a)
     assert q.cache == "built"
     assert q.calibration == a.record()
-    assert OpenVINOEngine(TinyConvNet(), SHAPE, "int8", calibration=a).cache == "reused"
-    assert OpenVINOEngine(TinyConvNet(), SHAPE, "int8", calibration=b).cache == "built"
+    assert OpenVINOEngine(TinyConvNet(), SHAPE, precision="int8", calibration=a).cache == "reused"
+    assert OpenVINOEngine(TinyConvNet(), SHAPE, precision="int8", calibration=b).cache == "built"
     x = images + 0.25 * torch.randn(images.shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         agree = (q(x).argmax(1) == TinyConvNet().eval()(x).argmax(1)).float().mean()

@@ -134,14 +134,16 @@ def data() -> ImageSet:
 def local_log(data, tmp_path_factory) -> list[str]:
     path = tmp_path_factory.mktemp("local") / "local.tsv"
     smooth = Smooth(build(), NUM_CLASSES, SIGMA, seed=5)
-    certify_dataset(smooth, data, path, N0, N, 0.01, BATCH, progress=False)
+    certify_dataset(
+        smooth, data, out=path, n0=N0, n=N, alpha=0.01, batch_size=BATCH, progress=False
+    )
     return path.read_text().splitlines()
 
 
 def certify_remote(url, data, out, **options):
     model = load_model(url, **{**FAST, **options})
     smooth = Smooth(model, NUM_CLASSES, SIGMA, seed=5)
-    certify_dataset(smooth, data, out, N0, N, 0.01, BATCH, progress=False)
+    certify_dataset(smooth, data, out=out, n0=N0, n=N, alpha=0.01, batch_size=BATCH, progress=False)
     return model
 
 

@@ -28,6 +28,7 @@ from dsmooth.sources import load_model  # noqa: E402
 
 ASSET = Path(__file__).resolve().parents[1] / "src/dsmooth/assets/cifar10_test_every20.npz"
 SIGMA, N0, N, BATCH = 0.25, 8, 48, 24
+CERTIFY = {"n0": N0, "n": N, "alpha": 0.01, "batch_size": BATCH, "progress": False}
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +72,8 @@ def test_certify_over_http_equals_local(server, data, tmp_path, path):
     local = Smooth(build(), NUM_CLASSES, SIGMA, seed=3)
     remote_model = load_model(server + path, request_size=BATCH, concurrency=2)
     remote = Smooth(remote_model, NUM_CLASSES, SIGMA, seed=3)
-    certify_dataset(local, data, tmp_path / "local.tsv", N0, N, 0.01, BATCH, progress=False)
-    certify_dataset(remote, data, tmp_path / "remote.tsv", N0, N, 0.01, BATCH, progress=False)
+    certify_dataset(local, data, out=tmp_path / "local.tsv", **CERTIFY)
+    certify_dataset(remote, data, out=tmp_path / "remote.tsv", **CERTIFY)
     here, there = rows(tmp_path / "local.tsv"), rows(tmp_path / "remote.tsv")
     assert there[0] == [*here[0], "queries"]
     assert [r[:5] for r in there[1:]] == [r[:5] for r in here[1:]]
@@ -94,13 +95,15 @@ def test_cli_certify_and_predict_against_server(server, data, tmp_path):
     args = ["certify", "--classifier", url, *common, "--n0", str(N0), "--request-size", "32"]
     assert main([*args, "--out", str(tmp_path / "c.tsv"), "--concurrency", "3"]) == 0
     local = Smooth(build(), NUM_CLASSES, SIGMA, seed=3, noise="lattice")  # uint8 data: auto
-    certify_dataset(local, data, tmp_path / "l.tsv", N0, N, 0.01, BATCH, progress=False)
+    certify_dataset(local, data, out=tmp_path / "l.tsv", **CERTIFY)
     assert [r[:5] for r in rows(tmp_path / "c.tsv")[1:]] == [
         r[:5] for r in rows(tmp_path / "l.tsv")[1:]
     ]
     pargs = ["predict", "--classifier", url, *common, "--out", str(tmp_path / "p.tsv")]
     assert main(pargs) == 0
-    predict_dataset(local, data, tmp_path / "lp.tsv", N, 0.01, BATCH, progress=False)
+    predict_dataset(
+        local, data, out=tmp_path / "lp.tsv", n=N, alpha=0.01, batch_size=BATCH, progress=False
+    )
     got = rows(tmp_path / "p.tsv")
     assert got[0][-1] == "queries"
     assert [int(r[-1]) for r in got[1:]] == [N] * 3
@@ -128,7 +131,7 @@ def test_query_budget_stops_cleanly_and_rerun_resumes(server, data, tmp_path, ca
     final = rows(out)
     assert [int(r[0]) for r in final[1:]] == [0, 1, 2]
     local = Smooth(build(), NUM_CLASSES, SIGMA, seed=3, noise="lattice")  # uint8 data: auto
-    certify_dataset(local, data, tmp_path / "l.tsv", N0, N, 0.01, BATCH, progress=False)
+    certify_dataset(local, data, out=tmp_path / "l.tsv", **CERTIFY)
     assert [r[:5] for r in final[1:]] == [r[:5] for r in rows(tmp_path / "l.tsv")[1:]]
 
 
@@ -168,7 +171,7 @@ def test_ray_workers_count_queries_like_a_single_process(server, data, tmp_path)
     assert summary.images == len(data)
     assert summary.failures == 0
     remote = Smooth(load_model(url, request_size=32), NUM_CLASSES, SIGMA, seed=3, noise="lattice")
-    certify_dataset(remote, data, tmp_path / "one.tsv", N0, N, 0.01, BATCH, progress=False)
+    certify_dataset(remote, data, out=tmp_path / "one.tsv", **CERTIFY)
     ray_rows, one_rows = rows(tmp_path / "ray.tsv"), rows(tmp_path / "one.tsv")
     assert ray_rows[0] == one_rows[0]
     assert ray_rows[0][-1] == "queries"

@@ -53,11 +53,11 @@ def test_schedule_is_increasing_and_ends_at_budget():
 
 
 def test_alpha_spending_sums_to_alpha_and_favours_the_last_look():
-    plan = SequentialPlan(0.25, 0.001, 100_000)
+    plan = SequentialPlan(0.25, 0.001, n_max=100_000)
     assert len(plan.levels) == len(plan.schedule)
     assert sum(plan.levels) == pytest.approx(0.001, rel=1e-12)
     assert plan.levels[-1] == pytest.approx(0.0005)
-    assert SequentialPlan(0.25, 0.01, 50).levels == (0.01,)
+    assert SequentialPlan(0.25, 0.01, n_max=50).levels == (0.01,)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def run_exact(plan: SequentialPlan, p: float):
 
 
 def test_decision_mode_stops_early_on_clear_cases_and_certifies_the_target():
-    plan = SequentialPlan(0.25, 0.001, 100_000, radii=(0.5,))
+    plan = SequentialPlan(0.25, 0.001, n_max=100_000, radii=(0.5,))
     p_lower, used, reason = run_exact(plan, 1.0)
     assert reason == REASON_DECIDED
     assert used < 5_000
@@ -115,7 +115,7 @@ def test_decision_mode_stops_early_on_clear_cases_and_certifies_the_target():
 
 
 def test_decision_mode_near_the_threshold_uses_the_budget():
-    plan = SequentialPlan(0.25, 0.001, 100_000, radii=(0.5,))
+    plan = SequentialPlan(0.25, 0.001, n_max=100_000, radii=(0.5,))
     # the pA whose full-budget bound (level alpha/2) is exactly Phi(0.5 / 0.25)
     p_star = brentq(lambda p: cp_lower([p * 1e5], 1e5, 0.0005)[0] - norm.cdf(2.0), 0.9, 1)
     p_lower, used, reason = run_exact(plan, p_star)
@@ -128,14 +128,14 @@ def test_decision_mode_near_the_threshold_uses_the_budget():
 
 
 def test_unreachable_target_gives_up_at_once():
-    plan = SequentialPlan(0.12, 0.001, 100_000, radii=(0.75,))  # needs pA > 1 - 2e-10
+    plan = SequentialPlan(0.12, 0.001, n_max=100_000, radii=(0.75,))  # needs pA > 1 - 2e-10
     _, used, reason = run_exact(plan, 1.0)
     assert used == 100
     assert reason == REASON_DECIDED
 
 
 def test_maximal_radius_mode_stops_when_the_radius_cannot_grow_by_tol():
-    plan = SequentialPlan(0.25, 0.001, 100_000, tol=0.025)
+    plan = SequentialPlan(0.25, 0.001, n_max=100_000, tol=0.025)
     p_lower, used, reason = run_exact(plan, 0.7)
     assert reason == REASON_CONVERGED
     assert used < 100_000
@@ -171,7 +171,9 @@ class Recorder(Smooth):
 def test_rounds_use_fresh_noise_stages_and_selection_stays_separate():
     model, x, _ = model_with_pa(0.97, 0.25)
     smooth = Recorder(model, 2, 0.25, seed=1)
-    result = certify_sequential(smooth, x, 100, 0.001, 100_000, (0.25, 0.5), 1000, index=3)
+    result = certify_sequential(
+        smooth, x, n0=100, alpha=0.001, n_max=100_000, radius=(0.25, 0.5), batch_size=1000, index=3
+    )
     stages = [s for s, _ in smooth.calls]
     assert stages[0] == STAGE_SELECT
     assert smooth.calls[0][1] == 100
@@ -194,7 +196,9 @@ def test_smooth_certify_sequential_is_below_exact_radius_and_cheaper(p_a):
     assert label == 1
     assert 0.8 * exact_radius <= radius <= exact_radius
     target = 0.5 * exact_radius  # decision mode: a clearly reachable target is cheap
-    result = certify_sequential(smooth, x, 100, 0.001, 50_000, target, 2048, index=0)
+    result = certify_sequential(
+        smooth, x, n0=100, alpha=0.001, n_max=50_000, radius=target, batch_size=2048, index=0
+    )
     assert result.prediction == 1
     assert target <= result.radius <= exact_radius
     assert result.n_used < 2_000
@@ -203,14 +207,18 @@ def test_smooth_certify_sequential_is_below_exact_radius_and_cheaper(p_a):
 def test_sequential_result_does_not_depend_on_batch_size():
     model, x, _ = model_with_pa(0.9, 0.25)
     smooth = Smooth(model, 2, 0.25, seed=2)
-    a = certify_sequential(smooth, x, 100, 0.001, 20_000, None, 64, index=4)
-    b = certify_sequential(smooth, x, 100, 0.001, 20_000, None, 1000, index=4)
+    plan = {"n0": 100, "alpha": 0.001, "n_max": 20_000, "radius": None}
+    a = certify_sequential(smooth, x, **plan, batch_size=64, index=4)
+    b = certify_sequential(smooth, x, **plan, batch_size=1000, index=4)
     assert (a.prediction, a.radius, a.n_used) == (b.prediction, b.radius, b.n_used)
 
 
 def test_abstains_early_when_no_class_is_likely():
     model, x, _ = model_with_pa(0.5, 0.25)
-    result = certify_sequential(Smooth(model, 2, 0.25), x, 100, 0.001, 100_000, 0.25, 1000, index=0)
+    result = certify_sequential(
+        Smooth(model, 2, 0.25), x, n0=100, alpha=0.001, n_max=100_000, radius=0.25,
+        batch_size=1000, index=0,
+    )  # fmt: skip
     assert result.prediction == ABSTAIN
     assert result.radius == 0.0
     assert result.n_used < 100_000

@@ -54,11 +54,11 @@ MODES = {
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_false_certificate_rate_at_most_alpha(mode):
-    rate, used = wrong_rate(SequentialPlan(SIGMA, ALPHA, N_MAX, MODES[mode]), seed=11)
+    rate, used = wrong_rate(SequentialPlan(SIGMA, ALPHA, n_max=N_MAX, radii=MODES[mode]), seed=11)
     assert rate <= ALPHA + MARGIN, f"{mode}: {rate:.4f} wrong certificates"
     assert used < N_MAX  # it did stop early on average
 
 
 def test_uncorrected_repeated_clopper_pearson_fails_the_same_check():
-    rate, _ = wrong_rate(NaivePlan(SIGMA, ALPHA, N_MAX, DENSE), seed=11)
+    rate, _ = wrong_rate(NaivePlan(SIGMA, ALPHA, n_max=N_MAX, radii=DENSE), seed=11)
     assert rate > ALPHA + MARGIN

@@ -132,7 +132,7 @@ def test_alpha_must_be_below_one_half(alpha):
     with pytest.raises(UserError, match=r"alpha must be in \(0, 0.5\)"):
         stats.check_alpha(alpha)
     with pytest.raises(UserError, match="alpha"):
-        SequentialPlan(SIGMA, alpha, 100)
+        SequentialPlan(SIGMA, alpha, n_max=100)
     smooth = Smooth(threshold_classifier(0.9), 2, SIGMA)
     with pytest.raises(UserError, match="alpha"):
         smooth.certify(torch.zeros(SHAPE), 10, 10, alpha, index=0)

@@ -53,7 +53,10 @@ def images() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def noisy(images) -> torch.Tensor:
     """64 noisy copies of each image, from dsmooth's own noise stream."""
-    parts = [NoiseStream(x.shape, SIGMA, 7, i, 1).take(64) + x for i, x in enumerate(images)]
+    parts = [
+        NoiseStream(x.shape, SIGMA, seed=7, index=i, stage=1).take(64) + x
+        for i, x in enumerate(images)
+    ]
     return torch.cat(parts)
 
 

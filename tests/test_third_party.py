@@ -103,6 +103,10 @@ def test_evaluate_cli_with_arch_options_noise_and_denoiser(tmp_path, capsys):
 
 def test_noise_draws_do_not_depend_on_batch_size(resnet20, test_set):
     model, data = resnet20, test_set
-    a = evaluate_accuracy(model, data, 0.25, range(40), batch=40, seed=3, progress=False)
-    b = evaluate_accuracy(model, data, 0.25, range(40), batch=7, seed=3, progress=False)
+    a = evaluate_accuracy(
+        model, data, sigma=0.25, indices=range(40), batch=40, seed=3, progress=False
+    )
+    b = evaluate_accuracy(
+        model, data, sigma=0.25, indices=range(40), batch=7, seed=3, progress=False
+    )
     assert a == b

@@ -121,7 +121,9 @@ def denoising_grid(
     for sigma in sigmas:
         noise = torch.stack(
             [
-                NoiseStream(x.shape[1:], sigma, seed, i, STAGE_SELECT, device).take(1)[0]
+                NoiseStream(
+                    x.shape[1:], sigma, seed=seed, index=i, stage=STAGE_SELECT, device=device
+                ).take(1)[0]
                 for i in indices
             ]
         )

@@ -71,7 +71,7 @@ def sequential_max_radius(
     from dsmooth.certify.sequential import SequentialPlan, cp_lower, radius_of
 
     radii = None if radius is None else tuple(float(r) for r in radius)
-    plan = SequentialPlan(float(sigma), float(alpha), int(n_max), radii, tol)
+    plan = SequentialPlan(float(sigma), float(alpha), n_max=int(n_max), radii=radii, tol=tol)
     best = max(
         float(cp_lower(n, n, level)) for n, level in zip(plan.schedule, plan.levels, strict=True)
     )

@@ -31,12 +31,26 @@ def to_labels(output, num_classes: int, batch_size: int | None = None) -> torch.
     probabilities cast to int vote for class 0), so exactly one integer label or one score
     row per input (`batch_size`, when known) is required.
     """
+    output = _as_tensor(output)
+    _check_shape(output, batch_size)
+    if output.ndim == 2:
+        return _labels_of_scores(output, num_classes)
+    return _checked_labels(output, num_classes)
+
+
+def _as_tensor(output) -> torch.Tensor:
+    """The classifier's output as a tensor (the first item of a tuple or list of arrays)."""
     if isinstance(output, (tuple, list)) and output and not np.isscalar(output[0]):
         output = output[0]
     if isinstance(output, np.ndarray):
         output = torch.from_numpy(output)
     if not isinstance(output, torch.Tensor):
         output = torch.as_tensor(np.asarray(output))
+    return output
+
+
+def _check_shape(output: torch.Tensor, batch_size: int | None) -> None:
+    """A UserError unless `output` is labels (N,) or scores (N, K), one per image, not bool."""
     if output.ndim not in (1, 2):
         raise UserError(
             "the classifier must return labels (N,) or scores (N, K), got shape "
@@ -51,13 +65,20 @@ def to_labels(output, num_classes: int, batch_size: int | None = None) -> torch.
         raise UserError(
             "the classifier returned booleans; return int labels (N,) or scores (N, K)."
         )
-    if output.ndim == 2:
-        if output.shape[1] != num_classes:
-            raise UserError(
-                f"the classifier returns {output.shape[1]} scores per image but num_classes "
-                f"is {num_classes}."
-            )
-        return output.argmax(dim=1).to("cpu", torch.int64)
+
+
+def _labels_of_scores(output: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The top class of each score row (N, K), K being num_classes."""
+    if output.shape[1] != num_classes:
+        raise UserError(
+            f"the classifier returns {output.shape[1]} scores per image but num_classes "
+            f"is {num_classes}."
+        )
+    return output.argmax(dim=1).to("cpu", torch.int64)
+
+
+def _checked_labels(output: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Integer labels (N,) as int64 on the CPU, each in 0..num_classes - 1."""
     if output.is_floating_point() or output.is_complex():
         raise UserError(
             f"the classifier returned a 1-D {str(output.dtype).removeprefix('torch.')} array; "

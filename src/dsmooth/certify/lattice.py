@@ -63,7 +63,7 @@ class Inverse:
         ctx.prec = 192
         s = ctx.mpf(float(sigma)) * LEVELS  # exact: the scale of the sigma in the radius
         self.sigma = float(sigma)
-        self.half = half = int(math.ceil(TAIL_SIGMAS * LEVELS * float(sigma))) + 1
+        self.half = half = math.ceil(TAIL_SIGMAS * LEVELS * float(sigma)) + 1
         scale, mask = ctx.mpf(2) ** 128, (1 << 64) - 1
         cut = [0] * (2 * half)
         for j in range(half):  # Phi is symmetric: C_{2K-1-j} = 2^128 - ceil(2^128 Phi_j)

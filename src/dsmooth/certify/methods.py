@@ -16,9 +16,9 @@ ones. This module does no I/O and knows nothing of files or the CLI.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -75,7 +75,7 @@ class Certifier(ABC):
         """The method's entries of a log's provenance record (dsmooth.logs.provenance): the
         options it reads are recorded from its attributes of the same names, so a log
         does not resume under other values."""
-        record = {"method": self.name, "radius": None, "n_max": None, "tol": None}
+        record: dict[str, Any] = {"method": self.name, "radius": None, "n_max": None, "tol": None}
         for key in self.options:
             value = getattr(self, key, None)
             record[key] = list(value) if isinstance(value, tuple) else value
@@ -84,7 +84,8 @@ class Certifier(ABC):
     @classmethod
     def from_options(cls, *, n0: int, n: int, alpha: float, **options) -> Certifier:
         """The method from `dsmooth certify`'s n0, n, alpha and the `options` it reads."""
-        return cls(n0=n0, n=n, alpha=alpha, **options)
+        make: Callable[..., Certifier] = cls  # every subclass is a dataclass of these fields
+        return make(n0=n0, n=n, alpha=alpha, **options)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,9 @@ class Sequential(Certifier):
             radii = tuple(float(r) for r in np.atleast_1d(self.radii))
             object.__setattr__(self, "radii", radii)
         # the plan's checks (alpha, n_max, radii, tol, looks) do not depend on sigma
-        SequentialPlan(1.0, float(self.alpha), int(self.n_max), self.radii, self.tol)
+        SequentialPlan(
+            1.0, float(self.alpha), n_max=int(self.n_max), radii=self.radii, tol=self.tol
+        )
 
     @classmethod
     def from_options(
@@ -146,8 +149,8 @@ class Sequential(Certifier):
 
     def certify(self, smooth: Smooth, x, batch_size: int = 64, *, index: int) -> Certificate:
         r = certify_sequential(
-            smooth, x, self.n0, self.alpha, self.n_max, self.radii, batch_size,
-            index=index, tol=self.tol,
+            smooth, x, n0=self.n0, alpha=self.alpha, n_max=self.n_max, radius=self.radii,
+            batch_size=batch_size, index=index, tol=self.tol,
         )  # fmt: skip
         return Certificate(r.prediction, r.radius, {"n_used": r.n_used})
 

@@ -67,7 +67,7 @@ def gaussian_block(
 
 
 def normal(
-    shape: tuple[int, ...], sigma: float, seed: int, index: int, stage: int, block: int = 0
+    shape: tuple[int, ...], sigma: float, *, seed: int, index: int, stage: int, block: int = 0
 ) -> torch.Tensor:
     """One CPU block of noise of any shape (evaluation draws, visualisation)."""
     return gaussian_block(philox_key(seed, index, stage), block, tuple(shape), sigma)
@@ -81,6 +81,7 @@ class BlockStream:
         self,
         shape: tuple[int, ...],
         sigma: float,
+        *,
         seed: int,
         index: int,
         stage: int,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 from scipy.stats import beta, norm
@@ -70,10 +70,11 @@ def radius_of(p_lower, sigma: float) -> np.ndarray:
 
 def geometric_schedule(n_first: int, n_max: int, growth: float) -> tuple[int, ...]:
     """Cumulative sample counts of the looks: n_first * growth^k, ending exactly at n_max."""
-    points, n = [], float(n_first)
+    points: list[int] = []
+    n = float(n_first)
     while round(n) < n_max:
         if not points or round(n) > points[-1]:
-            points.append(int(round(n)))
+            points.append(round(n))
         n *= growth
     points.append(int(n_max))
     return tuple(points)
@@ -91,6 +92,7 @@ class SequentialPlan:
 
     sigma: float
     alpha: float
+    _: KW_ONLY
     n_max: int
     radii: tuple[float, ...] | None = None
     tol: float | None = None
@@ -258,9 +260,13 @@ def run_sequential(plan: SequentialPlan, draw: DrawFn, size: int) -> SequentialO
 
 
 def decide(c_hat: int | None, p_lower: float, sigma: float) -> tuple[int, float]:
-    """(c_hat, its radius) when the bound reaches 1/2, else (ABSTAIN, 0.0)."""
+    """(c_hat, its radius) when the bound reaches 1/2, else (ABSTAIN, 0.0).
+
+    `c_hat` is None before selection, when no look has raised the bound from 0 yet."""
     if p_lower < 0.5:
         return ABSTAIN, 0.0
+    if c_hat is None:  # unreachable: a bound needs the selected class's counts
+        raise RuntimeError(f"a pA lower bound of {p_lower} with no class selected")
     return c_hat, float(radius_of(p_lower, sigma))
 
 
@@ -278,12 +284,12 @@ class SequentialResult:
 def certify_sequential(
     smooth,
     x,
+    *,
     n0: int,
     alpha: float,
     n_max: int,
     radius: float | Sequence[float] | None = None,
     batch_size: int = 64,
-    *,
     index: int,
     tol: float | None = None,
 ) -> SequentialResult:
@@ -297,7 +303,7 @@ def certify_sequential(
     check_count("n0", n0)
     check_count("batch_size", batch_size)
     radii = None if radius is None else tuple(float(r) for r in np.atleast_1d(radius))
-    plan = SequentialPlan(smooth.sigma, float(alpha), int(n_max), radii, tol)
+    plan = SequentialPlan(smooth.sigma, float(alpha), n_max=int(n_max), radii=radii, tol=tol)
     # Both stages go through Smooth.sample_counts, so the base-classifier contract (one
     # integer label or score row per input, counts adding up to the samples) holds here too.
     selection = smooth.sample_counts(x, n0, batch_size, index=index, stage=STAGE_SELECT)

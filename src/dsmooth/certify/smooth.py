@@ -15,7 +15,13 @@ import torch
 from dsmooth.certify import stats
 from dsmooth.certify.base_classifier import label_function, module_device
 from dsmooth.certify.methods import make_method
-from dsmooth.certify.noise import STAGE_ESTIMATE, STAGE_PREDICT, STAGE_SELECT, NoiseStream
+from dsmooth.certify.noise import (
+    STAGE_ESTIMATE,
+    STAGE_PREDICT,
+    STAGE_SELECT,
+    BlockStream,
+    NoiseStream,
+)
 from dsmooth.certify.stats import check_count
 from dsmooth.errors import UserError
 from dsmooth.sigma import check_sigma
@@ -114,8 +120,9 @@ class Smooth:
         """
         if method != "cp":  # another certification method (dsmooth.certify.methods)
             check_count("n", n)
-            options = {"radius": radius, "n_max": n_max, "tol": tol}
-            certifier = make_method(method, n0=n0, n=n, alpha=alpha, **options)
+            certifier = make_method(
+                method, n0=n0, n=n, alpha=alpha, radius=radius, n_max=n_max, tol=tol
+            )
             certificate = certifier.certify(self, x, batch_size, index=index)
             return certificate.prediction, certificate.radius
         check_count("n0", n0)
@@ -142,12 +149,16 @@ class Smooth:
             from dsmooth.certify.lattice import LatticeNoiseStream, from_levels, to_levels
 
             levels = to_levels(x).to(torch.int32)
-            stream = LatticeNoiseStream(x.shape, self.sigma, self.seed, index, stage, self.device)
+            stream: BlockStream = LatticeNoiseStream(
+                x.shape, self.sigma, seed=self.seed, index=index, stage=stage, device=self.device
+            )
 
             def noisy(m: int) -> torch.Tensor:
                 return from_levels(stream.take(m).to(torch.int32).add_(levels))
         else:
-            stream = NoiseStream(x.shape, self.sigma, self.seed, index, stage, self.device)
+            stream = NoiseStream(
+                x.shape, self.sigma, seed=self.seed, index=index, stage=stage, device=self.device
+            )
 
             def noisy(m: int) -> torch.Tensor:
                 return stream.take(m).add_(x)

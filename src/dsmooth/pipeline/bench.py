@@ -27,7 +27,7 @@ import copy
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from math import ceil
 
 import numpy as np
@@ -130,6 +130,7 @@ def matmul_peak(dtype: torch.dtype, size: int, min_seconds: float = 1.0) -> tupl
 class PipelineResult:
     spec: str
     gflop: float  # per sample
+    _: KW_ONLY
     reference_rate: float
     engine_rate: float
     batch: int
@@ -194,14 +195,14 @@ def bench_pipeline(
     result = PipelineResult(
         spec,
         flops / 1e9,
-        total / t_ref,
-        total / t_eng,
-        batch,
-        compile_seconds if compiled else warm,
-        getattr(fast, "precision", "fp32"),
-        compiled,
-        float(np.mean(peaks)),
-        {name: total / t for name, t in t_other.items()},
+        reference_rate=total / t_ref,
+        engine_rate=total / t_eng,
+        batch=batch,
+        compile_seconds=compile_seconds if compiled else warm,
+        precision=getattr(fast, "precision", "fp32"),
+        compiled=compiled,
+        fp32_peak=float(np.mean(peaks)),
+        openvino={name: total / t for name, t in t_other.items()},
     )
     extra = "".join(f", openvino {k} {v:.1f}/s" for k, v in result.openvino.items())
     report(

@@ -27,7 +27,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 
 import torch
 from torch import nn
@@ -88,7 +88,8 @@ class EngineOptions:
     """How to run the base classifier; the defaults are the fast path."""
 
     precision: str = "auto"  # fp32 | bf16 | int8 | auto (bf16 where the hardware has it)
-    compile: bool = True  # torch.compile with freezing, eager fallback on failure
+    compile: bool | None = True  # torch.compile, freezing, eager on failure; None: for_work's
+    _: KW_ONLY
     channels_last: bool = True
     device: str = "cpu"
     threads: int | str | None = None  # torch intra-op threads; None: torch's; "auto": measured
@@ -176,7 +177,7 @@ class EngineModule(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen dataclass)
+        options: EngineOptions = EngineOptions(),
         report: Callable[[str], None] | None = None,
     ):
         super().__init__()
@@ -289,7 +290,7 @@ class EngineModule(nn.Module):
 
 def accelerate(
     model: Callable,
-    options: EngineOptions = EngineOptions(),  # noqa: B008 (frozen dataclass)
+    options: EngineOptions = EngineOptions(),
     report: Callable[[str], None] | None = None,
     image_shape: Sequence[int] | None = None,
     calibration=None,
@@ -316,7 +317,23 @@ def accelerate(
         options = replace(
             options, threads=_auto_threads(model, options, device, image_shape, report)
         )
-    backend = options.backend
+    backend = _backend_for(options.backend, precision, device, image_shape)
+    if backend == "openvino":
+        return _openvino_or_torch(
+            model, options, precision=precision, report=report, image_shape=image_shape,
+            calibration=calibration,
+        )  # fmt: skip
+    if backend == "auto":
+        return _measured_choice(model, options, precision, report, image_shape)
+    return EngineModule(model, options, report)
+
+
+def _backend_for(
+    backend: str, precision: str, device: torch.device, image_shape: Sequence[int] | None
+) -> str:
+    """The backend that runs at `precision` on `device`: int8 is OpenVINO's; OpenVINO runs
+    on the CPU and needs the image shape, so auto falls back to torch without them, and an
+    explicit openvino is an error."""
     if precision == "int8" and backend == "torch":
         raise UserError("--precision int8 runs on OpenVINO; use --backend openvino or auto.")
     if precision == "int8":
@@ -329,23 +346,19 @@ def accelerate(
         if backend == "openvino":
             raise ValueError("the OpenVINO backend needs image_shape to convert the model")
         backend = "torch"
-    if backend == "openvino":
-        return _openvino_or_torch(model, options, precision, report, image_shape, calibration)
-    if backend == "auto":
-        return _measured_choice(model, options, precision, report, image_shape)
-    return EngineModule(model, options, report)
+    return backend
 
 
-def _openvino(model, options, precision, report, image_shape, calibration, fingerprint=None):
+def _openvino(model, options, *, precision, report, image_shape, calibration, fingerprint=None):
     from dsmooth.pipeline.openvino_backend import OpenVINOEngine
 
     set_threads(options.threads)
     return OpenVINOEngine(
         model,
         tuple(image_shape),
-        precision,
-        options.threads,
-        calibration,
+        precision=precision,
+        threads=options.threads,
+        calibration=calibration,
         report=report,
         fingerprint=fingerprint,
     )
@@ -361,14 +374,17 @@ def _torch_fallback(model, options, reason: str, report):
     return EngineModule(model, replace(options, precision=precision), report)
 
 
-def _openvino_or_torch(model, options, precision, report, image_shape, calibration):
+def _openvino_or_torch(model, options, *, precision, report, image_shape, calibration):
     from dsmooth.pipeline.openvino_backend import unavailable
 
     reason = unavailable()
     if reason is not None:
         return _torch_fallback(model, options, reason, report)
     try:
-        return _openvino(model, options, precision, report, image_shape, calibration)
+        return _openvino(
+            model, options, precision=precision, report=report, image_shape=image_shape,
+            calibration=calibration,
+        )  # fmt: skip
     except UserError:
         raise
     except Exception as e:  # a graph OpenVINO cannot convert or compile
@@ -401,7 +417,10 @@ def _measured_choice(model, options, precision, report, image_shape):
         _say(report, f"dsmooth: backend auto: torch ({_rates(earlier)}, measured earlier here)")
         return torch_engine
     try:
-        ov_engine = _openvino(model, options, precision, report, image_shape, None, fingerprint)
+        ov_engine = _openvino(
+            model, options, precision=precision, report=report, image_shape=image_shape,
+            calibration=None, fingerprint=fingerprint,
+        )  # fmt: skip
     except Exception as e:
         _say(report, f"dsmooth: backend auto: torch (OpenVINO failed: {type(e).__name__})")
         return torch_engine
@@ -560,6 +579,7 @@ def thread_candidates() -> tuple[int, ...]:
 def choose_threads(
     model: Callable,
     image_shape: Sequence[int],
+    *,
     candidates: Sequence[int] | None = None,
     batch: int = 8,
     rounds: int = 3,
@@ -636,7 +656,7 @@ def count_flops(model: Callable, image_shape: Sequence[int]) -> float:
     inner = getattr(model, "model", model) if is_engine(model) else model
     total = 0.0
 
-    def hook(module, inputs, output):
+    def hook(module, _inputs, output):  # torch passes (module, args, output) positionally
         nonlocal total
         if isinstance(module, nn.Conv2d):
             k = module.kernel_size[0] * module.kernel_size[1]

@@ -22,7 +22,7 @@ STAGE_EVALUATE = 3
 
 def image_noise(shape: Sequence[int], sigma: float, seed: int, index: int) -> torch.Tensor:
     """N(0, sigma^2) noise for image `index`, independent of batching."""
-    return normal(tuple(shape), sigma, seed, index, STAGE_EVALUATE)
+    return normal(tuple(shape), sigma, seed=seed, index=index, stage=STAGE_EVALUATE)
 
 
 def _predict(model: Callable, x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +41,7 @@ def _predict(model: Callable, x: torch.Tensor) -> torch.Tensor:
 def evaluate_accuracy(
     model: Callable,
     data: ImageSet,
+    *,
     sigma: float | None = None,
     indices: Sequence[int] | None = None,
     batch: int = 256,

@@ -268,6 +268,7 @@ class OpenVINOEngine:
         self,
         model: nn.Module,
         image_shape: tuple[int, ...],
+        *,
         precision: str = "fp32",
         threads: int | None = None,
         calibration: Calibration | None = None,

@@ -22,7 +22,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -43,6 +43,7 @@ class Summary:
 
     images: int  # rows written by this run
     skipped: int  # rows already in the log (resumed)
+    _: KW_ONLY
     seconds: float
     workers: int
     failures: int = 0  # workers that died and were replaced
@@ -101,8 +102,9 @@ class CertifyWorker:
 
         job = self.job
         return certify_row(
-            self.smooth, self.data, i, job.method, self.batch, job.stop_if_misclassified
-        )
+            self.smooth, self.data, i=i, method=job.certifier, batch_size=self.batch,
+            stop_if_misclassified=job.stop_if_misclassified,
+        )  # fmt: skip
 
     def pid(self) -> int:
         return os.getpid()
@@ -145,11 +147,11 @@ def certify_dataset(
     indices = select_indices(len(data), job.skip, job.max)
     job, record, base = settle(job, data)
     stop = job.stop_if_misclassified
-    columns = certify_columns(job.method, base, data, job.out, stop_if_misclassified=stop)
+    columns = certify_columns(job.certifier, base, data, job.out, stop_if_misclassified=stop)
     del data, base
-    log = ResultLog(job.out, columns, record)
+    log = ResultLog(job.log_path, columns, record)
     start = time.perf_counter()
-    summary = Summary(0, 0, 0.0, 0)
+    summary = Summary(0, 0, seconds=0.0, workers=0)
     try:
         if log.path.exists():
             log.open()  # resume: check the record, learn which images are done
@@ -158,7 +160,10 @@ def certify_dataset(
         if todo:
             started = connect(ray, address, workers)
             try:
-                scheduler = _Scheduler(ray, job, todo, log, summary, workers, max_failures)
+                scheduler = _Scheduler(
+                    ray, job, todo=todo, log=log, summary=summary, workers=workers,
+                    max_failures=max_failures,
+                )  # fmt: skip
                 scheduler.run(progress)
             finally:
                 if started:
@@ -276,6 +281,7 @@ class _Scheduler:
         self,
         ray,
         job: CertifyJob,
+        *,
         todo: list[int],
         log: ResultLog,
         summary: Summary,

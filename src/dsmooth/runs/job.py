@@ -107,6 +107,20 @@ class CertifyJob:
         return None if self.method is None else self.method.n0
 
     @property
+    def certifier(self) -> Certifier:
+        """The certification method, or a UserError for a job without one (predict)."""
+        if self.method is None:
+            raise UserError("the job has no certification method; give it one to certify.")
+        return self.method
+
+    @property
+    def log_path(self) -> str:
+        """The output log, or a UserError for a job without one."""
+        if self.out is None:
+            raise UserError("a certification job needs an output log (out).")
+        return self.out
+
+    @property
     def n_estimate(self) -> int:
         """The estimation samples the log records as `n`."""
         n = self.n
@@ -127,7 +141,7 @@ class CertifyJob:
     def with_paths_resolved(self) -> CertifyJob:
         """The job with the data and model files as absolute paths (for workers that may
         run in another folder)."""
-        changes = {}
+        changes: dict[str, Any] = {}
         for key in ("data", "classifier", "denoiser"):
             value = getattr(self, key)
             if value and Path(value).exists():
@@ -143,13 +157,11 @@ class CertifyJob:
             check_count("n0", self.n0)
         check_count("n", self.n_estimate)
         if self.batch != "auto":
-            check_count("batch", self.batch)
+            check_count("batch", int(self.batch))
         if self.skip < 1:
             raise UserError(f"skip must be at least 1, got {self.skip}.")
-        if self.out is None:
-            raise UserError("a certification job needs an output log (out).")
-        check_out_folder(self.out)
-        check_existing_log(self.out)
+        check_out_folder(self.log_path)
+        check_existing_log(self.log_path)
 
     def planned_samples(self, images: int) -> int:
         """About how many noise samples the run draws (at most): images x (n0 + n or n_max)."""
@@ -214,7 +226,7 @@ def run_record(job: CertifyJob, smooth: Smooth, data: ImageSet, batch: int) -> d
     from the models and engine actually built, not from the defaults."""
     from dsmooth.pipeline.engine import backend_of, is_engine
 
-    base = smooth.base_classifier
+    base: Any = smooth.base_classifier  # duck-typed: an engine, an ONNX model, a callable
     eng = base if is_engine(base) else None
     if eng is not None:
         precision = eng.precision
@@ -294,7 +306,7 @@ def provenance_record(
         "class_names": job.class_names,
         "stop_if_misclassified": bool(job.stop_if_misclassified),
     }
-    informing = {
+    informing: dict[str, Any] = {
         "device": str(device),
         "engine": {
             "asked_precision": job.engine.precision,
@@ -307,8 +319,9 @@ def provenance_record(
         },
     }
     denoiser = getattr(base, "denoiser", None) if job.denoiser else None
-    if getattr(denoiser, "timestep", None) is not None:  # a diffusion denoiser's t*
-        informing["denoiser_timestep"] = int(denoiser.timestep)
+    timestep = getattr(denoiser, "timestep", None)
+    if timestep is not None:  # a diffusion denoiser's t*
+        informing["denoiser_timestep"] = int(timestep)
         informing["denoiser_steps"] = int(getattr(denoiser, "steps", 1))
     return provenance.record(job.command, determining, informing)
 
@@ -383,7 +396,9 @@ def job_from_options(options: Mapping, *, predict: bool = False) -> CertifyJob:
         method=None
         if predict
         else method_from_options(options, n=given["n"], alpha=given["alpha"]),
-        model_options={k: options[k] for k in MODEL_OPTIONS if options.get(k) is not None},
+        model_options=tuple(
+            sorted((k, options[k]) for k in MODEL_OPTIONS if options.get(k) is not None)
+        ),
         engine=replace(defaults, **engine_given),
     )
 

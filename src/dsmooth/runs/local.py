@@ -41,6 +41,7 @@ def select_indices(total: int, skip: int = 1, max_index: int = -1) -> list[int]:
 def certify_row(
     smooth: Smooth,
     data: ImageSet,
+    *,
     i: int,
     method: Certifier,
     batch_size: int,
@@ -81,7 +82,7 @@ def certify_row(
 
 
 def predict_row(
-    smooth: Smooth, data: ImageSet, i: int, n: int, alpha: float, batch_size: int
+    smooth: Smooth, data: ImageSet, *, i: int, n: int, alpha: float, batch_size: int
 ) -> dict:
     start = time.perf_counter()
     label = int(data.labels[i])
@@ -113,6 +114,7 @@ def run(rows, log: ResultLog, indices: Iterable[int], desc: str, progress: bool 
 def certify_dataset(
     smooth: Smooth | CertifyJob,
     data: ImageSet | None = None,
+    *,
     out=None,
     n0: int | None = None,
     n: int | None = None,
@@ -124,7 +126,6 @@ def certify_dataset(
     sequential: dict | None = None,
     provenance: dict | None = None,
     stop_if_misclassified: bool = False,
-    *,
     method: Certifier | None = None,
 ) -> int:
     """Certify every selected image into the TSV log `out`, resuming if it exists.
@@ -142,20 +143,24 @@ def certify_dataset(
         if data is not None or out is not None:
             raise UserError("certify_dataset takes a job alone, or a Smooth, data and out.")
         return run_job(smooth, progress=progress)
+    if data is None or out is None:
+        raise UserError("certify_dataset takes a job alone, or a Smooth, data and out.")
     method = method_of(method, n0, n, alpha, sequential)
     stop = stop_if_misclassified
     columns = certify_columns(method, smooth.base_classifier, data, out, stop_if_misclassified=stop)
     return _log_dataset(
         smooth,
         data,
-        out,
-        columns,
-        lambda i: certify_row(smooth, data, i, method, batch_size, stop),
-        skip,
-        max_index,
-        "certify",
-        progress,
-        provenance,
+        out=out,
+        columns=columns,
+        row=lambda i: certify_row(
+            smooth, data, i=i, method=method, batch_size=batch_size, stop_if_misclassified=stop
+        ),
+        skip=skip,
+        max_index=max_index,
+        desc="certify",
+        progress=progress,
+        provenance=provenance,
     )
 
 
@@ -176,6 +181,7 @@ def method_of(
 def predict_dataset(
     smooth: Smooth,
     data: ImageSet,
+    *,
     out,
     n: int,
     alpha: float,
@@ -189,20 +195,21 @@ def predict_dataset(
     return _log_dataset(
         smooth,
         data,
-        out,
-        log_columns(PREDICT_COLUMNS, smooth.base_classifier, data, out),
-        lambda i: predict_row(smooth, data, i, n, alpha, batch_size),
-        skip,
-        max_index,
-        "predict",
-        progress,
-        provenance,
+        out=out,
+        columns=log_columns(PREDICT_COLUMNS, smooth.base_classifier, data, out),
+        row=lambda i: predict_row(smooth, data, i=i, n=n, alpha=alpha, batch_size=batch_size),
+        skip=skip,
+        max_index=max_index,
+        desc="predict",
+        progress=progress,
+        provenance=provenance,
     )
 
 
 def _log_dataset(
     smooth: Smooth,
     data: ImageSet,
+    *,
     out,
     columns,
     row,
@@ -228,20 +235,22 @@ def run_job(job: CertifyJob, *, built: Built | None = None, progress: bool = Tru
     if built is None:
         job.check()
         built = job.build()
-        check_resume(job.out, built.record)
+        check_resume(job.log_path, built.record)
     smooth, data, batch = built.smooth, built.data, built.batch
     if job.method is None:
         n, alpha = job.n_estimate, job.level
 
         def row(i):
-            return predict_row(smooth, data, i, n, alpha, batch)
+            return predict_row(smooth, data, i=i, n=n, alpha=alpha, batch_size=batch)
     else:
-        method, stop = job.method, job.stop_if_misclassified
+        method, stop = job.certifier, job.stop_if_misclassified
 
         def row(i):
-            return certify_row(smooth, data, i, method, batch, stop)
+            return certify_row(
+                smooth, data, i=i, method=method, batch_size=batch, stop_if_misclassified=stop
+            )
 
     return _log_dataset(
-        smooth, data, job.out, built.columns, row, job.skip, job.max, job.command,
-        progress, built.record,
+        smooth, data, out=job.log_path, columns=built.columns, row=row, skip=job.skip,
+        max_index=job.max, desc=job.command, progress=progress, provenance=built.record,
     )  # fmt: skip

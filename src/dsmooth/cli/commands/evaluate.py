@@ -69,10 +69,10 @@ def run(args) -> int:
     result = evaluate_accuracy(
         base,
         data,
-        args.sigma,
-        indices,
-        args.batch,
-        args.seed,
+        sigma=args.sigma,
+        indices=indices,
+        batch=args.batch,
+        seed=args.seed,
         progress=not args.no_progress,
     )
     if args.json:

@@ -157,7 +157,9 @@ class SequentialCertification(Certification):
     ):
         super().__init__(num_classes)
         radii = None if radius is None else tuple(float(r) for r in np.atleast_1d(radius))
-        self.plan = SequentialPlan(float(sigma), float(alpha), int(n_max), radii, tol)
+        self.plan = SequentialPlan(
+            float(sigma), float(alpha), n_max=int(n_max), radii=radii, tol=tol
+        )
         self.sigma, self.n0 = float(sigma), int(n0)
         self.c_hat: int | None = None
         self.test = SequentialTest(self.plan)

@@ -58,7 +58,9 @@ class CertifySettings:
     @property
     def tolerance(self) -> float:
         """The maximal-radius tolerance in effect: `tol`, or the sequential default."""
-        return SequentialPlan(self.sigma, self.alpha, self.n_max, None, self.tol).tolerance
+        return SequentialPlan(
+            self.sigma, self.alpha, n_max=self.n_max, radii=None, tol=self.tol
+        ).tolerance
 
     def guarantee(self) -> dict:
         """The parameters a response reports, so a client can state or check its guarantee.

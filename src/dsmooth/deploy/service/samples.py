@@ -76,6 +76,10 @@ class ImageSamples:
             from dsmooth.certify.lattice import LatticeNoiseStream
 
             return LatticeNoiseStream(
-                self.shape, self.sigma, self.seed, self.index, stage, self.device
-            )
-        return NoiseStream(self.shape, self.sigma, self.seed, self.index, stage, self.device)
+                self.shape, self.sigma, seed=self.seed, index=self.index, stage=stage,
+                device=self.device,
+            )  # fmt: skip
+        return NoiseStream(
+            self.shape, self.sigma, seed=self.seed, index=self.index, stage=stage,
+            device=self.device,
+        )  # fmt: skip
