@@ -103,7 +103,7 @@ def test_imports_run_one_way():
     env = {**os.environ, "PYTHONPATH": str(SRC.parent)}
     lint = Path(sys.executable).with_name("lint-imports")
     done = subprocess.run(
-        [str(lint), "--config", str(SRC.parents[1] / "pyproject.toml"), "--no-cache"],
+        [str(lint), str(SRC.parents[1] / "pyproject.toml"), "--no-cache"],
         cwd=SRC.parent, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:]
