@@ -7,7 +7,8 @@ maps a float [0, 1] NCHW batch to labels or scores, and returns numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -83,6 +84,7 @@ class Smooth:
         self.seed = int(seed)
         self.device = module_device(base_classifier)
         self._labels = label_function(base_classifier, self.num_classes)
+        self._drawn: tuple | None = None  # see reusing()
 
     def predict(self, x, n: int, alpha: float, batch_size: int = 64, *, index: int) -> int:
         """Top class, or ABSTAIN if the top two counts do not differ at level alpha."""
@@ -136,6 +138,23 @@ class Smooth:
             return ABSTAIN, 0.0
         return c_hat, stats.radius(self.sigma, p_lower)
 
+    @contextmanager
+    def reusing(self, x, counts: np.ndarray, *, index: int, stage: int, num: int) -> Iterator[None]:
+        """Within the block, the draw `sample_counts(x, num, ..., index=, stage=)` of this
+        very image object returns `counts` instead of sampling again.
+
+        The noise of a draw depends only on (seed, index, stage, sample number), so those
+        counts are that draw: `--stop-if-misclassified` looks at the selection draw first,
+        and CERTIFY then reuses it instead of spending n0 more samples on the same noise.
+        """
+        counts = np.asarray(counts, dtype=np.int64)
+        check_counts(counts, int(num), self.num_classes)
+        self._drawn = (x, int(index), int(stage), int(num), counts.copy())
+        try:
+            yield
+        finally:
+            self._drawn = None
+
     def sample_counts(
         self, x, num: int, batch_size: int, *, index: int, stage: int = STAGE_ESTIMATE
     ) -> np.ndarray:
@@ -144,6 +163,9 @@ class Smooth:
         The counts must add up to `num`: every bound downstream assumes n Bernoulli trials.
         """
         check_count("batch_size", batch_size)
+        drawn = getattr(self, "_drawn", None)
+        if drawn is not None and drawn[0] is x and drawn[1:4] == (index, stage, int(num)):
+            return drawn[4].copy()
         x = check_image(x).to(self.device)
         if self.noise == "lattice":
             from dsmooth.certify.lattice import LatticeNoiseStream, from_levels, to_levels
