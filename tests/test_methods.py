@@ -273,3 +273,33 @@ def test_sequential_test_fed_look_by_look_is_run_sequential():
         assert np.array_equal(getattr(ran, name), getattr(fed, name)), name
     with pytest.raises(RuntimeError):
         test.look(np.zeros(0))
+
+
+@pytest.mark.usefixtures("votes_method")
+def test_reports_describe_a_registered_methods_log_through_the_method(
+    tiny_data_file, tiny_classifier_file, tmp_path
+):
+    """The report's settings, command and radius cap come from the method's own hooks:
+    analysis names no method, so a new one needs no change there."""
+    from dsmooth.analysis.settings import certify_command, radius_cap, settings_row
+    from dsmooth.logs.provenance import read
+
+    out = tmp_path / "votes.tsv"
+    argv = certify_args(tiny_data_file, tiny_classifier_file, out, "--method", "cp-votes")
+    assert main(argv) == 0
+    record = read(out)
+    row = settings_row(record)
+    assert row["method"] == f"cp-votes, n = {record['n']}"
+    assert row["n"] == str(record["n"])
+    assert row["largest radius"] == "-"  # VotesCP does not say its largest radius
+    assert radius_cap(record) is None
+    assert " --method cp-votes " in certify_command(record, out)
+    # the built-in ones, through the same hooks
+    cp = {**record, "method": "cp"}
+    assert settings_row(cp)["method"] == "CERTIFY (Clopper-Pearson)"
+    largest = stats.max_certified_radius(record["sigma"], record["alpha"], record["n"])
+    assert radius_cap(cp).radius == pytest.approx(max(largest, 0.0))
+    seq = {**record, "method": "sequential", "radius": [0.1], "n_max": 80}
+    assert settings_row(seq)["method"] == "sequential, n_max = 80; targets 0.1"
+    assert settings_row(seq)["n"] == "-"
+    assert certify_command(seq, out).count("--method sequential --radius 0.1 --n-max 80") == 1

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from dsmooth.analysis.tables import Report, Series
+from dsmooth.certify.methods import Certifier, Sequential, certifier_from_record
 from dsmooth.errors import UserError
 
 #: The mark of a radius column above the largest radius its rows' settings can certify.
@@ -32,12 +33,20 @@ class RadiusCap:
     radius: float
     sigma: float
     alpha: float
-    samples: int  # n, or n_max for sequential CERTIFY
-    method: str = "cp"  # "cp" or "sequential"
+    certifier: Certifier  # the method that wrote the log, with its settings
+
+    @property
+    def samples(self) -> int:
+        """n, or n_max for sequential CERTIFY."""
+        return self.certifier.samples
+
+    @property
+    def method(self) -> str:
+        return self.certifier.name
 
     @property
     def budget(self) -> str:
-        return f"n = {self.samples}" if self.method == "cp" else f"n_max = {self.samples}"
+        return self.certifier.budget()
 
     @property
     def shown(self) -> str:
@@ -47,11 +56,10 @@ class RadiusCap:
     @property
     def who(self) -> str:
         """What can certify no further, e.g. 'n = 500' or 'sequential CERTIFY with n_max = 2000'."""
-        return self.budget if self.method == "cp" else f"sequential CERTIFY with {self.budget}"
+        return self.certifier.who()
 
     def describe(self) -> str:
-        how = "" if self.method == "cp" else "sequential, "
-        return f"{how}{self.budget}, sigma = {self.sigma:g}, alpha = {self.alpha:g}"
+        return f"{self.certifier.short()}, sigma = {self.sigma:g}, alpha = {self.alpha:g}"
 
     def excludes(self, radius: float) -> bool:
         """Whether no image can be certified at `radius` with these settings."""
@@ -65,40 +73,23 @@ def sequential_max_radius(
     radius: Sequence[float] | None = None,
     tol: float | None = None,
 ) -> float:
-    """The largest radius sequential CERTIFY can return: its bound is the best over the
-    looks of a Clopper-Pearson bound at that look's level (dsmooth.certify.sequential), so the
-    largest is the best over the looks with every sample on the top class."""
-    from dsmooth.certify.sequential import SequentialPlan, cp_lower, radius_of
-
+    """The largest radius sequential CERTIFY can return (`Sequential.max_radius`)."""
     radii = None if radius is None else tuple(float(r) for r in radius)
-    plan = SequentialPlan(float(sigma), float(alpha), n_max=int(n_max), radii=radii, tol=tol)
-    best = max(
-        float(cp_lower(n, n, level)) for n, level in zip(plan.schedule, plan.levels, strict=True)
-    )
-    return float(radius_of(best, plan.sigma))
+    return Sequential(1, float(alpha), int(n_max), radii, tol).max_radius(sigma)
 
 
 def radius_cap(record: dict | None) -> RadiusCap | None:
-    """The cap of a certify log's record, or None (no record, a predict log, or missing
-    or invalid settings)."""
-    from dsmooth.certify.stats import max_certified_radius
-
-    if not record or record.get("command", "certify") != "certify":
+    """The cap of a certify log's record, or None (no record, a predict log, missing or
+    invalid settings, or a method that does not say its largest radius)."""
+    certifier = certifier_from_record(record)
+    if certifier is None or record is None:
         return None
     try:
         sigma, alpha = float(record["sigma"]), float(record["alpha"])
-        if record.get("method") == "sequential":
-            n_max = int(record.get("n_max") or record["n"])
-            cap = sequential_max_radius(
-                sigma, alpha, n_max, record.get("radius"), record.get("tol")
-            )
-            return RadiusCap(cap, sigma, alpha, n_max, "sequential")
-        n = int(record["n"])
-        # below 0 when n is too small for alpha: every image abstains
-        cap = max(max_certified_radius(sigma, alpha, n), 0.0)
-        return RadiusCap(cap, sigma, alpha, n)
-    except (KeyError, TypeError, ValueError, UserError):  # an old or hand-edited record
+        cap = certifier.max_radius(sigma)
+    except (KeyError, TypeError, ValueError, UserError):
         return None
+    return None if cap is None else RadiusCap(cap, sigma, alpha, certifier)
 
 
 def log_cap(path: str | os.PathLike) -> RadiusCap | None:
@@ -243,16 +234,11 @@ def _number(value) -> str:
 def method_text(record: dict) -> str:
     if record.get("command") == "predict":
         return "PREDICT"
-    if record.get("method") == "sequential":
-        parts = [f"sequential, n_max = {record.get('n_max') or record.get('n')}"]
-        if record.get("radius"):
-            parts.append("targets " + ", ".join(_number(r) for r in record["radius"]))
-        else:
-            tol = record.get("tol")
-            parts.append("largest radius" + (f", tol {_number(tol)}" if tol else ""))
-        text = "; ".join(parts)
+    certifier = certifier_from_record(record)
+    if certifier is not None:
+        text = certifier.settings()
     else:
-        text = "CERTIFY (Clopper-Pearson)"
+        text = str(record.get("method") or "CERTIFY (Clopper-Pearson)")
     if record.get("stop_if_misclassified"):
         text += "; stop if misclassified"
     return text
@@ -309,16 +295,20 @@ def certify_command(record: dict, log: str | os.PathLike) -> str:
     add("--backend", record.get("backend"))
     if record.get("device_type") not in (None, "cpu"):
         add("--device", record.get("device_type"))
-    if record.get("method") == "sequential":
-        argv += ["--method", "sequential"]
-        if record.get("radius"):
-            argv += ["--radius", *(_number(r) for r in record["radius"])]
-        add("--n-max", record.get("n_max"))
-        add("--tol", record.get("tol"))
+    certifier = certifier_from_record(record) if command == "certify" else None
+    if certifier is not None:
+        argv += certifier.flags()
+    elif record.get("method") not in (None, "cp"):
+        argv += ["--method", str(record["method"])]
     if record.get("stop_if_misclassified"):
         argv.append("--stop-if-misclassified")
     argv += ["--out", str(log)]
     return shlex.join(argv)
+
+
+def _budget_is_n(record: dict) -> bool:
+    certifier = certifier_from_record(record)
+    return certifier is None or certifier.spends_n
 
 
 def settings_row(record: dict | None) -> dict[str, str]:
@@ -330,8 +320,8 @@ def settings_row(record: dict | None) -> dict[str, str]:
         "sigma": _number(record.get("sigma", "-")),
         "alpha": _number(record.get("alpha", "-")),
         "n0": _number(record["n0"]) if record.get("n0") is not None else "-",
-        # sequential CERTIFY's budget is n_max, in the method column
-        "n": "-" if record.get("method") == "sequential" else _number(record.get("n", "-")),
+        # a method whose budget is not n (sequential: n_max) shows it in the method column
+        "n": _number(record.get("n", "-")) if _budget_is_n(record) else "-",
         "method": method_text(record),
         "noise": noise_text(record),
         "seed": _number(record.get("seed", "-")),

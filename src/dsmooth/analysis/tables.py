@@ -183,13 +183,12 @@ def read_log(path: str | os.PathLike, name: str = "", warn: Warn | None = None) 
 
 
 def _decision_targets(path: Path) -> tuple[float, ...] | None:
-    """Target radii of a decision-mode sequential log, from its provenance record."""
+    """Target radii of a decision-mode log (sequential with --radius), from its record."""
+    from dsmooth.certify.methods import certifier_from_record
     from dsmooth.logs.provenance import read
 
-    record = read(path) or {}
-    if record.get("method") == "sequential" and record.get("radius"):
-        return tuple(float(r) for r in record["radius"])
-    return None
+    certifier = certifier_from_record(read(path))
+    return None if certifier is None else certifier.decided_radii
 
 
 def _drop_duplicates(log: Log, warn: Warn) -> Log:

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from dsmooth.certify.sequential import SequentialPlan, certify_sequential
-from dsmooth.certify.stats import check_alpha, check_count
+from dsmooth.certify.sequential import SequentialPlan, certify_sequential, cp_lower, radius_of
+from dsmooth.certify.stats import check_alpha, check_count, max_certified_radius
 from dsmooth.errors import UserError
 
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ class Certifier(ABC):
     #: Which of OPTIONAL the method reads (`from_options` receives them); giving another
     #: is an error rather than silently ignored.
     options: ClassVar[tuple[str, ...]] = ()
+    #: Whether the method's estimation budget is `--n` (reports then show n as such).
+    spends_n: ClassVar[bool] = True
 
     n0: int
 
@@ -87,6 +89,65 @@ class Certifier(ABC):
         make: Callable[..., Certifier] = cls  # every subclass is a dataclass of these fields
         return make(n0=n0, n=n, alpha=alpha, **options)
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Certifier:
+        """The method that wrote a log, from its provenance record (`record()` inverted),
+        so reports describe a log through the method instead of knowing every method."""
+        options = {k: record[k] for k in cls.options if record.get(k) is not None}
+        if isinstance(options.get("radius"), list):
+            options["radius"] = tuple(options["radius"])
+        return cls.from_options(
+            n0=int(record["n0"]), n=int(record["n"]), alpha=float(record["alpha"]), **options
+        )
+
+    # How reports speak of a log this method wrote (dsmooth.analysis.settings).
+
+    @property
+    def samples(self) -> int:
+        """The estimation samples at most: what caps the certified radius."""
+        n = getattr(self, "n", None)
+        if n is None:
+            raise NotImplementedError(f"{type(self).__name__} has no n: define `samples`")
+        return int(n)
+
+    def budget(self) -> str:
+        """The samples that cap the radius, for people: 'n = 500'."""
+        return f"n = {self.samples}"
+
+    def who(self) -> str:
+        """What can certify no further than the cap: 'n = 500'."""
+        return f"{self.name} with {self.budget()}"
+
+    def short(self) -> str:
+        """The method and its budget in a list of settings: 'n = 500'."""
+        return f"{self.name}, {self.budget()}"
+
+    def settings(self) -> str:
+        """The report's method column: 'CERTIFY (Clopper-Pearson)'."""
+        return self.short()
+
+    def flags(self) -> list[str]:
+        """The `dsmooth certify` flags that select this method with its options (n0, n
+        and alpha are the caller's)."""
+        out = ["--method", self.name]
+        for key in self.options:
+            value = getattr(self, key, None)
+            if value is not None:
+                values = value if isinstance(value, tuple) else (value,)
+                out += [f"--{key.replace('_', '-')}", *(f"{v:g}" for v in values)]
+        return out
+
+    @property
+    def decided_radii(self) -> tuple[float, ...] | None:
+        """Target radii when the method only decides them: its radius column is then the
+        largest target certified, not the largest radius (None: the radius itself)."""
+        return None
+
+    def max_radius(self, sigma: float) -> float | None:  # noqa: ARG002 (subclasses read it)
+        """The largest radius the method can certify at `sigma` (every sample on the top
+        class), or None when the method does not say."""
+        return None
+
 
 @dataclass(frozen=True)
 class CohenCP(Certifier):
@@ -108,6 +169,22 @@ class CohenCP(Certifier):
         prediction, radius = smooth.certify(x, self.n0, self.n, self.alpha, batch_size, index=index)
         return Certificate(prediction, radius)
 
+    def who(self) -> str:
+        return self.budget()
+
+    def short(self) -> str:
+        return self.budget()
+
+    def settings(self) -> str:
+        return "CERTIFY (Clopper-Pearson)"
+
+    def flags(self) -> list[str]:
+        return []  # the default method
+
+    def max_radius(self, sigma: float) -> float:
+        # below 0 when n is too small for alpha: every image abstains
+        return max(max_certified_radius(sigma, self.alpha, self.n), 0.0)
+
 
 @dataclass(frozen=True)
 class Sequential(Certifier):
@@ -121,6 +198,7 @@ class Sequential(Certifier):
     summary: ClassVar[str] = "stop early, same guarantee, log column n_used"
     columns: ClassVar[tuple[str, ...]] = ("n_used",)
     options: ClassVar[tuple[str, ...]] = OPTIONAL
+    spends_n: ClassVar[bool] = False  # n_max is its budget
 
     n0: int
     alpha: float
@@ -161,9 +239,65 @@ class Sequential(Certifier):
         radius = None if self.radii is None else list(self.radii)
         return {"method": self.name, "radius": radius, "n_max": self.n_max, "tol": self.tol}
 
+    @property
+    def samples(self) -> int:
+        return int(self.n_max)
+
+    @property
+    def decided_radii(self) -> tuple[float, ...] | None:
+        return self.radii or None
+
+    def budget(self) -> str:
+        return f"n_max = {self.n_max}"
+
+    def who(self) -> str:
+        return f"sequential CERTIFY with {self.budget()}"
+
+    def short(self) -> str:
+        return f"sequential, {self.budget()}"
+
+    def settings(self) -> str:
+        if self.radii:
+            return f"{self.short()}; targets " + ", ".join(f"{r:g}" for r in self.radii)
+        return f"{self.short()}; largest radius" + (f", tol {self.tol:g}" if self.tol else "")
+
+    def flags(self) -> list[str]:
+        out = ["--method", self.name]
+        if self.radii:
+            out += ["--radius", *(f"{r:g}" for r in self.radii)]
+        out += ["--n-max", str(self.n_max)]
+        return out + ([] if self.tol is None else ["--tol", f"{self.tol:g}"])
+
+    def max_radius(self, sigma: float) -> float:
+        """Its bound is the best over the looks of a Clopper-Pearson bound at that look's
+        level, so the largest is the best over the looks with every sample on top."""
+        plan = SequentialPlan(
+            float(sigma), float(self.alpha), n_max=int(self.n_max), radii=self.radii, tol=self.tol
+        )
+        best = max(
+            float(cp_lower(n, n, level))
+            for n, level in zip(plan.schedule, plan.levels, strict=True)
+        )
+        return float(radius_of(best, plan.sigma))
+
 
 #: `--method` name -> Certifier class, in `--help` order.
 METHODS: dict[str, type[Certifier]] = {"cp": CohenCP, "sequential": Sequential}
+
+
+def certifier_from_record(record: Mapping[str, Any] | None) -> Certifier | None:
+    """The method that wrote a certify log, from its provenance record, or None: no
+    record, a predict log, a method not registered here, or missing or invalid settings
+    (an old or hand-edited record)."""
+    if not record or record.get("command", "certify") != "certify":
+        return None
+    cls = METHODS.get(record.get("method") or "cp")
+    if cls is None:
+        return None
+    try:
+        return cls.from_record({"n0": 1, **record})  # records before 0.2 may lack n0
+    except (KeyError, TypeError, ValueError, UserError):
+        return None
 
 
 def register_method(cls: type[Certifier]) -> type[Certifier]:
