@@ -28,12 +28,14 @@ reproduce: $(STAMP)
 	$(BIN)/python results/campaign.py run --commit-every $(COMMIT_EVERY)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks results
+	$(BIN)/ruff format --check src tests benchmarks results
+	$(BIN)/mypy
+	cd src && ../$(BIN)/lint-imports ../pyproject.toml
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks results
+	$(BIN)/ruff check --fix src tests benchmarks results
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

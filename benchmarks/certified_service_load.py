@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from dsmooth import Smooth, load_model
-from dsmooth.base import compose
+from dsmooth.pipeline.compose import compose
 
 EXACT_ENV = {"DSMOOTH_PRECISION": "fp32", "DSMOOTH_COMPILE": "0", "DSMOOTH_BACKEND": "torch"}
 
@@ -163,7 +163,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
-async def load(url: str, clients: int, seconds: float, images, args):
+async def load(url: str, clients: int, seconds: float, images):
     import httpx
 
     latencies, codes, certs = [], {}, []
@@ -267,7 +267,7 @@ async def disconnects(url: str, images, args, clients: int = 8) -> dict:
 
     async def half_body(k: int):
         body = json.dumps(long_body(images[k % len(images)], args)).encode()
-        reader, writer = await asyncio.open_connection(host, int(port))
+        _reader, writer = await asyncio.open_connection(host, int(port))
         head = (
             f"POST /v1/certify HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
             f"\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -417,7 +417,7 @@ def sigterm_under_load(proc, url: str, images, args, clients: int = 8):
 
 def fault_report(proc, url: str, images, args, shape) -> tuple[list[str], bool]:
     """Run the fault cases on the running server; (report lines, all passed)."""
-    from dsmooth.service.wire import body_limit
+    from dsmooth.deploy.service.wire import body_limit
 
     lines, ok = ["faults:"], True
 
@@ -513,7 +513,7 @@ def main(argv=None) -> int:
     try:
         lines.append("clients  req/s   p50 s   p99 s  samples/s  vs offline  codes")
         for clients in args.concurrency:
-            elapsed, lat, codes, certs = asyncio.run(load(url, clients, args.seconds, images, args))
+            elapsed, lat, codes, certs = asyncio.run(load(url, clients, args.seconds, images))
             served = sum(c["n_used"] for _, c in certs) / elapsed
             p50, p99 = np.percentile(lat, [50, 99]) if lat else (float("nan"),) * 2
             lines.append(

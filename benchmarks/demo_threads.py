@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dsmooth.engine import cpu_model
+from dsmooth.pipeline.host import cpu_model
 
 
 def parse(argv=None):

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from dsmooth import compose, load_model
-from dsmooth.engine import EngineOptions, accelerate, cpu_model, native_bf16
-from dsmooth.export import export
+from dsmooth.deploy.export import export
+from dsmooth.pipeline.engine import EngineOptions, accelerate
+from dsmooth.pipeline.host import cpu_model, native_bf16
 
 SHAPE = (3, 32, 32)
 

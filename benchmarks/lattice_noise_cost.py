@@ -5,7 +5,8 @@
 Two measurements, alternating the two modes in every repeat so that a loaded machine
 slows both alike:
   (a) drawing alone: microseconds per noise sample for a CIFAR-10 image (3x32x32) and an
-      ImageNet one (3x224x224), Gaussian (`dsmooth.noise`) vs lattice (`dsmooth.lattice`);
+      ImageNet one (3x224x224), Gaussian (`dsmooth.certify.noise`) vs lattice
+      (`dsmooth.certify.lattice`);
   (b) whole `Smooth.sample_counts` through a base classifier (default: the shipped
       DnCNN + ResNet-20, fp32 eager), where drawing is a small part of the work.
 The ratio lattice / gaussian of (b) is what a certification run pays for soundness.
@@ -21,9 +22,10 @@ import time
 import torch
 
 from dsmooth import Smooth, compose, load_model
-from dsmooth.engine import cpu_model, set_threads
-from dsmooth.lattice import inverse, lattice_block
-from dsmooth.noise import BLOCK, gaussian_block, philox_key
+from dsmooth.certify.lattice import inverse, lattice_block
+from dsmooth.certify.noise import BLOCK, gaussian_block, philox_key
+from dsmooth.pipeline.engine import set_threads
+from dsmooth.pipeline.host import cpu_model
 
 
 def parse(argv=None):

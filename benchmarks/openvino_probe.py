@@ -14,9 +14,9 @@ import time
 import numpy as np
 import torch
 
-from dsmooth import engine
-from dsmooth.base import Composed
 from dsmooth.models import create
+from dsmooth.pipeline import engine
+from dsmooth.pipeline.compose import Composed
 
 
 def rate(fn, batch: int, seconds: float) -> float:

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dsmooth import Smooth, compose, load_model, stats
-from dsmooth.datasets import load_dataset
-from dsmooth.engine import EngineOptions, accelerate, backend_of, native_bf16, set_threads
-from dsmooth.openvino_backend import Calibration
-from dsmooth.smoothing import ABSTAIN
+from dsmooth import Smooth, compose, load_model
+from dsmooth.certify import stats
+from dsmooth.certify.smooth import ABSTAIN
+from dsmooth.data.datasets import load_dataset
+from dsmooth.pipeline.engine import EngineOptions, accelerate, backend_of, native_bf16, set_threads
+from dsmooth.pipeline.openvino_backend import Calibration
 
 RADII = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
 
@@ -41,7 +42,9 @@ def parse(argv=None):
     p.add_argument("--denoiser", default=None, help="optional denoiser spec")
     p.add_argument("--mean", default=None, help="input mean of a foreign classifier")
     p.add_argument("--std", default=None, help="input std of a foreign classifier")
-    p.add_argument("--data", required=True, help="dataset spec (dsmooth.datasets.load_dataset)")
+    p.add_argument(
+        "--data", required=True, help="dataset spec (dsmooth.data.datasets.load_dataset)"
+    )
     p.add_argument("--images", type=int, default=100, help="first N images (default 100)")
     p.add_argument("--sigma", type=float, default=0.25)
     p.add_argument("--n0", type=int, default=100)
@@ -88,7 +91,7 @@ class AllVariants:
         return out
 
 
-def certify_from_labels(labels, n0, n, alpha, sigma, num_classes) -> tuple[int, float]:
+def certify_from_labels(labels, n0, *, n, alpha, sigma, num_classes) -> tuple[int, float]:
     """CERTIFY's decision from the labels of its n0 selection then n estimation samples."""
     selection = np.bincount(labels[:n0], minlength=num_classes)
     estimation = np.bincount(labels[n0 : n0 + n], minlength=num_classes)
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
     lowest = dict.fromkeys(variants, 1.0)
     rows: dict[str, list] = {k: [] for k in names}
     total = 0
-    decide = (args.n0, args.n, args.alpha, args.sigma, num_classes)
+    decide = dict(n0=args.n0, n=args.n, alpha=args.alpha, sigma=args.sigma, num_classes=num_classes)
     start = time.perf_counter()
     for i in tqdm(range(count), desc="images", file=sys.stderr):
         x, y = data.image(i), int(data.labels[i])
@@ -142,14 +145,14 @@ def main(argv=None) -> int:
         pred32, radius32 = smooth.certify(x, args.n0, args.n, args.alpha, args.batch, index=i)
         labels = both.take()
         # the same rule on the recorded fp32 labels must reproduce Smooth.certify
-        assert certify_from_labels(labels["fp32"], *decide) == (pred32, radius32)
+        assert certify_from_labels(labels["fp32"], **decide) == (pred32, radius32)
         rows["fp32"].append((y, pred32, radius32))
         total += len(labels["fp32"])
         for v in variants:
             same = int((labels["fp32"] == labels[v]).sum())
             agree[v] += same
             lowest[v] = min(lowest[v], same / len(labels["fp32"]))
-            rows[v].append((y, *certify_from_labels(labels[v], *decide)))
+            rows[v].append((y, *certify_from_labels(labels[v], **decide)))
     normalisation = f" (mean {args.mean}, std {args.std})" if args.mean else ""
     lines = [
         "other arithmetic vs torch fp32 inside the base classifier (the same float32 noisy "

@@ -12,7 +12,7 @@ choice, see docs/sequential.md, and --abstain-pa changes it).
 Both methods then certify the *same* images with the *same* pA, REPEATS times each,
 simulated at the level of counts (binomial draws; the selection step keeps the logged
 prediction). Fixed-n is Cohen et al.'s CERTIFY (n0 = 100, n = 100,000, alpha = 0.001).
-Sequential runs `dsmooth.sequential.run_sequential`, the code the product runs, in
+Sequential runs `dsmooth.certify.sequential.run_sequential`, the code the product runs, in
 decision mode for the radii 0.25/0.5/0.75 and in maximal-radius mode with budget
 n_max = 100,000. Samples include the n0 = 100 selection samples for both methods.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import norm
 
-from dsmooth.sequential import SequentialPlan, cp_lower, radius_of, run_sequential
+from dsmooth.certify.sequential import SequentialPlan, cp_lower, radius_of, run_sequential
 
 LOGS = Path(__file__).resolve().parents[2] / "shared/fixtures/paper-logs/certify/cifar10"
 RADII = (0.25, 0.5, 0.75)
@@ -69,8 +69,8 @@ def fixed_n(p: np.ndarray, sigma: float, rng) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sequential(p: np.ndarray, sigma: float, rng, radii) -> tuple[np.ndarray, np.ndarray]:
-    plan = SequentialPlan(sigma, ALPHA, N, radii)
-    out = run_sequential(plan, lambda r, m, active: rng.binomial(m, p[active]), p.size)
+    plan = SequentialPlan(sigma, ALPHA, n_max=N, radii=radii)
+    out = run_sequential(plan, lambda _r, m, active: rng.binomial(m, p[active]), p.size)
     return radius_of(out.p_lower, sigma), N0 + out.n_used
 
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from dsmooth.engine import cpu_model
+from dsmooth.data.transforms import to_float_nchw
 from dsmooth.models import create
-from dsmooth.training.augment import to_float_nchw
+from dsmooth.pipeline.host import cpu_model, native_bf16
 from dsmooth.training.objectives import DenoiserObjective
-from dsmooth.training.precision import autocast, bf16_is_fast
+from dsmooth.training.precision import autocast
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10_test.npz"
 CPU = torch.device("cpu")
@@ -73,7 +73,7 @@ def classifier_step(model, precision, channels_last):
     model = model.to(memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-    def step(batch, labels, k):
+    def step(batch, labels, _k):
         x = to_float_nchw(batch).contiguous(memory_format=fmt)
         with autocast(precision, CPU):
             logits = model(x)
@@ -154,7 +154,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     data, labels = images(max(args.batch * (args.steps * args.repeats + 1), 512))
     print(f"# torch {torch.__version__}, CPU: {cpu_model()}, threads {torch.get_num_threads()}")
-    print(f"# native bf16 (AMX/AVX512-BF16): {bf16_is_fast()}; load average at start: {load()}")
+    print(f"# native bf16 (AMX/AVX512-BF16): {native_bf16('cpu')}; load average at start: {load()}")
     print(
         f"# DnCNN-17 (64 ch) + Adam, batch {args.batch}; stab/clf through {args.classifier}; "
         f"'classifier' = SGD training of {args.classifier} alone"

@@ -115,7 +115,7 @@ def measure() -> dict:
     for line in out.splitlines():
         parts = line.split()
         if len(parts) == 5 and parts[1] == "channels_last":
-            name, _, precision, wall, _ = parts
+            name, _, _precision, wall, _ = parts
             key = f"train_{name}"
             rates[key] = max(rates.get(key, 0.0), float(wall))  # auto picks the faster
     bench = subprocess.run(
@@ -430,7 +430,7 @@ def steps() -> list:
     recipe = probes.candidates[best][: -len(one_epoch)]
     stab = Train(
         "dncnn-stab", "cifar10-dncnn-stab-0.25-resnet110", "train_stab", 20,
-        recipe + ["--val-data", TEST] + words("--max-val-images 500 --epochs 20 --schedule cosine"),
+        [*recipe, "--val-data", TEST, *words("--max-val-images 500 --epochs 20 --schedule cosine")],
     )  # fmt: skip
     # fp32 evaluations: the same numbers on every host type (auto is bf16 on some)
     clf_eval = words("evaluate --classifier SPEC --sigma 0.25 --no-progress --json"
@@ -644,27 +644,7 @@ def run(args) -> int:
                     print(f"skip {s.name}: needs {', '.join(_missing(s))} finished first")
                 break
             tried.add(step.name)
-            LOGS.mkdir(parents=True, exist_ok=True)
-            before = step.describe().split(": ", 1)[1]
-            t0 = time.time()
-            try:
-                if isinstance(step, Ship):
-                    print(f"+ {step.name}", flush=True)
-                    step.ship(commit=bool(args.commit_every))
-                    rc = 0
-                elif isinstance(step, Probes):
-                    step.run(args.threads)
-                    rc = 0
-                else:
-                    extra = ["--threads", str(args.threads)] if args.threads else []
-                    rc = call(step.command() + extra)
-            except KeyboardInterrupt:
-                record(step, before, time.time() - t0, "interrupted")
-                write_status(rates)
-                raise
-            if not isinstance(step, Ship):
-                record(step, before, time.time() - t0, "done" if step.done() else f"rc {rc}")
-            write_status(rates)
+            rc = run_step(step, args, rates)
             if rc != 0:
                 return rc
         if all(s.done() for s in steps()):
@@ -678,6 +658,32 @@ def run(args) -> int:
                 check=False,
             )
     return 0
+
+
+def run_step(step, args, rates: dict) -> int:
+    """Run one step and record it (hosts.tsv, STATUS.md); its exit status."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    before = step.describe().split(": ", 1)[1]
+    t0 = time.time()
+    try:
+        if isinstance(step, Ship):
+            print(f"+ {step.name}", flush=True)
+            step.ship(commit=bool(args.commit_every))
+            rc = 0
+        elif isinstance(step, Probes):
+            step.run(args.threads)
+            rc = 0
+        else:
+            extra = ["--threads", str(args.threads)] if args.threads else []
+            rc = call(step.command() + extra)
+    except KeyboardInterrupt:
+        record(step, before, time.time() - t0, "interrupted")
+        write_status(rates)
+        raise
+    if not isinstance(step, Ship):
+        record(step, before, time.time() - t0, "done" if step.done() else f"rc {rc}")
+    write_status(rates)
+    return rc
 
 
 #: a ready step is taken out of plan order only if this host is this much better at it
@@ -769,7 +775,7 @@ def analyze() -> None:
         subprocess.run(cmd, check=True)
 
 
-def _interrupt(signum, frame) -> None:
+def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt
 
 

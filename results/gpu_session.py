@@ -104,8 +104,8 @@ def checks(out: Path, device: str, tiny: bool) -> None:
 
     sys.path.insert(0, str(ROOT / "src"))
     from dsmooth import Smooth, compose, load_model
-    from dsmooth.data import load_images
-    from dsmooth.engine import EngineOptions, accelerate
+    from dsmooth.data.load import load_images
+    from dsmooth.pipeline.engine import EngineOptions, accelerate
 
     lines = []
     model = compose(

@@ -10,23 +10,32 @@ import pytest
 import torch
 from torch import nn
 
-# CLI tests run the engine eagerly in fp32 (results then match direct Smooth calls on any
-# CPU, and no test pays a torch.compile); tests/test_engine.py covers compile and bf16.
-os.environ.setdefault("DSMOOTH_COMPILE", "0")
-os.environ.setdefault("DSMOOTH_PRECISION", "fp32")
-# ... on torch, unless a test asks for OpenVINO (tests/test_openvino_backend.py), with any
-# OpenVINO graph cache in a folder of the test run's own.
-os.environ.setdefault("DSMOOTH_BACKEND", "torch")
-# ... with one thread, not a measured count: tiny models gain nothing from two, and each
-# CLI test would pay the measurement (tests/test_engine.py covers --threads auto).
-os.environ.setdefault("DSMOOTH_THREADS", "1")
+#: The suite's engine defaults, each set only where the user has not set it (tests and the
+#: CLI processes they spawn inherit it): CLI tests run the engine eagerly in fp32 (results
+#: then match direct Smooth calls on any CPU, and no test pays a torch.compile;
+#: tests/test_engine.py covers compile and bf16) ...
+SUITE_ENVIRONMENT = {
+    "DSMOOTH_COMPILE": "0",
+    "DSMOOTH_PRECISION": "fp32",
+    # ... on torch, unless a test asks for OpenVINO (tests/test_openvino_backend.py) ...
+    "DSMOOTH_BACKEND": "torch",
+    # ... with one thread, not a measured count: tiny models gain nothing from two, and each
+    # CLI test would pay the measurement (tests/test_engine.py covers --threads auto).
+    "DSMOOTH_THREADS": "1",
+}
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _graph_cache(tmp_path_factory):
-    if "DSMOOTH_CACHE" not in os.environ:
-        os.environ["DSMOOTH_CACHE"] = str(tmp_path_factory.mktemp("dsmooth-cache"))
-    yield
+def _suite_environment(tmp_path_factory):
+    """SUITE_ENVIRONMENT, and a graph/download cache (DSMOOTH_CACHE) in a folder of the
+    test run's own, for the session; a variable the user set is left as it is."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in SUITE_ENVIRONMENT.items():
+            if name not in os.environ:
+                mp.setenv(name, value)
+        if "DSMOOTH_CACHE" not in os.environ:
+            mp.setenv("DSMOOTH_CACHE", str(tmp_path_factory.mktemp("dsmooth-cache")))
+        yield
 
 
 REPO = Path(__file__).resolve().parents[1]

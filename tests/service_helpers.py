@@ -78,7 +78,7 @@ def dsmooth_server(
 
 
 class LiveServer:
-    """An ASGI app on a real uvicorn (dsmooth.service.server.make_server) in a thread.
+    """An ASGI app on a real uvicorn (dsmooth.deploy.service.server.make_server) in a thread.
 
     `on_shutdown` runs when shutdown begins, as `dsmooth serve --smoothed` closes its
     service; `stop()` asks uvicorn to exit and joins its thread.
@@ -90,11 +90,11 @@ class LiveServer:
         shutdown_timeout: float = 2,
         on_shutdown: Callable[[], None] | None = None,
     ):
-        from dsmooth.service.server import bind, make_server
+        from dsmooth.deploy.service.server import bind, make_server
 
         self.sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = make_server(app, self.sock, shutdown_timeout, on_shutdown)
+        self.server = make_server(app, shutdown_timeout, on_shutdown)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
         self.thread.start()
         end = time.monotonic() + 10

@@ -1,16 +1,17 @@
-"""Reading, checking and summarising result logs (dsmooth.analysis), on hand-made logs."""
+"""Reading, checking and summarising result logs (dsmooth.analysis.tables), on hand-made logs."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from dsmooth.analysis import (
+from dsmooth.analysis.tables import (
     LogWarning,
     Series,
     analyze,
@@ -43,7 +44,8 @@ ROWS = [
 
 def test_certified_accuracy_counts_correct_rows_at_or_above_the_radius(tmp_path):
     log = read_log(write(tmp_path, "a.tsv", ROWS))
-    assert log.kind == "certify" and len(log) == 4
+    assert log.kind == "certify"
+    assert len(log) == 4
     assert log.certified_accuracy(0.0) == 0.5
     assert log.certified_accuracy(0.25) == 0.5  # radius == r counts
     assert log.certified_accuracy(0.26) == 0.25
@@ -63,7 +65,7 @@ def test_time_as_timedelta_or_plain_seconds():
     assert parse_seconds("2 days, 1:00:00") == 2 * 86400 + 3600
     assert parse_seconds("12.25") == 12.25
     for bad in ("soon", "1:2", "-3", "nan", ""):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"^{re.escape(bad)}$"):
             parse_seconds(bad)
 
 
@@ -75,7 +77,8 @@ def test_plain_seconds_column(tmp_path):
 
 
 def test_mixed_time_formats_fall_back_to_careful_parsing(tmp_path):
-    rows = ROWS[:2] + [
+    rows = [
+        *ROWS[:2],
         ROWS[2].replace("0:00:01", "1"),
         ROWS[3].replace("0:00:03", "1 day, 0:00:03"),
     ]
@@ -92,7 +95,8 @@ def test_extra_columns_are_kept_and_n_used_is_averaged(tmp_path):
     assert list(log.extra["note"]) == ["x100", "x300", "x1000", "x200"]
     report = analyze([path], radii=[0.0, 0.5])
     assert report.stats_rows()[0]["mean_n_used"] == 400.0
-    assert "mean n_used" in report.markdown() and "400.0" in report.markdown()
+    assert "mean n_used" in report.markdown()
+    assert "400.0" in report.markdown()
     # without the column the statistics do not mention it
     plain = analyze([write(tmp_path, "p.tsv", ROWS)], radii=[0.0])
     assert "n_used" not in plain.markdown()
@@ -102,14 +106,16 @@ def test_windows_line_endings_and_a_bom_are_fine(tmp_path):
     path = tmp_path / "crlf.tsv"
     path.write_bytes(("\ufeff" + "\r\n".join([HEADER, *ROWS]) + "\r\n").encode("utf-8"))
     log = read_log(path)
-    assert len(log) == 4 and log.certified_accuracy(0.25) == 0.5
+    assert len(log) == 4
+    assert log.certified_accuracy(0.25) == 0.5
 
 
 def test_columns_may_come_in_any_order(tmp_path):
     header = "time\tcorrect\tradius\tpredict\tlabel\tidx"
     rows = ["\t".join(reversed(r.split("\t"))) for r in ROWS]
     log = read_log(write(tmp_path, "r.tsv", rows, header))
-    assert log.certified_accuracy(0.25) == 0.5 and list(log.idx) == [0, 1, 2, 3]
+    assert log.certified_accuracy(0.25) == 0.5
+    assert list(log.idx) == [0, 1, 2, 3]
 
 
 def test_predict_logs(tmp_path):
@@ -117,12 +123,15 @@ def test_predict_logs(tmp_path):
     rows = ["0\t1\t1\t1\t0:00:01", "1\t0\t-1\t0\t0:00:01", "2\t2\t2\t1\t0:00:01"]
     path = write(tmp_path, "p.tsv", rows, header)
     log = read_log(path)
-    assert log.kind == "predict" and log.radius is None
-    assert log.clean_accuracy == pytest.approx(2 / 3) and log.abstain_rate == pytest.approx(1 / 3)
+    assert log.kind == "predict"
+    assert log.radius is None
+    assert log.clean_accuracy == pytest.approx(2 / 3)
+    assert log.abstain_rate == pytest.approx(1 / 3)
     with pytest.warns(LogWarning, match="no certified radii"):
         report = analyze([path], radii=[0.0, 0.5])
     ((_, cells),) = report.certified_rows()
-    assert cells[0].certified == Fraction(2, 3) and cells[1].certified is None
+    assert cells[0].certified == Fraction(2, 3)
+    assert cells[1].certified is None
     assert "| 67 | - |" in report.markdown()
 
 
@@ -130,13 +139,13 @@ def test_predict_logs(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "header, rows, message",
+    ("header", "rows", "message"),
     [
         ("idx\tlabel\tpredict\tcorrect", ROWS, "lacks column.*time"),
         ("idx\tlabel\tradius\tcorrect\ttime", ROWS, "lacks column.*predict"),
         ("foo\tbar", ["1\t2"], "lacks column"),
         (HEADER + "\tidx", [r + "\t9" for r in ROWS], "repeats a column"),
-        (HEADER, ROWS[:1] + ["1\t2\t2\tbig\t1\t0:00:01"], r"line 3: radius is 'big'"),
+        (HEADER, [*ROWS[:1], "1\t2\t2\tbig\t1\t0:00:01"], r"line 3: radius is 'big'"),
         (HEADER, ["0\t3.0\t3\t0.5\t1\t1"], "line 2: label is '3.0', not an integer"),
         (HEADER, ["0\t3\t3\tnan\t1\t1"], "radius is 'nan'"),
         (HEADER, ["0\t3\t3\t-0.5\t1\t1"], "radius is '-0.5'"),
@@ -145,7 +154,7 @@ def test_predict_logs(tmp_path):
         (HEADER, ["0\t3\t4\t0.5\t1\t1"], "correct is 1 but predict 4 vs label 3"),
         (HEADER, ["0\t-2\t-1\t0\t0\t1"], "label is -2"),
         (HEADER, ["0\t3\t-5\t0\t0\t1"], "predict is -5"),
-        (HEADER, ["0\t3\t3\t0.5\t1"] + ROWS[1:], r"line 2 is not a complete row \(5 fields"),
+        (HEADER, ["0\t3\t3\t0.5\t1", *ROWS[1:]], r"line 2 is not a complete row \(5 fields"),
     ],
 )
 def test_malformed_logs_raise_a_user_error(tmp_path, header, rows, message):
@@ -165,14 +174,14 @@ def test_missing_and_empty_files(tmp_path):
 
 
 def test_an_incomplete_last_line_is_ignored_with_a_warning(tmp_path):
-    path = write(tmp_path, "cut.tsv", ROWS + ["4\t1\t1\t0.3"], newline=False)
+    path = write(tmp_path, "cut.tsv", [*ROWS, "4\t1\t1\t0.3"], newline=False)
     with pytest.warns(LogWarning, match="incomplete last line"):
         log = read_log(path)
     assert len(log) == 4
 
 
 def test_duplicate_indices_warn_and_keep_the_first_row(tmp_path):
-    rows = ROWS + ["1\t2\t-1\t0.0\t0\t0:00:01", "1\t2\t2\t0.9\t1\t0:00:01"]
+    rows = [*ROWS, "1\t2\t-1\t0.0\t0\t0:00:01", "1\t2\t2\t0.9\t1\t0:00:01"]
     with pytest.warns(LogWarning, match=r"2 duplicate row\(s\) for 1 image index"):
         log = read_log(write(tmp_path, "dup.tsv", rows))
     assert len(log) == 4
@@ -181,7 +190,7 @@ def test_duplicate_indices_warn_and_keep_the_first_row(tmp_path):
 
 
 def test_duplicate_indices_with_different_labels_are_an_error(tmp_path):
-    rows = ROWS + ["1\t7\t7\t0.3\t1\t0:00:01"]
+    rows = [*ROWS, "1\t7\t7\t0.3\t1\t0:00:01"]
     with pytest.raises(UserError, match="index 1 appears with different labels"):
         read_log(write(tmp_path, "clash.tsv", rows))
 
@@ -212,7 +221,8 @@ def test_warnings_are_collected_in_the_report(tmp_path):
     b = write(tmp_path, "b.tsv", ROWS[:3])
     seen = []
     report = analyze([a, b], radii=[0.0], warn=seen.append)
-    assert seen == report.warnings and len(seen) == 1
+    assert seen == report.warnings
+    assert len(seen) == 1
 
 
 # ----------------------------------------------------------------------------- envelope
@@ -233,9 +243,12 @@ def test_envelope_takes_the_best_and_breaks_ties_by_clean_accuracy(tmp_path):
     b = _log_with(tmp_path, "b", 10, 9, 3)  # same certified at 1.0, higher clean
     c = _log_with(tmp_path, "c", 10, 5, 4)
     cell = envelope_cell([a, b, c], 1.0)
-    assert cell.log is c and cell.certified == Fraction(4, 10) and cell.clean == Fraction(5, 10)
+    assert cell.log is c
+    assert cell.certified == Fraction(4, 10)
+    assert cell.clean == Fraction(5, 10)
     cell = envelope_cell([a, b], 1.0)
-    assert cell.log is b and cell.clean == Fraction(9, 10)
+    assert cell.log is b
+    assert cell.clean == Fraction(9, 10)
     cell = envelope_cell([b, a], 0.5)
     assert cell.log is b
     # a full tie keeps the first log given
@@ -275,8 +288,10 @@ def test_percent_rounds_like_the_paper():
     assert percent(0.568) == "57"  # rounded, not truncated
     assert percent(Fraction(57, 200)) == "28"  # 0.285 is 0.28499.. as a float, as in the paper
     assert percent(Fraction(1, 3), decimals=1) == "33.3"
-    assert percent(1.0) == "100" and percent(0.0) == "0"
-    assert percent(None) == "-" and percent(float("nan")) == "-"
+    assert percent(1.0) == "100"
+    assert percent(0.0) == "0"
+    assert percent(None) == "-"
+    assert percent(float("nan")) == "-"
 
 
 def test_parse_radii():
@@ -298,7 +313,8 @@ def test_markdown_latex_csv_json_agree(tmp_path):
     md = report.render("markdown")
     assert "| envelope | (67)67 | (67)33 |" in md
     tex = report.render("latex")
-    assert r"$^{(67)}$67 & $^{(67)}$33 \\" in tex and r"\begin{tabular}" in tex
+    assert r"$^{(67)}$67 & $^{(67)}$33 \\" in tex
+    assert r"\begin{tabular}" in tex
     assert "sigma\\_0.25" in tex  # underscores escaped
     rows = list(csv.DictReader(io.StringIO(report.render("csv"))))
     assert [
@@ -312,7 +328,8 @@ def test_markdown_latex_csv_json_agree(tmp_path):
     assert cells[0]["certified_accuracy"] == pytest.approx(2 / 3)
     assert cells[0]["clean_accuracy"] == pytest.approx(2 / 3)
     assert cells[1]["log"].endswith("sigma_0.50")
-    assert data["logs"][0]["images"] == 4 and data["logs"][1]["images"] == 3
+    assert data["logs"][0]["images"] == 4
+    assert data["logs"][1]["images"] == 3
     assert len(data["warnings"]) == 1
     with pytest.raises(UserError, match="unknown format"):
         report.render("html")

@@ -1,4 +1,4 @@
-"""`dsmooth analyze` on the command line, and its accuracy curves (dsmooth.plots)."""
+"""`dsmooth analyze` on the command line, and its accuracy curves (dsmooth.analysis.plots)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from dsmooth.analysis import analyze
+from dsmooth.analysis.plots import default_max_radius, plot_curves
+from dsmooth.analysis.tables import analyze
 from dsmooth.cli import main
 from dsmooth.errors import UserError
-from dsmooth.plots import default_max_radius, plot_curves
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 
@@ -47,18 +47,21 @@ def test_plot_has_one_line_per_series_and_the_right_axes(tmp_path, logs):
     assert ax.get_xlim() == (0.0, 1.25)  # largest certified radius 1.2, rounded up to 0.25
     assert ax.get_ylim() == (0.0, 1.0)
     assert ax.get_title() == "Test curves"
-    assert "radius" in ax.get_xlabel() and "certified accuracy" in ax.get_ylabel()
+    assert "radius" in ax.get_xlabel()
+    assert "certified accuracy" in ax.get_ylabel()
     x, y = lines[0].get_data()
     # envelope of S: at r=0.35 log a has 1/4 (0.6), log b has 2/4 (0.9, 1.2) -> 0.5
     assert y[np.searchsorted(x, 0.35)] == 0.5
-    assert y[0] == 0.75 and y[-1] == 0.0
+    assert y[0] == 0.75
+    assert y[-1] == 0.0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_formats_by_extension(tmp_path, logs):
     report = analyze(list(logs), radii=[0.0])
     fig = plot_curves(report.series, tmp_path / "c.svg", max_radius=2.0)
-    assert len(fig.axes[0].get_lines()) == 3 and fig.axes[0].get_xlim() == (0.0, 2.0)
+    assert len(fig.axes[0].get_lines()) == 3
+    assert fig.axes[0].get_xlim() == (0.0, 2.0)
     assert b"<svg" in (tmp_path / "c.svg").read_bytes()[:500]
     plot_curves(report.series, tmp_path / "c.pdf")
     assert (tmp_path / "c.pdf").read_bytes()[:4] == b"%PDF"
@@ -77,7 +80,7 @@ def test_default_max_radius(logs):
 
 
 def test_cli_table_plot_and_json(tmp_path, logs, capsys):
-    a, b, c = logs
+    a, b, _c = logs
     plot = tmp_path / "curves.png"
     code = main(["analyze", str(a), str(b), "--radii", "0", "0.5", "--plot", str(plot)])
     assert code == 0
@@ -92,7 +95,7 @@ def test_cli_table_plot_and_json(tmp_path, logs, capsys):
     glob = str(tmp_path / "runs" / "sigma_*.tsv")
     out_file = tmp_path / "table.json"
     argv = ["analyze", "--envelope", "--label", f"S={glob}", "--radii", "0:1:0.5"]
-    assert main(argv + ["--format", "json", "--out", str(out_file)]) == 0
+    assert main([*argv, "--format", "json", "--out", str(out_file)]) == 0
     data = json.loads(out_file.read_text())
     assert data["radii"] == [0.0, 0.5, 1.0]
     cells = data["series"][0]["cells"]
@@ -102,7 +105,7 @@ def test_cli_table_plot_and_json(tmp_path, logs, capsys):
 
 
 def test_cli_errors_exit_2_with_one_line(tmp_path, logs, capsys):
-    a, b, c = logs
+    a, _b, _c = logs
     bad = tmp_path / "bad.tsv"
     bad.write_text("idx\tlabel\tpredict\tcorrect\n0\t1\t1\t1\n")
     cases = [
@@ -118,7 +121,9 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, logs, capsys):
     for argv, message in cases:
         assert main(["analyze", *argv]) == 2, argv
         err = capsys.readouterr().err
-        assert message in err and err.count("\n") == 1 and "Traceback" not in err
+        assert message in err
+        assert err.count("\n") == 1
+        assert "Traceback" not in err
 
 
 def test_cli_warnings_go_to_stderr_and_strict_turns_them_into_errors(tmp_path, logs, capsys):
@@ -127,8 +132,10 @@ def test_cli_warnings_go_to_stderr_and_strict_turns_them_into_errors(tmp_path, l
     dup.write_text(a.read_text() + "3\t1\t0\t0.0\t0\t1\n")
     assert main(["analyze", str(dup), "--radii", "0"]) == 0
     captured = capsys.readouterr()
-    assert "dsmooth: warning:" in captured.err and "duplicate" in captured.err
+    assert "dsmooth: warning:" in captured.err
+    assert "duplicate" in captured.err
     assert "| dup.tsv | 4 | 75 |" in captured.out
     out = tmp_path / "table.md"
     assert main(["analyze", str(dup), "--strict", "--out", str(out)]) == 2
-    assert "duplicate" in capsys.readouterr().err and not out.exists()
+    assert "duplicate" in capsys.readouterr().err
+    assert not out.exists()

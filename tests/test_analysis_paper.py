@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsmooth.analysis import PAPER_RADII, LogWarning, analyze, percent, read_log
+from dsmooth.analysis.tables import PAPER_RADII, LogWarning, analyze, percent, read_log
 from dsmooth.cli import main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -127,7 +127,7 @@ def test_table1_imagenet(row):
     assert envelope_row(paths) == expected
 
 
-def test_cli_prints_the_table2_rows(capsys, tmp_path):
+def test_cli_prints_the_table2_rows(capsys):
     no_denoiser = f"{CIFAR}/no_denoiser/MODEL_resnet110_90epochs/noise_0.00/test_N10000/sigma_*"
     stab = f"{CIFAR}/stab_obj/*adamThenSgd_[1-5]_resnet110_90epochs_*/noise_*/test_N10000/sigma_*"
     argv = ["analyze", "--envelope", "--radii", "0.25:1.5:0.25"]
@@ -136,12 +136,12 @@ def test_cli_prints_the_table2_rows(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "| No denoiser | (10)7 | (9)3 | (9)0 | (16)0 | (16)0 | (16)0 |" in out
     assert "| Stab | (72)56 | (62)41 | (62)28 | (44)19 | (42)16 | (44)13 |" in out
-    assert main(argv + ["--format", "latex"]) == 0
+    assert main([*argv, "--format", "latex"]) == 0
     assert r"$^{(72)}$56 & $^{(62)}$41 & $^{(62)}$28" in capsys.readouterr().out
 
 
 def test_paper_curves(tmp_path):
-    from dsmooth.plots import plot_curves
+    from dsmooth.analysis.plots import plot_curves
 
     report = analyze(
         groups=[
@@ -155,11 +155,13 @@ def test_paper_curves(tmp_path):
     (ax,) = fig.axes
     no_denoiser, stab = ax.get_lines()
     assert ax.get_ylim() == (0.0, 1.0)
-    assert ax.get_xlim()[0] == 0.0 and 3.0 <= ax.get_xlim()[1] <= 3.5  # sigma=1 radii reach ~3.2
+    assert ax.get_xlim()[0] == 0.0
+    assert 3.0 <= ax.get_xlim()[1] <= 3.5  # sigma=1 radii reach ~3.2
     x, y = stab.get_data()
     assert y[0] == max(log.clean_accuracy for log in report.series[1].logs)
     i = int(np.argmin(np.abs(x - 0.25)))
-    assert abs(x[i] - 0.25) < 1e-3 and percent(y[i]) == "56"  # Table 2: (72)56 at 0.25
+    assert abs(x[i] - 0.25) < 1e-3
+    assert percent(y[i]) == "56"  # Table 2: (72)56 at 0.25
     clean = [log.clean_accuracy for log in report.series[0].logs]
     assert no_denoiser.get_data()[1].max() == max(clean)  # 16%, as the paper's parentheses
     assert (tmp_path / "curves.png").stat().st_size > 10_000
@@ -172,6 +174,8 @@ def test_released_logs_with_duplicates_and_empty_logs_are_reported():
     )
     with pytest.warns(LogWarning, match=r"14 duplicate row\(s\)"):
         log = read_log(dup)
-    assert len(log) == 500 and len(set(log.idx.tolist())) == 500
+    assert len(log) == 500
+    assert len(set(log.idx.tolist())) == 500
     empty = [p for p in cifar_stab("multi_classifiers", 6) if p.stat().st_size < 100]
-    assert empty and len(read_log(empty[0], warn=lambda m: None)) == 0
+    assert empty
+    assert len(read_log(empty[0], warn=lambda _message: None)) == 0

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dsmooth.analysis import analyze, parse_seconds, read_log
-from dsmooth.data import load_images
-from dsmooth.jobs import certify_dataset, predict_dataset
-from dsmooth.smoothing import Smooth
+from dsmooth.analysis.tables import analyze, parse_seconds, read_log
+from dsmooth.certify.smooth import Smooth
+from dsmooth.data.load import load_images
+from dsmooth.runs.local import certify_dataset, predict_dataset
 
 
 def raw_rows(path):
@@ -28,7 +28,7 @@ def smooth(tiny_classifier_file):
 def test_certify_log_round_trip(tmp_path, smooth, tiny_data_file):
     data = load_images(tiny_data_file)
     out = tmp_path / "certify.tsv"
-    certify_dataset(smooth, data, out, n0=20, n=200, alpha=0.01, batch_size=50, progress=False)
+    certify_dataset(smooth, data, out=out, n0=20, n=200, alpha=0.01, batch_size=50, progress=False)
     log = read_log(out)
     rows = raw_rows(out)
     assert len(log) == len(rows) == len(data)
@@ -46,7 +46,7 @@ def test_sequential_log_reports_mean_n_used(tmp_path, smooth, tiny_data_file):
     certify_dataset(
         smooth,
         data,
-        out,
+        out=out,
         n0=20,
         n=0,
         alpha=0.01,
@@ -66,7 +66,7 @@ def test_sequential_log_reports_mean_n_used(tmp_path, smooth, tiny_data_file):
 def test_predict_log_round_trip(tmp_path, smooth, tiny_data_file):
     data = load_images(tiny_data_file)
     out = tmp_path / "predict.tsv"
-    predict_dataset(smooth, data, out, n=100, alpha=0.01, batch_size=50, progress=False)
+    predict_dataset(smooth, data, out=out, n=100, alpha=0.01, batch_size=50, progress=False)
     log = read_log(out)
     rows = raw_rows(out)
     assert log.kind == "predict"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LinearClassifier
+from helpers import with_flag
 from safetensors.torch import save_file
 
 from dsmooth.cli import build_parser, main
@@ -53,13 +54,6 @@ def denoiser_test(*extra):
             *extra]  # fmt: skip
 
 
-def _replace(argv, flag, value):
-    """argv with `flag`'s value replaced."""
-    argv = list(argv)
-    argv[argv.index(flag) + 1] = value
-    return argv
-
-
 def _swap(argv, old, new):
     """argv with the argument `old` replaced by `new`."""
     return [new if a == old else a for a in argv]
@@ -67,9 +61,9 @@ def _swap(argv, old, new):
 
 CASES = {
     "certify": [
-        _replace(certify(), "--sigma", "64"),  # 0-255 units
-        _replace(certify(), "--sigma", "-1"),
-        _replace(certify(), "--sigma", "nan"),
+        with_flag(certify(), "--sigma", "64"),  # 0-255 units
+        with_flag(certify(), "--sigma", "-1"),
+        with_flag(certify(), "--sigma", "nan"),
         certify("--alpha", "0.5"),
         certify("--n", "0"),
         certify("--batch", "0"),
@@ -86,7 +80,7 @@ CASES = {
         certify("--class-names", "a,b"),
     ],
     "predict": [
-        _replace(predict(), "--sigma", "300"),
+        with_flag(predict(), "--sigma", "300"),
         predict("--alpha", "1.5"),
         predict("--device", "nosuchdevice"),
         _swap(predict(), "{d}/c.pt", "nosucharch:{d}/c.pt"),
@@ -117,7 +111,7 @@ CASES = {
             "--noise-sigma",
             "64",
         ],
-    ],  # fmt: skip
+    ],
     "train-denoiser": [
         [
             "train-denoiser",
@@ -154,7 +148,7 @@ CASES = {
             "--out",
             "/proc/nonexistent/run",
         ],
-    ],  # fmt: skip
+    ],
     "test-denoiser": [
         ["test-denoiser", "--denoiser", "{d}/missing", "--data", "{d}/d.npz", "--sigma", "0.25"],
         ["test-denoiser", "--denoiser", "{d}/c.pt", "--data", "{d}/d.npz", "--sigma", "99"],
@@ -200,7 +194,7 @@ CASES = {
             "--out",
             "{out}.png",
         ],
-    ],  # fmt: skip
+    ],
     "report": [["report", "{d}/missing.tsv", "--out", "{out}.html"]],
     "serve": [
         ["serve", "--classifier", "{d}/missing.pt"],
@@ -221,7 +215,7 @@ CASES = {
             "--sigma",
             "-2",
         ],
-    ],  # fmt: skip
+    ],
     "bench": [
         ["bench", "--samples", "0"],
         ["bench", "--sigma", "64"],
@@ -250,7 +244,8 @@ def test_a_mistake_gets_one_sentence_and_exit_code_2(argv, files, tmp_path, caps
     lines = [line for line in err.splitlines() if line.strip()]
     lines = [line for line in lines if not line.startswith("dsmooth: warning")]
     assert rc == 2, (argv, err[-2000:])
-    assert len(lines) == 1 and lines[0].startswith("dsmooth: error:"), err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("dsmooth: error:"), err
     assert "\x1b[" not in err, err  # plain text: no terminal escape codes from a library
     assert not list(tmp_path.iterdir()), f"{argv} left {list(tmp_path.iterdir())}"
 
@@ -271,8 +266,11 @@ def test_a_pickled_model_is_refused_in_our_own_words(argv, files, tmp_path, caps
     argv = [a.format(d=files, out=tmp_path / "out") for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "\x1b[" not in err and "weights_only" not in err, err
-    assert "cannot load" in err and "safely" in err and "model.state_dict()" in err, err
+    assert "\x1b[" not in err, err
+    assert "weights_only" not in err, err
+    assert "cannot load" in err, err
+    assert "safely" in err, err
+    assert "model.state_dict()" in err, err
     assert "conftest.LinearClassifier" in err  # the object it would have had to build
 
 

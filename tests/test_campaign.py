@@ -41,7 +41,8 @@ def test_status_reports_every_step(campaign, tmp_path, monkeypatch):
     text = campaign.write_status({"train_classifier": 300.0})
     names = [s.describe().split(":")[0] for s in campaign.steps()]
     assert all(name in text for name in names)
-    assert "remaining on this host" in text and (tmp_path / "STATUS.md").is_file()
+    assert "remaining on this host" in text
+    assert (tmp_path / "STATUS.md").is_file()
 
 
 def test_committed_runs_resume_with_the_drivers_command(campaign):
@@ -72,7 +73,7 @@ def test_a_host_runs_first_what_it_is_comparatively_fast_at(campaign, monkeypatc
         "bf16": {"train_stab": 131.0, "certify_denoised": 423.0},
     }
     monkeypatch.setattr(campaign, "load_rates", lambda: rates)
-    monkeypatch.setattr(campaign, "_missing", lambda step: [])
+    monkeypatch.setattr(campaign, "_missing", lambda _step: [])
     train = campaign.Train("t", "t-shipped", "train_stab", 1)
     certify = campaign.Certify("c", "certify_denoised", 1, [], 1.0)
     assert campaign.choose([train, certify], rates["avx2"]) is certify
@@ -110,7 +111,7 @@ def test_a_finished_run_ships_as_float16_and_its_state_goes(campaign, tmp_path, 
     (run.out / "model.safetensors").unlink()  # as committed: the state alone
     clf_eval = ["evaluate", "--classifier", "SPEC", "--data", TEST, "--no-progress", "--json"]
 
-    def fake_run(cmd, check=True, capture_output=False, text=False, **kw):
+    def fake_run(cmd, **_options):  # Ship calls subprocess.run(cmd, check=..., ...)
         import contextlib
         import io
 
@@ -121,13 +122,15 @@ def test_a_finished_run_ships_as_float16_and_its_state_goes(campaign, tmp_path, 
         return type("Done", (), {"stdout": out.getvalue(), "returncode": rc})()
 
     monkeypatch.setattr(campaign.subprocess, "run", fake_run)
-    monkeypatch.setattr(campaign, "call", lambda cmd, check=False: fake_run(cmd).returncode)
+    monkeypatch.setattr(campaign, "call", lambda cmd, *_, **__: fake_run(cmd).returncode)
     campaign.Ship(run, clf_eval).ship(commit=False)
     dest = tmp_path / "pretrained" / "tiny-shipped"
-    model, config = load_checkpoint(dest)
-    assert config["kind"] == "classifier" and not run.out.exists()
+    _model, config = load_checkpoint(dest)
+    assert config["kind"] == "classifier"
+    assert not run.out.exists()
     weights = load_file(str(dest / "model.safetensors"))
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
     assert json.loads((dest / "evaluation.json").read_text())["clean_accuracy"] >= 0
     assert "train-classifier --arch test_tiny_cnn" in (dest / "MODEL_CARD.md").read_text()
-    assert (dest / "metrics.csv").is_file() and run.done()
+    assert (dest / "metrics.csv").is_file()
+    assert run.done()

@@ -16,12 +16,12 @@ from conftest import LinearClassifier
 from helpers import recording_compiler
 
 from dsmooth import Smooth
-from dsmooth.noise import BLOCK, STAGE_ESTIMATE, NoiseStream, sequential_stage
-from dsmooth.sequential import SequentialPlan, certify_sequential, cp_lower, radius_of
-from dsmooth.service.certification import ABSTAIN, make_certification
-from dsmooth.service.policy import CertifySettings
-from dsmooth.service.samples import ImageSamples
-from dsmooth.service.scheduler import CertificationService, QueueFull, ShuttingDown
+from dsmooth.certify.noise import BLOCK, STAGE_ESTIMATE, NoiseStream, sequential_stage
+from dsmooth.certify.sequential import SequentialPlan, certify_sequential, cp_lower, radius_of
+from dsmooth.deploy.service.certification import ABSTAIN, make_certification
+from dsmooth.deploy.service.policy import CertifySettings
+from dsmooth.deploy.service.samples import ImageSamples
+from dsmooth.deploy.service.scheduler import CertificationService, QueueFull, ShuttingDown
 
 SHAPE = (3, 8, 8)
 CLASSES = 3
@@ -65,14 +65,17 @@ def offline(model, x, s: CertifySettings, index: int) -> tuple[int, float, int]:
     if s.method == "cp":
         label, radius = smooth.certify(x, s.n0, s.n, s.alpha, 50, index=index)
         return label, radius, s.n0 + s.n
-    r = certify_sequential(smooth, x, s.n0, s.alpha, s.n_max, s.radius, 50, index=index, tol=s.tol)
+    r = certify_sequential(
+        smooth, x, n0=s.n0, alpha=s.alpha, n_max=s.n_max, radius=s.radius, batch_size=50,
+        index=index, tol=s.tol,
+    )  # fmt: skip
     return r.prediction, r.radius, r.n_used
 
 
 def drive(model, x, s: CertifySettings, index: int, rng) -> tuple[int, float, int]:
     """Run one state machine alone, feeding it chunks of random sizes."""
     cert = make_certification(CLASSES, s)
-    samples = ImageSamples(x, s.sigma, s.seed, index, s.noise, "cpu")
+    samples = ImageSamples(x, s.sigma, seed=s.seed, index=index, noise=s.noise, device="cpu")
     while not cert.done:
         m = int(min(cert.pending, rng.integers(1, 700)))
         batch = samples.take(cert.need.stage, cert.received, m)
@@ -89,19 +92,22 @@ def drive(model, x, s: CertifySettings, index: int, rng) -> tuple[int, float, in
 @pytest.mark.parametrize("noise", ["gaussian", "lattice"])
 def test_chunked_samples_equal_one_draw(noise):
     x = images(2)[1]
-    one = ImageSamples(x, SIGMA, 3, 7, noise, "cpu").take(STAGE_ESTIMATE, 0, 3 * BLOCK + 5)
-    parts, samples, offset = [], ImageSamples(x, SIGMA, 3, 7, noise, "cpu"), 0
+    one = ImageSamples(x, SIGMA, seed=3, index=7, noise=noise, device="cpu").take(
+        STAGE_ESTIMATE, 0, 3 * BLOCK + 5
+    )
+    parts, offset = [], 0
+    samples = ImageSamples(x, SIGMA, seed=3, index=7, noise=noise, device="cpu")
     for m in (1, 255, 2, 300, 10, 205):
         parts.append(samples.take(STAGE_ESTIMATE, offset, m))
         offset += m
     assert torch.equal(torch.cat(parts), one)
     if noise == "gaussian":
-        stream = NoiseStream(SHAPE, SIGMA, 3, 7, STAGE_ESTIMATE)
+        stream = NoiseStream(SHAPE, SIGMA, seed=3, index=7, stage=STAGE_ESTIMATE)
         assert torch.equal(stream.take(3 * BLOCK + 5).add_(x), one)
 
 
 def test_samples_refuse_out_of_order_reads():
-    samples = ImageSamples(images(1)[0], SIGMA, 0, 0, "gaussian", "cpu")
+    samples = ImageSamples(images(1)[0], SIGMA, seed=0, index=0, noise="gaussian", device="cpu")
     samples.take(STAGE_ESTIMATE, 0, 5)
     with pytest.raises(RuntimeError):
         samples.take(STAGE_ESTIMATE, 3, 5)
@@ -160,11 +166,12 @@ def test_service_equals_offline_across_concurrent_requests(model, service):
 def test_a_noise_secret_keys_the_noise_and_the_operator_can_reproduce_it(model):
     """With a secret, the noise of (seed, index) is not the public stream a client could
     compute; the operator reproduces answers offline with keyed_seed(secret, seed)."""
-    from dsmooth.service.samples import keyed_seed
+    from dsmooth.deploy.service.samples import keyed_seed
 
     secret = b"operator secret, 32 bytes long.."
     assert keyed_seed(secret, 7) != keyed_seed(b"another secret of some length", 7)
-    assert keyed_seed(secret, 7) != keyed_seed(secret, 8) and 0 <= keyed_seed(secret, 7) < 2**32
+    assert keyed_seed(secret, 7) != keyed_seed(secret, 8)
+    assert 0 <= keyed_seed(secret, 7) < 2**32
     svc = CertificationService(model, CLASSES, batch_size=37, queue=64, noise_secret=secret)
     try:
         assert svc.noise_keys == "secret"
@@ -180,7 +187,7 @@ def test_a_noise_secret_keys_the_noise_and_the_operator_can_reproduce_it(model):
     assert [(o.prediction, o.radius, o.n_used) for o in got] != public
 
 
-def test_small_request_finishes_while_a_huge_one_runs(model, service):
+def test_small_request_finishes_while_a_huge_one_runs(service):
     huge = settings("sequential", "gaussian", 0, n_max=2_000_000, tol=1e-6)
     big = service.submit(images(8, seed=1), huge)
     small = service.submit(images(1, seed=2), settings("cp", "gaussian", 0))
@@ -197,8 +204,9 @@ def test_deadline_returns_a_valid_early_stop(model, service):
     x = images(2, seed=4)[0]
     s = settings("sequential", "gaussian", 9, n_max=2_000_000, tol=1e-6)
     (o,) = service.certify([x], s, first_index=5, timeout=0.5)
-    assert o.stopped_early and o.reason == "deadline"
-    plan = SequentialPlan(SIGMA, s.alpha, s.n_max, None, s.tol)
+    assert o.stopped_early
+    assert o.reason == "deadline"
+    plan = SequentialPlan(SIGMA, s.alpha, n_max=s.n_max, radii=None, tol=s.tol)
     smooth = Smooth(model, CLASSES, SIGMA, seed=9)
     c_hat = int(smooth.sample_counts(x, s.n0, 64, index=5, stage=0).argmax())
     looks = plan.schedule.index(o.n_used - s.n0) + 1 if o.n_used > s.n0 else 0
@@ -262,7 +270,8 @@ def test_a_failing_model_fails_its_requests_and_the_worker_survives(model):
         with pytest.raises(RuntimeError, match="boom"):
             svc.certify(images(1), settings("cp", "gaussian", 0), timeout=30)
         (o,) = svc.certify(images(1), settings("cp", "gaussian", 0), timeout=30)
-        assert not o.stopped_early and svc.in_flight == 0
+        assert not o.stopped_early
+        assert svc.in_flight == 0
     finally:
         svc.close()
 
@@ -272,8 +281,8 @@ def test_a_compiled_engine_is_compiled_once_and_padding_leaves_answers_unchanged
     static shape (warmed up at --batch, as `serve --smoothed` does) and zero-pads shorter
     batches up to it, dropping the padded rows: one compilation, and the certificates of
     an uncompiled model (here a stand-in compiler; inductor is test_engine's)."""
-    from dsmooth import engine
-    from dsmooth.engine import EngineModule, EngineOptions
+    from dsmooth.pipeline import engine
+    from dsmooth.pipeline.engine import EngineModule, EngineOptions
 
     calls = []
     monkeypatch.setattr(engine.torch, "compile", recording_compiler(calls))
@@ -292,4 +301,5 @@ def test_a_compiled_engine_is_compiled_once_and_padding_leaves_answers_unchanged
     finally:
         svc.close()
     assert svc.metrics.samples < 37 * svc.metrics.batches, "some batches should be short"
-    assert set(calls) == {(37, *SHAPE)} and list(fast.compile_seconds) == [(37, *SHAPE)]
+    assert set(calls) == {(37, *SHAPE)}
+    assert list(fast.compile_seconds) == [(37, *SHAPE)]

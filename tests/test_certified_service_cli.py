@@ -18,7 +18,7 @@ from service_helpers import dsmooth_server  # noqa: E402
 
 from dsmooth import Smooth  # noqa: E402
 from dsmooth.cli import main  # noqa: E402
-from dsmooth.client import CertifiedClient  # noqa: E402
+from dsmooth.deploy.client import CertifiedClient  # noqa: E402
 
 
 def smoothed(model_file, *extra: str) -> list[str]:
@@ -48,7 +48,8 @@ def smoothed(model_file, *extra: str) -> list[str]:
 def test_bad_flags_are_one_sentence_and_exit_2(tiny_classifier_file, capsys, extra, words):
     assert main(smoothed(tiny_classifier_file, *extra)) == 2
     err = capsys.readouterr().err.strip()
-    assert words in err and len(err.splitlines()) == 1, err
+    assert words in err, err
+    assert len(err.splitlines()) == 1, err
 
 
 def test_smoothed_flags_need_smoothed_and_sigma(tiny_classifier_file, capsys):
@@ -66,7 +67,7 @@ def test_flags_give_the_server_settings_and_a_body_limit_from_the_shape(tiny_cla
     the body limit follows --input-shape and --max-images-per-request."""
     from dsmooth.cli import build_parser
     from dsmooth.cli.commands.serve import smoothed_settings
-    from dsmooth.service.wire import body_limit
+    from dsmooth.deploy.service.wire import body_limit
 
     parse = build_parser().parse_args
     policy, limits = smoothed_settings(parse(smoothed(tiny_classifier_file, "--n", "500")))
@@ -78,14 +79,12 @@ def test_flags_give_the_server_settings_and_a_body_limit_from_the_shape(tiny_cla
         None,
         500,
     )
-    assert limits.max_body_bytes is None and limits.body_bytes((3, 8, 8)) == body_limit(
-        (3, 8, 8), 64
-    )
+    assert limits.max_body_bytes is None
+    assert limits.body_bytes((3, 8, 8)) == body_limit((3, 8, 8), 64)
     extra = ("--method", "cp", "--max-images-per-request", "4")
     policy, limits = smoothed_settings(parse(smoothed(tiny_classifier_file, *extra)))
-    assert policy.settings.method == "cp" and limits.body_bytes((3, 8, 8)) == body_limit(
-        (3, 8, 8), 4
-    )
+    assert policy.settings.method == "cp"
+    assert limits.body_bytes((3, 8, 8)) == body_limit((3, 8, 8), 4)
     extra = ("--radius", "0.25", "0.5", "--n-max", "2000")
     s = smoothed_settings(parse(smoothed(tiny_classifier_file, *extra)))[0].settings
     assert (s.method, s.radius, s.n_max) == ("sequential", (0.25, 0.5), 2000)
@@ -125,4 +124,5 @@ def test_a_real_server_answers_like_offline_and_stops_on_sigterm(tiny_classifier
         # uvicorn re-raises the signal once it has shut down cleanly (exit status 143)
         assert proc.wait(30) in (0, -signal.SIGTERM)
         # answered after --grace (1 s) with what is certified so far, not at its deadline
-        assert answers and answers[0][0].reason == "shutdown", answers
+        assert answers, answers
+        assert answers[0][0].reason == "shutdown", answers

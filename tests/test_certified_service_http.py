@@ -20,12 +20,12 @@ from service_helpers import LiveServer  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from dsmooth import Smooth  # noqa: E402
-from dsmooth.client import CertifiedClient, ServerBusy, ServiceError  # noqa: E402
+from dsmooth.deploy.client import CertifiedClient, ServerBusy, ServiceError  # noqa: E402
+from dsmooth.deploy.service.app import Limits, build_service_app  # noqa: E402
+from dsmooth.deploy.service.policy import CertifySettings, Policy  # noqa: E402
+from dsmooth.deploy.service.scheduler import CertificationService  # noqa: E402
+from dsmooth.deploy.service.server import check_binding, is_loopback, read_token  # noqa: E402
 from dsmooth.errors import UserError  # noqa: E402
-from dsmooth.service.app import Limits, build_service_app  # noqa: E402
-from dsmooth.service.policy import CertifySettings, Policy  # noqa: E402
-from dsmooth.service.scheduler import CertificationService  # noqa: E402
-from dsmooth.service.server import check_binding, is_loopback, read_token  # noqa: E402
 
 SHAPE = (3, 8, 8)
 TOKEN = "a-test-token-of-some-length"
@@ -57,7 +57,9 @@ def make_app(model, method="sequential", queue=64, token=None, limits=None, **kw
     service = CertificationService(model, 3, batch_size=64, queue=queue)
     policy = Policy(server_settings(method, **kw), n_cap=20_000)
     limits = limits or Limits(max_body_bytes=200_000, max_images=8, max_samples=100_000, timeout=10)
-    app = build_service_app(service, policy, "tiny", limits, token, SHAPE, grace=1.0)
+    app = build_service_app(
+        service, policy, name="tiny", limits=limits, token=token, input_shape=SHAPE, grace=1.0
+    )
     return app, service
 
 
@@ -94,7 +96,8 @@ def test_v2_infer_equals_offline(client, model):
     assert r.status_code == 200, r.text
     doc = r.json()
     out = {t["name"]: t["data"] for t in doc["outputs"]}
-    assert doc["parameters"]["alpha"] == 0.01 and doc["parameters"]["seed"] == 4
+    assert doc["parameters"]["alpha"] == 0.01
+    assert doc["parameters"]["seed"] == 4
     assert out["index"] == [10, 11, 12]
     smooth = Smooth(model, 3, 0.25, seed=4)
     for i, x in enumerate(images):
@@ -116,7 +119,8 @@ def test_json_route_and_metadata(client):
     r = client.post("/v1/certify", json={"images": batch(2).tolist(), "alpha": 0.001})
     assert r.status_code == 200, r.text
     doc = r.json()
-    assert doc["guarantee"]["alpha"] == 0.001 and doc["guarantee"]["method"] == "sequential"
+    assert doc["guarantee"]["alpha"] == 0.001
+    assert doc["guarantee"]["method"] == "sequential"
     assert [c["index"] for c in doc["certificates"]] == [0, 1]
     assert {"prediction", "radius", "pA_lower", "n_used", "reason"} <= set(doc["certificates"][0])
     meta = client.get("/v2/models/tiny").json()
@@ -142,7 +146,8 @@ def test_json_route_and_metadata(client):
 )
 def test_a_request_may_not_loosen_the_settings(client, body, status, words):
     r = client.post("/v1/certify", json={"images": batch(1).tolist(), **body})
-    assert r.status_code == status and words in r.json()["error"], r.text
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"], r.text
 
 
 def test_tightening_is_accepted(client):
@@ -198,7 +203,8 @@ def test_bad_input_gets_a_4xx_naming_the_problem(client):
         ),
     ]
     for r, status, words in cases:
-        assert r.status_code == status and words in r.json()["error"], (status, r.text)
+        assert r.status_code == status, (status, r.text)
+        assert words in r.json()["error"], (status, r.text)
 
 
 def test_uint8_input_and_lattice_noise(model):
@@ -212,7 +218,8 @@ def test_uint8_input_and_lattice_noise(model):
         cert = r.json()["certificates"][0]
         assert (cert["prediction"], cert["radius"]) == (label, radius)
         off_grid = c.post("/v1/certify", json={"images": (batch(1) + 1e-3).clip(0, 1).tolist()})
-        assert off_grid.status_code == 400 and "8-bit" in off_grid.json()["error"]
+        assert off_grid.status_code == 400
+        assert "8-bit" in off_grid.json()["error"]
 
 
 def test_token_is_required_except_for_probes(model):
@@ -248,8 +255,11 @@ def test_health_and_metrics(client):
 
 
 def test_binding_rule_and_token_sources(tmp_path):
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("192.168.1.2")
     check_binding("127.0.0.1", None)
     check_binding("0.0.0.0", TOKEN)
     with pytest.raises(UserError, match="without a bearer token"):
@@ -271,7 +281,8 @@ def test_client_flood_and_shutdown_on_a_real_server(model):
     try:
         with CertifiedClient(live.url, token=TOKEN, timeout=30) as client:
             certs = client.certify(batch(2), seed=1, index=3, radius=[0.25])
-            assert [c.index for c in certs] == [3, 4] and certs[0].guarantee["seed"] == 1
+            assert [c.index for c in certs] == [3, 4]
+            assert certs[0].guarantee["seed"] == 1
             with pytest.raises(ServiceError, match="'alpha'") as e:
                 client.certify(batch(1), alpha=0.5)
             assert e.value.status == 400
@@ -294,7 +305,8 @@ def test_client_flood_and_shutdown_on_a_real_server(model):
         for t in hogs:
             t.join()
         codes = sorted(r.status_code for r in results)
-        assert 200 in codes and 429 in codes, codes
+        assert 200 in codes, codes
+        assert 429 in codes, codes
         busy = next(r for r in results if r.status_code == 429)
         assert int(busy.headers["Retry-After"]) >= 1
         service.submit(list(batch(2)), server_settings(n_max=20_000, tol=1e-6))  # fills it
@@ -346,14 +358,15 @@ def test_malformed_bodies_get_400_not_500(client):
         (client.post("/v1/certify", content=b"[" * 100_000 + b"]" * 100_000), "nested"),
     ]
     for r, words in cases:
-        assert r.status_code == 400 and words in r.json()["error"], r.text
+        assert r.status_code == 400, r.text
+        assert words in r.json()["error"], r.text
 
 
 def test_tightened_parameters_are_the_ones_used(model):
     """A request's own alpha, n0, n / n_max, radii, tol, seed and index are the ones the
     certificate is computed with, not only the ones reported: the answers equal offline
     certification with the request's parameters (and differ from the server's own)."""
-    from dsmooth.sequential import certify_sequential
+    from dsmooth.certify.sequential import certify_sequential
 
     images = batch(4, seed=5)
     requests = [
@@ -379,8 +392,8 @@ def test_tightened_parameters_are_the_ones_used(model):
                 assert (cert["prediction"], cert["radius"]) == want
                 continue
             out = certify_sequential(
-                smooth, x, n0, params["alpha"], params["n_max"], params.get("radius"), 50,
-                index=20 + i, tol=params.get("tol"),
+                smooth, x, n0=n0, alpha=params["alpha"], n_max=params["n_max"],
+                radius=params.get("radius"), batch_size=50, index=20 + i, tol=params.get("tol"),
             )  # fmt: skip
             got = (cert["prediction"], cert["radius"], cert["n_used"], cert["pA_lower"])
             assert got == (out.prediction, out.radius, out.n_used, out.p_lower)
@@ -402,13 +415,14 @@ def test_v2_target_radii_round_trip_in_full_precision(client, model):
     )  # fmt: skip
     assert (out["prediction"][0], out["radius"][0]) == (label, radius)
     bad = client.post("/v2/models/tiny/infer", json=v2_body(images, radius="0.2,x"))
-    assert bad.status_code == 400 and "'radius'" in bad.json()["error"]
+    assert bad.status_code == 400
+    assert "'radius'" in bad.json()["error"]
 
 
-def test_seed_and_index_stay_below_2_to_the_32(client, model):
+def test_seed_and_index_stay_below_2_to_the_32(client):
     """Noise keys are hashed as 32-bit words: beyond 2^32 distinct (seed, index, stage)
     keys can share noise, so such seeds and indices are refused."""
-    from dsmooth.noise import philox_key
+    from dsmooth.certify.noise import philox_key
 
     assert (philox_key(0, 2**32, 0) == philox_key(0, 0, 1)).all()  # why the limit exists
     one, two = batch(1).tolist(), batch(2).tolist()
@@ -418,11 +432,14 @@ def test_seed_and_index_stay_below_2_to_the_32(client, model):
         {"images": two, "index": 2**32 - 1},
     ):
         r = client.post("/v1/certify", json=body)
-        assert r.status_code == 400 and "2^32" in r.json()["error"], r.text
+        assert r.status_code == 400, r.text
+        assert "2^32" in r.json()["error"], r.text
     ok = client.post("/v1/certify", json={"images": two, "index": 2**32 - 2, "seed": None})
-    assert ok.status_code == 200 and ok.json()["certificates"][1]["index"] == 2**32 - 1
+    assert ok.status_code == 200
+    assert ok.json()["certificates"][1]["index"] == 2**32 - 1
     default = client.post("/v1/certify", json={"images": one, "index": None, "timeout": None})
-    assert default.status_code == 200 and default.json()["certificates"][0]["index"] == 0
+    assert default.status_code == 200
+    assert default.json()["certificates"][0]["index"] == 0
     with pytest.raises(UserError, match="seed"):
         Policy(server_settings(seed=-1), n_cap=20_000)
 
@@ -431,7 +448,7 @@ def test_bound_address_is_checked_after_resolution():
     """'localhost' passes the name check; the address actually bound is checked too."""
     import socket
 
-    from dsmooth.service.server import check_bound
+    from dsmooth.deploy.service.server import check_bound
 
     loop = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     loop.bind(("127.0.0.1", 0))
@@ -470,9 +487,11 @@ def test_shutdown_gives_in_flight_requests_the_grace_period_not_their_deadline(m
         live.server.should_exit = True
         poster.join(20)
         elapsed = time.monotonic() - stopped
-    assert answers and answers[0].status_code == 200, answers
+    assert answers, answers
+    assert answers[0].status_code == 200, answers
     cert = answers[0].json()["certificates"][0]
-    assert cert["reason"] == "shutdown" and cert["stopped_early"], cert
+    assert cert["reason"] == "shutdown", cert
+    assert cert["stopped_early"], cert
     assert elapsed < 5, elapsed
 
 
@@ -534,7 +553,8 @@ def test_a_full_queue_answers_429_before_the_body_is_read(model):
         status, headers, answer = asgi_post(
             app, "/v1/certify", {"content-length": len(body)}, body_receiver(body, calls)
         )
-        assert status == 429 and int(headers["retry-after"]) >= 1, answer
+        assert status == 429, answer
+        assert int(headers["retry-after"]) >= 1, answer
         assert "2 of 2 image slots" in json.loads(answer)["error"]
         assert calls == [], "the body was read before the queue was checked"
         service.cancel(hog)
@@ -570,7 +590,9 @@ def test_a_request_whose_body_is_being_read_holds_a_queue_slot(model):
         first, second, second_calls = asyncio.run(main())
     finally:
         service.close()
-    assert second[0] == 429 and "retry-after" in second[1] and second_calls == [], second
+    assert second[0] == 429, second
+    assert "retry-after" in second[1], second
+    assert second_calls == [], second
     assert first[0] == 200, first
 
 
@@ -592,7 +614,8 @@ def test_a_stalled_upload_gets_408_and_frees_its_slot(model):
         stalled, after = asyncio.run(main())
     finally:
         service.close()
-    assert stalled[0] == 408 and "did not arrive within 0.3 s" in stalled[2].decode(), stalled
+    assert stalled[0] == 408, stalled
+    assert "did not arrive within 0.3 s" in stalled[2].decode(), stalled
     assert after[0] == 200, after
 
 
@@ -600,14 +623,20 @@ def test_the_body_limit_follows_the_input_shape_and_image_limit(model):
     """Derived from the shape and --max-images-per-request: a declared body beyond it is
     refused before it is read, with a 413 that names the limit; the largest request the
     image limit allows, written at full float precision, fits."""
-    from dsmooth.service.wire import body_limit
+    from dsmooth.deploy.service.wire import body_limit
 
     assert body_limit((3, 8, 8), 16) > body_limit((3, 8, 8), 8) > body_limit((1, 8, 8), 8)
     limits = Limits(max_images=8, max_samples=100_000, timeout=10)
     assert limits.body_bytes(SHAPE) == body_limit(SHAPE, 8)
     service = CertificationService(model, 3, batch_size=64, queue=64)
     app = build_service_app(
-        service, Policy(server_settings(), 20_000), "tiny", limits, None, SHAPE, 1.0
+        service,
+        Policy(server_settings(), 20_000),
+        name="tiny",
+        limits=limits,
+        token=None,
+        input_shape=SHAPE,
+        grace=1.0,
     )
     try:
         tiny = np.random.default_rng(0).random((8, *SHAPE)) * 1e-30  # long reprs: 1e-30 scale
@@ -619,8 +648,10 @@ def test_the_body_limit_follows_the_input_shape_and_image_limit(model):
         declared = {"content-length": body_limit(SHAPE, 8) + 1}
         status, _, answer = asgi_post(app, "/v1/certify", declared, body_receiver(b"", calls))
         message = json.loads(answer)["error"]
-        assert status == 413 and calls == [], answer
-        assert f"{body_limit(SHAPE, 8)} bytes" in message and "8 images of 3x8x8" in message
+        assert status == 413, answer
+        assert calls == [], answer
+        assert f"{body_limit(SHAPE, 8)} bytes" in message
+        assert "8 images of 3x8x8" in message
         status, _, answer = asgi_post(
             app,
             "/v1/certify",
@@ -668,14 +699,16 @@ def test_a_model_failure_is_a_generic_500_and_the_details_are_logged(model, capl
         return model(x)
 
     app, _ = make_app(flaky)
-    with TestClient(app) as c, caplog.at_level("ERROR", logger="dsmooth.service"):
+    with TestClient(app) as c, caplog.at_level("ERROR", logger="dsmooth.deploy.service"):
         r = c.post("/v1/certify", json={"images": batch(1).tolist()})
         assert r.status_code == 500
         message = r.json()["error"]
-        assert "secret" not in message and "RuntimeError" not in message, message
+        assert "secret" not in message, message
+        assert "RuntimeError" not in message, message
         ref = message.split("error id ")[1].rstrip(").")
         logged = [rec for rec in caplog.records if ref in rec.getMessage()]
-        assert logged and "corrupt" in str(logged[0].exc_info[1])
+        assert logged
+        assert "corrupt" in str(logged[0].exc_info[1])
         again = c.post("/v1/certify", json={"images": batch(1).tolist()})
         assert again.status_code == 200, again.text  # the worker keeps serving
 
@@ -718,16 +751,18 @@ def test_the_guarantee_is_complete_and_typed_on_both_routes(model, method, extra
         assert type(value) is GUARANTEE_TYPES[key], (key, value)
     if "tol" in g:
         assert g["tol"] == 0.1 * 0.25
-    assert v2 == meta and set(v2) == set(g)
+    assert v2 == meta
+    assert set(v2) == set(g)
     assert all(type(v) in (str, int, float) for v in v2.values()), v2  # v2: scalars only
     if "radius" in g:
-        assert g["radius"] == [0.25, 0.5] and v2["radius"] == "0.25,0.5"
+        assert g["radius"] == [0.25, 0.5]
+        assert v2["radius"] == "0.25,0.5"
 
 
 def test_the_client_reads_retry_after_as_seconds_or_an_http_date():
     import email.utils
 
-    from dsmooth.client import _certificates, retry_after
+    from dsmooth.deploy.client import _certificates, retry_after
 
     now = 1_800_000_000.0
     assert retry_after("7", now) == 7.0

@@ -12,11 +12,12 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import read_rows, without_time
 
 import dsmooth
 from dsmooth import CertifyJob
+from dsmooth.certify.methods import CohenCP, Sequential
 from dsmooth.cli import main
-from dsmooth.methods import CohenCP, Sequential
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dsmooth"
 DATA = SRC / "assets" / "cifar10_test_every20.npz"
@@ -26,9 +27,8 @@ FLAGS = ["--n0", "10", "--n", "40", "--alpha", "0.01", "--batch", "20", "--max",
 
 def rows(path: Path) -> list[list[str]]:
     """The log's rows without the time column."""
-    header, *body = [line.split("\t") for line in path.read_text().splitlines()]
-    t = header.index("time")
-    return [r[:t] + r[t + 1 :] for r in [header, *body]]
+    header, body = read_rows(path)
+    return without_time(header, [header, *body])
 
 
 def test_a_job_is_frozen_picklable_and_keyword_only():
@@ -38,7 +38,7 @@ def test_a_job_is_frozen_picklable_and_keyword_only():
         job.sigma = 0.5  # type: ignore[misc]
     with pytest.raises(TypeError):
         CertifyJob(CLASSIFIER, str(DATA), 0.25)  # type: ignore[misc]
-    assert dsmooth.certify_dataset is dsmooth.jobs.certify_dataset
+    assert dsmooth.certify_dataset is dsmooth.runs.local.certify_dataset
 
 
 def test_options_give_the_flags_job():
@@ -52,7 +52,8 @@ def test_options_give_the_flags_job():
     predict = CertifyJob.from_options(
         {"classifier": CLASSIFIER, "data": DATA, "sigma": 0.5, "out": "x.tsv"}, predict=True
     )
-    assert predict.method is None and predict.command == "predict"
+    assert predict.method is None
+    assert predict.command == "predict"
 
 
 def test_the_job_from_python_writes_the_rows_certify_writes(tmp_path):
@@ -66,8 +67,8 @@ def test_the_job_from_python_writes_the_rows_certify_writes(tmp_path):
     before = dataclasses.replace(job)
     built = job.build()
     assert job == before  # nothing mutated
-    assert built.batch == 20 and built.columns[:6] == ("idx", "label", "predict", "radius",
-                                                       "correct", "time")  # fmt: skip
+    assert built.batch == 20
+    assert built.columns[:6] == ("idx", "label", "predict", "radius", "correct", "time")
     assert dsmooth.certify_dataset(job, progress=False) == 3
     assert rows(job_log) == rows(cli_log)
     assert dsmooth.certify_dataset(job, progress=False) == 0  # resumed: nothing left
@@ -82,3 +83,43 @@ def test_nothing_below_the_cli_imports_it():
     ]
     assert offenders == []
     assert not (SRC / "commands").exists()
+
+
+def test_nothing_inside_the_package_imports_its_root():
+    """`dsmooth/__init__` imports the library; a module importing it back would import
+    everything (and cycle), so the version lives in `dsmooth._version`."""
+    root = re.compile(r"^\s*(from dsmooth import|import dsmooth\s*$)", re.M)
+    offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if root.search(p.read_text())]
+    assert offenders == []
+
+
+def test_imports_run_one_way():
+    """The layers in pyproject's import-linter contract (docs/design.md) hold."""
+    pytest.importorskip("importlinter")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(SRC.parent)}
+    lint = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run(
+        [str(lint), str(SRC.parents[1] / "pyproject.toml"), "--no-cache"],
+        cwd=SRC.parent, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_no_module_imports_itself_back():
+    """No import cycles, not even inside functions (imports for type checking only do
+    not run, so they may point back)."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("dsmooth", cache_dir=None, exclude_type_checking_imports=True)
+    cycles = sorted(
+        {
+            tuple(sorted((module, imported)))
+            for module in graph.modules
+            for imported in graph.find_modules_directly_imported_by(module)
+            if graph.chain_exists(imported, module)
+        }
+    )
+    assert cycles == []

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import PickleExploit
 
 import dsmooth
 from dsmooth.errors import UserError
@@ -72,7 +73,8 @@ def test_config_records_standard_fields(tmp_path):
     kwargs = {"num_classes": 7, "mean": [0.5] * 3, "std": [0.25] * 3}
     save_checkpoint(m, tmp_path / "c", {"architecture": "cifar_resnet20", "kwargs": kwargs})
     config = read_config(tmp_path / "c")
-    assert config["kind"] == "classifier" and config["num_classes"] == 7
+    assert config["kind"] == "classifier"
+    assert config["num_classes"] == 7
     assert config["normalization"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
     assert config["input_range"] == [0.0, 1.0]
     assert config["dsmooth_version"] == dsmooth.__version__
@@ -82,7 +84,9 @@ def test_config_records_standard_fields(tmp_path):
     d = create("dncnn")
     save_checkpoint(d, tmp_path / "d.safetensors", {"architecture": "dncnn", "sigma": 0.5})
     cd = read_config(tmp_path / "d.safetensors")
-    assert cd["kind"] == "denoiser" and cd["sigma"] == 0.5 and "num_classes" not in cd
+    assert cd["kind"] == "denoiser"
+    assert cd["sigma"] == 0.5
+    assert "num_classes" not in cd
 
 
 def test_float16_weights_load_as_float32(tmp_path):
@@ -94,7 +98,8 @@ def test_float16_weights_load_as_float32(tmp_path):
     loaded, _ = load_checkpoint(tmp_path / "h")
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     a, b = outputs(loaded), outputs(m)
-    assert not torch.equal(a, b) and (a - b).abs().max() <= 0.05 * b.abs().max()
+    assert not torch.equal(a, b)
+    assert (a - b).abs().max() <= 0.05 * b.abs().max()
 
 
 def test_checkpoint_errors_are_user_errors(tmp_path):
@@ -134,7 +139,7 @@ def test_pretrained_registry_with_a_temporary_entry(tmp_path, monkeypatch):
     from dsmooth.models.pretrained import model_card
 
     assert "A test entry" in model_card("test-dncnn")
-    with pytest.raises(UserError, match="no pretrained model named 'nope'.*test-dncnn"):
+    with pytest.raises(UserError, match=r"no pretrained model named 'nope'.*test-dncnn"):
         dsmooth.pretrained("nope")
     with pytest.raises(UserError, match="no pretrained model"):
         load_model("pretrained:nope")
@@ -142,7 +147,8 @@ def test_pretrained_registry_with_a_temporary_entry(tmp_path, monkeypatch):
 
 def test_package_ships_a_pretrained_folder():
     folder = Path(dsmooth.__file__).parent / "pretrained"
-    assert folder.is_dir() and (folder / "README.md").is_file()
+    assert folder.is_dir()
+    assert (folder / "README.md").is_file()
     for name in dsmooth.list_pretrained():  # every shipped entry is documented and loads
         assert (folder / name / "MODEL_CARD.md").is_file()
 
@@ -206,8 +212,8 @@ def test_mean_std_options_set_the_normalisation(tmp_path):
         assert torch.allclose(b(x), b.net((x - 0.5) / 0.5))
     with pytest.raises(UserError, match="std"):
         dsmooth.load(tmp_path / "w.th", arch="cifar_resnet20", std="0,1,1")
+    torch.save(create("dncnn").state_dict(), tmp_path / "d.pt")
     with pytest.raises(UserError, match="denoiser"):
-        torch.save(create("dncnn").state_dict(), tmp_path / "d.pt")
         dsmooth.load(tmp_path / "d.pt", arch="dncnn", mean="imagenet")
 
 
@@ -215,14 +221,15 @@ def test_num_classes_is_read_from_the_weights(tmp_path):
     m = create("cifar_resnet20", num_classes=100)
     torch.save(foreign_layouts(m)["plain"], tmp_path / "w.pt")
     got = dsmooth.load(f"cifar_resnet20:{tmp_path / 'w.pt'}")
-    assert got.dsmooth_config["num_classes"] == 100 and outputs(got).shape == (2, 100)
+    assert got.dsmooth_config["num_classes"] == 100
+    assert outputs(got).shape == (2, 100)
 
 
 def test_mismatched_foreign_weights_are_user_errors(tmp_path):
     torch.save(foreign_layouts(create("cifar_resnet56"))["plain"], tmp_path / "w.pt")
     with pytest.raises(UserError, match="name its architecture"):
         dsmooth.load(tmp_path / "w.pt")
-    with pytest.raises(UserError, match="do not fit cifar_resnet20.*unexpected"):
+    with pytest.raises(UserError, match=r"do not fit cifar_resnet20.*unexpected"):
         dsmooth.load(tmp_path / "w.pt", arch="cifar_resnet20")
     with pytest.raises(UserError, match="do not fit wrn16_4"):
         dsmooth.load(tmp_path / "w.pt", arch="wrn16_4")
@@ -233,17 +240,12 @@ def test_mismatched_foreign_weights_are_user_errors(tmp_path):
         dsmooth.load(tmp_path / "junk.pth", arch="cifar_resnet20")
 
 
-class _Exploit:
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
-
-
 def test_pickled_objects_are_refused_without_running_code(tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Exploit(str(marker))}, tmp_path / "e.pt")
+    torch.save(
+        {"state_dict": {"w": torch.zeros(1)}, "x": PickleExploit(Path.touch, marker)},
+        tmp_path / "e.pt",
+    )
     with pytest.raises(UserError, match="safely"):
         dsmooth.load(tmp_path / "e.pt", arch="dncnn")
     assert not marker.exists()
@@ -294,19 +296,20 @@ def test_import_weights_command_writes_a_checkpoint(tmp_path, capsys):
     assert _run(cmd, argv) == 0
     assert "cifar_resnet20" in capsys.readouterr().out
     config = read_config(out)
-    assert config["source"]["file"] == "w.th" and len(config["source"]["sha256"]) == 64
+    assert config["source"]["file"] == "w.th"
+    assert len(config["source"]["sha256"]) == 64
     assert torch.equal(outputs(dsmooth.load(out)), outputs(m))
     with pytest.raises(UserError, match="exists"):
         _run(cmd, argv)
-    assert _run(cmd, argv + ["--force", "--half"]) == 0
+    assert _run(cmd, [*argv, "--force", "--half"]) == 0
 
 
 def test_role_mismatch_is_a_user_error(tmp_path):
     save_checkpoint(create("cifar_resnet20"), tmp_path / "clf", {"architecture": "cifar_resnet20"})
     save_checkpoint(create("dncnn"), tmp_path / "den", {"architecture": "dncnn"})
-    with pytest.raises(UserError, match="is a classifier .*not a denoiser"):
+    with pytest.raises(UserError, match=r"is a classifier .*not a denoiser"):
         load_model(str(tmp_path / "clf"), role="denoiser")
-    with pytest.raises(UserError, match="is a denoiser .*not a classifier"):
+    with pytest.raises(UserError, match=r"is a denoiser .*not a classifier"):
         load_model(str(tmp_path / "den"), role="classifier")
     assert load_model(str(tmp_path / "den"), role="denoiser").dsmooth_config["kind"] == "denoiser"
 

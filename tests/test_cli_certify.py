@@ -10,40 +10,9 @@ import time
 
 import numpy as np
 import pytest
+from helpers import certify_args, read_rows, with_flag, without_time
 
 from dsmooth.cli import main
-
-
-def certify_args(data, classifier, out, *extra):
-    return [
-        "certify",
-        "--data",
-        str(data),
-        "--classifier",
-        str(classifier),
-        "--sigma",
-        "0.25",
-        "--n0",
-        "50",
-        "--n",
-        "500",
-        "--batch",
-        "100",
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
-
-
-def read_rows(path):
-    lines = path.read_text().splitlines()
-    return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
-
-
-def without_time(rows, header):
-    t = header.index("time")
-    return [r[:t] + r[t + 1 :] for r in rows]
 
 
 def test_certify_writes_reference_columns(tiny_data_file, tiny_classifier_file, tmp_path):
@@ -58,7 +27,8 @@ def test_certify_writes_reference_columns(tiny_data_file, tiny_classifier_file, 
         radius = float(r[3])
         assert label == labels[idx]
         assert correct == int(predict == label)
-        assert radius >= 0 and (predict != -1 or radius == 0)
+        assert radius >= 0
+        assert predict != -1 or radius == 0
 
 
 def test_a_run_ends_with_a_one_line_summary(tiny_data_file, tiny_classifier_file, tmp_path, capsys):
@@ -66,7 +36,7 @@ def test_a_run_ends_with_a_one_line_summary(tiny_data_file, tiny_classifier_file
     assert main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "4")) == 0
     assert main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "6")) == 0
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    header, rows = read_rows(out)
+    _header, rows = read_rows(out)
     correct = sum(int(r[4]) for r in rows)
     assert last.startswith(f"dsmooth: {out}: 6 images (2 new); ")
     assert f"{100 * correct / 6:.1f}% certified correct, average certified radius" in last
@@ -75,7 +45,8 @@ def test_a_run_ends_with_a_one_line_summary(tiny_data_file, tiny_classifier_file
     argv = ["predict"] + [a for a in argv[1:] if a not in ("--n0", "50")]
     assert main(argv) == 0
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith(f"dsmooth: {predict}: 3 images (3 new); ") and "abstained" in last
+    assert last.startswith(f"dsmooth: {predict}: 3 images (3 new); ")
+    assert "abstained" in last
 
 
 def test_rerun_appends_nothing_and_max_limits(tiny_data_file, tiny_classifier_file, tmp_path):
@@ -86,7 +57,7 @@ def test_rerun_appends_nothing_and_max_limits(tiny_data_file, tiny_classifier_fi
     main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "5"))
     assert out.read_text() == first
     main(certify_args(tiny_data_file, tiny_classifier_file, out))
-    header, rows = read_rows(out)
+    _header, rows = read_rows(out)
     assert [int(r[0]) for r in rows] == list(range(12))
     assert out.read_text().startswith(first)
 
@@ -100,7 +71,7 @@ def test_partial_trailing_row_is_dropped_on_resume(tiny_data_file, tiny_classifi
     main(certify_args(tiny_data_file, tiny_classifier_file, cut))
     header, rows_full = read_rows(full)
     _, rows_cut = read_rows(cut)
-    assert without_time(rows_cut, header) == without_time(rows_full, header)
+    assert without_time(header, rows_cut) == without_time(header, rows_full)
 
 
 def test_predict_log(tiny_data_file, tiny_classifier_file, tmp_path):
@@ -163,7 +134,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_data_file, tiny_classifie
     )
     header, rows_killed = read_rows(killed)
     _, rows_clean = read_rows(clean)
-    assert without_time(rows_killed, header) == without_time(rows_clean, header)
+    assert without_time(header, rows_killed) == without_time(header, rows_clean)
 
 
 # --- bad input: one sentence, exit code 2, nothing written ---------------------------------
@@ -176,7 +147,7 @@ def _bad_npz(tmp_path, images, labels=None):
 
 
 @pytest.mark.parametrize(
-    "change,message",
+    ("change", "message"),
     [
         ({"--sigma": "0"}, "sigma must be a positive number"),
         ({"--sigma": "-0.5"}, "sigma must be a positive number"),
@@ -209,22 +180,18 @@ def test_bad_input_one_sentence_exit_2(
     out = tmp_path / "out.tsv"
     args = certify_args(tiny_data_file, tiny_classifier_file, out)
     for flag, value in change.items():
-        value = str(special[value]()) if value in special else value
-        if flag in args:
-            args[args.index(flag) + 1] = value
-        else:
-            args += [flag, value]
+        args = with_flag(args, flag, str(special[value]()) if value in special else value)
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
     assert not out.exists()
 
 
 def test_bad_input_exit_code_from_a_real_process(tiny_data_file, tiny_classifier_file, tmp_path):
     out = tmp_path / "out.tsv"
-    args = certify_args(tiny_data_file, tiny_classifier_file, out)
-    args[args.index("--sigma") + 1] = "-1"
+    args = with_flag(certify_args(tiny_data_file, tiny_classifier_file, out), "--sigma", "-1")
     proc = subprocess.run(
         [sys.executable, "-m", "dsmooth.cli", *args], capture_output=True, text=True
     )
@@ -259,7 +226,7 @@ def _image_folder(tmp_path, tiny_data_file):
 
 
 def test_image_folder_is_read_lazily_and_resized(tiny_data_file, tiny_classifier_file, tmp_path):
-    from dsmooth.datasets import load_dataset
+    from dsmooth.data.datasets import load_dataset
 
     folder = _image_folder(tmp_path, tiny_data_file)
     # the eager loader (training) on the readable files gives the reference images
@@ -278,10 +245,11 @@ def test_image_folder_is_read_lazily_and_resized(tiny_data_file, tiny_classifier
     args = certify_args(folder, tiny_classifier_file, out, "--size", "8")
     assert main([*args, "--max", "12"]) == 0
     header, rows = read_rows(out)
-    assert header[-1] == "file" and rows[0][-1].endswith(".png")  # rows name their files
+    assert header[-1] == "file"
+    assert rows[0][-1].endswith(".png")  # rows name their files
     plain = header[:-1]
-    assert without_time([r[:-1] for r in rows], plain) == without_time(
-        read_rows(reference)[1], plain
+    assert without_time(plain, [r[:-1] for r in rows]) == without_time(
+        plain, read_rows(reference)[1]
     )
     assert main(args) == 2  # now the broken image is selected: one sentence, rows kept
     assert read_rows(out)[1] == rows

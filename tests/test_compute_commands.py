@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import LinearClassifier
+from helpers import torch_threads
 from safetensors.torch import save_file
 from torch import nn
 
 from dsmooth.cli import build_parser, main
-from dsmooth.datasets import load_dataset
-from dsmooth.evaluation import evaluate_accuracy
+from dsmooth.data.datasets import load_dataset
 from dsmooth.models import create
+from dsmooth.pipeline.evaluation import evaluate_accuracy
 
 
 class Identity(nn.Module):
@@ -34,9 +35,8 @@ def identity_denoiser() -> nn.Module:
 @pytest.fixture
 def keep_threads():
     """--threads sets torch's thread count for the whole process: put it back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+    with torch_threads():
+        yield
 
 
 def test_evaluate_and_test_denoiser_default_to_certifys_precision(monkeypatch):
@@ -60,8 +60,9 @@ def test_evaluate_takes_the_engine_options_of_certify():
     assert {k: getattr(evaluate, k) for k in names} == {k: getattr(certify, k) for k in names}
 
 
+@pytest.mark.usefixtures("keep_threads")
 def test_evaluate_runs_the_classifier_through_the_engine(
-    tiny_classifier_file, tiny_data_file, capsys, keep_threads
+    tiny_classifier_file, tiny_data_file, capsys
 ):
     argv = ["evaluate", "--classifier", str(tiny_classifier_file), "--data", str(tiny_data_file)]
     argv += ["--sigma", "0.25", "--json", "--no-progress"]
@@ -83,10 +84,11 @@ def test_evaluate_runs_the_classifier_through_the_engine(
 
     assert main(argv) == 0  # the defaults: fp32 in this suite (DSMOOTH_PRECISION)
     result = json.loads(capsys.readouterr().out)
-    assert result["engine"]["precision"] == "fp32" and result["engine"]["backend"] == "torch"
+    assert result["engine"]["precision"] == "fp32"
+    assert result["engine"]["backend"] == "torch"
     data = load_dataset(str(tiny_data_file), "test")
     direct = evaluate_accuracy(
-        torch.jit.load(str(tiny_classifier_file)), data, 0.25, progress=False
+        torch.jit.load(str(tiny_classifier_file)), data, sigma=0.25, progress=False
     )
     assert {k: result[k] for k in direct} == direct  # fp32 through the engine: same numbers
 
@@ -116,16 +118,18 @@ def test_test_denoiser_takes_every_denoiser_certify_takes(
     argv += ["--classifier", str(tiny_classifier_file), "--data", str(tiny_data_file)]
     assert main([*argv, "--json", str(report), "--no-progress"]) == 0
     r = json.loads(report.read_text())
-    assert r["n"] == 12 and math.isfinite(r["psnr"]) and r["precision"] == "fp32"
+    assert r["n"] == 12
+    assert math.isfinite(r["psnr"])
+    assert r["precision"] == "fp32"
     if kind != "pretrained":
         assert r["psnr"] == pytest.approx(r["psnr_noisy_input"], abs=1e-6)
         assert r["noisy_acc"] == r["no_denoiser_noisy_acc"]
 
 
-def test_test_denoiser_scores_a_black_box_classifier(tiny_data_file, tmp_path, capsys):
+def test_test_denoiser_scores_a_black_box_classifier(tiny_data_file, tmp_path):
     """An ONNX classifier answers in numpy: test-denoiser counts its answers all the same."""
     pytest.importorskip("onnxruntime")
-    from dsmooth.export import export
+    from dsmooth.deploy.export import export
 
     f = LinearClassifier(3 * 8 * 8, 3).eval()
     onnx_file, torchscript = tmp_path / "f.onnx", tmp_path / "f.pt"

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 
-from dsmooth.analysis import analyze
+from dsmooth.analysis.settings import DAGGER
+from dsmooth.analysis.tables import analyze
 from dsmooth.cli.commands.demo import RADII, table
-from dsmooth.log_settings import DAGGER
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 

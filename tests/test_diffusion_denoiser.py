@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import LinearClassifier
+from helpers import certify_args
 
-from dsmooth.base import compose
+from dsmooth.certify.noise import STAGE_ESTIMATE, STAGE_SELECT, NoiseStream
+from dsmooth.certify.smooth import Smooth
 from dsmooth.cli import main
 from dsmooth.errors import UserError
 from dsmooth.models.diffusion import DiffusionDenoiser, load_diffusers, timestep_for_sigma
-from dsmooth.noise import STAGE_ESTIMATE, STAGE_SELECT, NoiseStream
-from dsmooth.smoothing import Smooth
+from dsmooth.pipeline.compose import compose
 
 
 def linear_alphas() -> torch.Tensor:
@@ -82,11 +83,13 @@ def test_gaussian_data_gives_the_posterior_mean():
     mu = 0.6 * torch.rand(1, 3, 8, 8, generator=g, dtype=torch.float64) - 0.3
     denoiser = DiffusionDenoiser(GaussianEps(alphas, mu, s), alphas, sigma=sigma)
     t = int(np.argmin([abs(ratio(alphas, i) - 2 * sigma) for i in range(len(alphas))]))
-    assert denoiser.timestep == t and denoiser.sigma == sigma
+    assert denoiser.timestep == t
+    assert denoiser.sigma == sigma
     x = (mu + s * torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64) + 1) / 2
     y = x + sigma * torch.randn(x.shape, generator=g, dtype=torch.float64)
     expected = gaussian_posterior_mean(y, float(alphas[t]), mu, s)
-    assert expected.min() > 0.02 and expected.max() < 0.98  # clipping is not active
+    assert expected.min() > 0.02
+    assert expected.max() < 0.98  # clipping is not active
     torch.testing.assert_close(denoiser(y), expected, atol=1e-4, rtol=0)
 
 
@@ -108,7 +111,8 @@ def test_model_space_noise_is_twice_sigma():
 def test_timestep_follows_sigma_and_unreachable_sigmas_are_user_errors():
     alphas = linear_alphas()
     ts = [timestep_for_sigma(alphas, s) for s in (0.12, 0.25, 0.5, 1.0)]
-    assert ts == sorted(ts) and len(set(ts)) == 4
+    assert ts == sorted(ts)
+    assert len(set(ts)) == 4
     for s, t in zip((0.12, 0.25, 0.5, 1.0), ts, strict=True):
         assert abs(ratio(alphas, t) - 2 * s) <= abs(ratio(alphas, t + 1) - 2 * s)
         assert abs(ratio(alphas, t) - 2 * s) <= abs(ratio(alphas, t - 1) - 2 * s)
@@ -177,8 +181,8 @@ def test_smooth_noise_is_exactly_sigma_with_none_added_by_the_denoiser():
     smooth.certify(x, 7, 13, 0.001, batch_size=5, index=index)
     drawn = torch.cat(
         [
-            NoiseStream(x.shape, sigma, seed, index, STAGE_SELECT).take(7),
-            NoiseStream(x.shape, sigma, seed, index, STAGE_ESTIMATE).take(13),
+            NoiseStream(x.shape, sigma, seed=seed, index=index, stage=STAGE_SELECT).take(7),
+            NoiseStream(x.shape, sigma, seed=seed, index=index, stage=STAGE_ESTIMATE).take(13),
         ]
     )
     received = torch.cat(seen_by_d)
@@ -237,7 +241,9 @@ def test_unet_denoiser_is_deterministic_in_train_and_eval_mode():
         with torch.no_grad():
             outputs.append(denoiser(y))
     assert all(torch.equal(outputs[0], o) for o in outputs[1:])
-    assert outputs[0].shape == y.shape and 0 <= outputs[0].min() and outputs[0].max() <= 1
+    assert outputs[0].shape == y.shape
+    assert outputs[0].min() >= 0
+    assert outputs[0].max() <= 1
 
 
 def test_layouts_load_the_same_model(ddpm_folder, tmp_path):
@@ -248,7 +254,8 @@ def test_layouts_load_the_same_model(ddpm_folder, tmp_path):
     diffusers.UNet2DModel.from_pretrained(str(ddpm_folder / "unet")).save_pretrained(str(unet_dir))
     diffusers.DDPMScheduler().save_pretrained(str(unet_dir / "scheduler"))
     inside = load_diffusers(unet_dir, sigma=0.5, steps=2)
-    assert pipeline.timestep == inside.timestep and inside.timesteps == (inside.timestep, 0)
+    assert pipeline.timestep == inside.timestep
+    assert inside.timesteps == (inside.timestep, 0)
     y = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(pipeline(y), DiffusionDenoiser(inside.model, linear_alphas(), 0.5)(y))
@@ -256,30 +263,31 @@ def test_layouts_load_the_same_model(ddpm_folder, tmp_path):
         load_diffusers(tmp_path)
 
 
-def certify_argv(data, classifier, denoiser, sigma: str, out) -> list[str]:
-    return [
-        "certify",
-        *("--data", str(data), "--classifier", str(classifier)),
-        *("--denoiser", denoiser, "--sigma", sigma),
-        *("--n0", "10", "--n", "20", "--batch", "10", "--max", "2"),
-        *("--out", str(out), "--no-progress"),
-    ]
+#: certify_args(..., *TWO, **SMALL): a quick `dsmooth certify` run on two images
+TWO, SMALL = ("--max", "2"), {"n0": "10", "n": "20", "batch": "10"}
 
 
 def test_certify_with_a_diffusers_denoiser(
     tiny_data_file, tiny_classifier_file, ddpm_folder, tmp_path
 ):
     out, spec = tmp_path / "log.tsv", f"diffusers:{ddpm_folder}"
-    assert main(certify_argv(tiny_data_file, tiny_classifier_file, spec, "0.25", out)) == 0
+    argv = certify_args(
+        tiny_data_file, tiny_classifier_file, out, "--denoiser", spec, *TWO, **SMALL
+    )
+    assert main(argv) == 0
     lines = out.read_text().splitlines()
-    assert lines[0].startswith("idx\tlabel\tpredict\tradius") and len(lines) == 3
+    assert lines[0].startswith("idx\tlabel\tpredict\tradius")
+    assert len(lines) == 3
     record = json.loads((tmp_path / "log.tsv.json").read_text())
     assert record["denoiser_timestep"] == timestep_for_sigma(linear_alphas(), 0.25)
     assert record["denoiser_steps"] == 1
     assert record["models"]["denoiser"]["spec"] == spec
 
     bad = tmp_path / "bad.tsv"
-    assert main(certify_argv(tiny_data_file, tiny_classifier_file, spec, "200", bad)) == 2
+    argv = certify_args(
+        tiny_data_file, tiny_classifier_file, bad, "--denoiser", spec, *TWO, sigma="200", **SMALL
+    )
+    assert main(argv) == 2
     assert not bad.exists()
 
 
@@ -296,14 +304,17 @@ def test_classifier_of_another_input_size_behind_the_denoiser(
     classifier = tmp_path / "c16.pt"
     torch.jit.save(torch.jit.script(LinearClassifier(3 * 16 * 16, 3).eval()), str(classifier))
     out = tmp_path / "p.tsv"
-    argv = certify_argv(tiny_data_file, classifier, f"diffusers:{ddpm_folder}?steps=2", "0.5", out)
+    spec = f"diffusers:{ddpm_folder}?steps=2"
+    argv = certify_args(
+        tiny_data_file, classifier, out, "--denoiser", spec, *TWO, sigma="0.5", **SMALL
+    )
     assert main([*argv, "--input-size", "16x16"]) == 0
     assert len(out.read_text().splitlines()) == 3
     record = json.loads((tmp_path / "p.tsv.json").read_text())
     assert record["denoiser_steps"] == 2
 
 
-def test_test_denoiser_command_sets_the_timestep(tiny_data_file, ddpm_folder, tmp_path, capsys):
+def test_test_denoiser_command_sets_the_timestep(tiny_data_file, ddpm_folder, tmp_path):
     report = tmp_path / "r.json"
     argv = ["test-denoiser", "--denoiser", f"diffusers:{ddpm_folder}", "--sigma", "0.25"]
     argv += ["--data", str(tiny_data_file), "--json", str(report), "--no-progress"]
@@ -313,8 +324,10 @@ def test_test_denoiser_command_sets_the_timestep(tiny_data_file, ddpm_folder, tm
 
 def test_compose_keeps_its_old_signature():
     f, d = torch.nn.Flatten(), torch.nn.Identity()
-    assert compose(f) is f and compose(f, None, sigma=0.25) is f
-    assert compose(f, d).denoiser is d and compose(f, d, sigma=0.25).denoiser is d
+    assert compose(f) is f
+    assert compose(f, None, sigma=0.25) is f
+    assert compose(f, d).denoiser is d
+    assert compose(f, d, sigma=0.25).denoiser is d
 
 
 def test_visualize_sets_the_timestep_per_sigma(
@@ -338,7 +351,8 @@ def test_serve_and_export_need_sigma_for_a_diffusion_denoiser(
         capsys.readouterr()
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "give --sigma" in err[0], err
+        assert len(err) == 1, err
+        assert "give --sigma" in err[0], err
     assert main([*export, "--sigma", "-1"]) == 2
     assert not out.exists()
 
@@ -355,7 +369,7 @@ def test_export_with_sigma_writes_the_denoiser_at_its_timestep(ddpm_folder, tmp_
 
 def test_bench_builds_the_ddpm_cifar10_unet_with_random_weights():
     pytest.importorskip("diffusers")
-    from dsmooth.bench import DDPM, build_pipeline
+    from dsmooth.pipeline.bench import DDPM, build_pipeline
 
     pipeline = build_pipeline(f"{DDPM}+cifar_resnet20", sigma=0.5)
     unet = pipeline.denoiser.model

@@ -7,6 +7,7 @@ the test of the error `--ray` gives then.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import secrets
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import read_rows, torch_threads, without_time
 from torch import nn
 
 from dsmooth.cli import main
@@ -30,16 +32,6 @@ from dsmooth.errors import UserError
 
 SIGMA, N0, N, BATCH = 0.25, 50, 4000, 1000
 IMAGES = 16
-
-
-def read_log(path: Path) -> tuple[list[str], list[list[str]]]:
-    header, *lines = path.read_text().splitlines()
-    return header.split("\t"), [line.split("\t") for line in lines]
-
-
-def without_time(header: list[str], rows: list[list[str]]) -> list[list[str]]:
-    t = header.index("time")
-    return [r[:t] + r[t + 1 :] for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +97,9 @@ def options(files: dict) -> dict:
 def reference(files) -> tuple[list[str], list[list[str]]]:
     """The single-process log (`dsmooth certify` without --ray), rows without time."""
     out = files["root"] / "single.tsv"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; one thread is fastest here
-    try:
+    with torch_threads(1):  # the machine is shared; one thread is fastest here
         assert main(cli_args(files, out)) == 0
-    finally:
-        torch.set_num_threads(threads)
-    header, rows = read_log(out)
+    header, rows = read_rows(out)
     assert [int(r[0]) for r in rows] == list(range(IMAGES))
     return header, without_time(header, rows)
 
@@ -136,7 +124,8 @@ def test_ray_missing_gives_one_sentence(files, tmp_path, monkeypatch, capsys):
     out = tmp_path / "log.tsv"
     assert main(cli_args(files, out, "--ray")) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "pip install 'dsmooth[ray]'" in err, err
+    assert err.count("\n") == 0, err
+    assert "pip install 'dsmooth[ray]'" in err, err
     assert not out.exists()
 
 
@@ -155,11 +144,12 @@ def test_unreachable_cluster_fails_fast_with_one_sentence(files, tmp_path, capsy
     assert time.monotonic() - start < 30
     err = capsys.readouterr().err.strip()
     assert err.startswith("dsmooth: error: cannot reach a Ray cluster at 127.0.0.1:"), err
-    assert "\n" not in err and not out.exists()
+    assert "\n" not in err
+    assert not out.exists()
 
 
 def test_sort_log_orders_rows_by_index_and_drops_a_partial_row(tmp_path):
-    from dsmooth.distributed import sort_log
+    from dsmooth.runs.distributed import sort_log
 
     log = tmp_path / "log.tsv"
     log.write_text("idx\tlabel\n10\t1\n2\t0\n7\t2\n3\t")
@@ -169,12 +159,13 @@ def test_sort_log_orders_rows_by_index_and_drops_a_partial_row(tmp_path):
 
 
 def test_python_options_take_the_cli_defaults(files):
-    from dsmooth.certify_job import CertifyJob
-    from dsmooth.methods import CohenCP
+    from dsmooth.certify.methods import CohenCP
+    from dsmooth.runs.job import CertifyJob
 
     job = CertifyJob.from_options({**options(files), "out": "out.tsv"})
     assert (job.n, job.batch, job.out, job.skip) == (N, BATCH, "out.tsv", 1)
-    assert job.alpha == 0.001 and job.method == CohenCP(job.method.n0, N, 0.001)
+    assert job.alpha == 0.001
+    assert job.method == CohenCP(job.method.n0, N, 0.001)
     assert pickle.loads(pickle.dumps(job)) == job  # what each Ray worker is sent
     with pytest.raises(UserError, match="unknown certify options \\['nn'\\]"):
         CertifyJob.from_options({**options(files), "nn": 5, "out": "out.tsv"})
@@ -273,14 +264,10 @@ def two_node_cluster(tmp_path):
         for proc in reversed(procs):
             proc.terminate()
         for proc in reversed(procs):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(40)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the node's own process group only
-            except ProcessLookupError:
-                pass
             proc.wait()
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -288,7 +275,7 @@ def two_node_cluster(tmp_path):
 @pytest.mark.slow
 def test_cli_on_a_two_node_cluster(files, reference, two_node_cluster, tmp_path):
     address, env = two_node_cluster
-    header, expected = reference
+    _header, expected = reference
     out = tmp_path / "cluster.tsv"
     relative = {**files, "data": "data.npz", "classifier": "mlp.pt"}  # nodes run elsewhere
     run = subprocess.run(
@@ -305,19 +292,21 @@ def test_cli_on_a_two_node_cluster(files, reference, two_node_cluster, tmp_path)
         timeout=180,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "certified 16 images" in run.stderr and "on 2 Ray workers" in run.stderr
-    assert without_time(*read_log(out)) == expected
+    assert "certified 16 images" in run.stderr
+    assert "on 2 Ray workers" in run.stderr
+    assert without_time(*read_rows(out)) == expected
 
 
 @pytest.mark.slow
-def test_two_workers_give_the_single_process_rows(files, reference, ray_local, tmp_path):
-    from dsmooth.distributed import certify_dataset
+@pytest.mark.usefixtures("ray_local")
+def test_two_workers_give_the_single_process_rows(files, reference, tmp_path):
+    from dsmooth.runs.distributed import certify_dataset
 
     header, expected = reference
     out = tmp_path / "ray.tsv"
     summary = certify_dataset(options(files), out, workers=2, progress=False)
     assert (summary.images, summary.workers, summary.failures) == (IMAGES, 2, 0)
-    got_header, rows = read_log(out)
+    got_header, rows = read_rows(out)
     assert got_header == header
     assert sorted(without_time(header, rows), key=lambda r: int(r[0])) == expected
 
@@ -343,11 +332,12 @@ def worker_pids() -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds worker processes in /proc")
-def test_killed_worker_loses_nothing(files, reference, ray_local, tmp_path):
+@pytest.mark.usefixtures("ray_local")
+def test_killed_worker_loses_nothing(files, reference, tmp_path):
     """Resume a log cut mid-row (a killed driver), kill a worker mid-run, sort at the end."""
-    from dsmooth.distributed import certify_dataset
+    from dsmooth.runs.distributed import certify_dataset
 
-    header, expected = reference
+    _header, expected = reference
     out = tmp_path / "ray.tsv"
     lines = (files["root"] / "single.tsv").read_text().splitlines(keepends=True)
     out.write_text("".join(lines[:5]) + lines[5][:5])  # header, 4 rows, a partial row
@@ -372,7 +362,8 @@ def test_killed_worker_loses_nothing(files, reference, ray_local, tmp_path):
         if out.read_text().count("\n") >= 6 and (pids := worker_pids()):
             break
         time.sleep(0.01)
-    assert pids and thread.is_alive(), f"no busy worker to kill (workers {pids})"
+    assert pids, f"no busy worker to kill (workers {pids})"
+    assert thread.is_alive(), f"no busy worker to kill (workers {pids})"
     os.kill(pids[0], signal.SIGKILL)
     thread.join(120)
     assert not thread.is_alive()
@@ -381,14 +372,13 @@ def test_killed_worker_loses_nothing(files, reference, ray_local, tmp_path):
     assert (summary.skipped, summary.images, summary.failures) == (4, IMAGES - 4, 1)
     assert summary.rescheduled >= 1
     # every index exactly once, rows as in the single-process run, sorted by index
-    assert without_time(*read_log(out)) == expected
+    assert without_time(*read_rows(out)) == expected
 
 
 @pytest.mark.slow
-def test_bad_model_or_too_many_workers_is_one_sentence_and_writes_nothing(
-    files, ray_local, tmp_path
-):
-    from dsmooth.distributed import certify_dataset
+@pytest.mark.usefixtures("ray_local")
+def test_bad_model_or_too_many_workers_is_one_sentence_and_writes_nothing(files, tmp_path):
+    from dsmooth.runs.distributed import certify_dataset
 
     out = tmp_path / "log.tsv"
     with pytest.raises(UserError, match="use --workers 2 or fewer"):

@@ -8,12 +8,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import certify_args, torch_threads
 from torch import nn
 
-from dsmooth import Smooth, engine
+from dsmooth import Smooth
 from dsmooth.cli import main
-from dsmooth.engine import EngineOptions, accelerate
 from dsmooth.errors import UserError
+from dsmooth.pipeline import engine, host
+from dsmooth.pipeline.engine import EngineOptions, accelerate
 
 SHAPE = (3, 8, 8)
 EAGER = EngineOptions(precision="fp32", compile=False, channels_last=False)
@@ -54,10 +56,8 @@ def one_thread():
     """One torch thread: tiny models gain nothing from two, and on a busy machine each
     parallel region can wait a whole time slice for its second thread. Restored after
     (the CLI's --threads changes it too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,8 @@ def fresh_dynamo():
 
 
 @pytest.mark.slow
-def test_compiled_fp32_counts_equal_eager_and_short_batches_reuse_the_graph(image, fresh_dynamo):
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_compiled_fp32_counts_equal_eager_and_short_batches_reuse_the_graph(image):
     """One real compilation (a tiny model): batch 32 over 80 samples = 32, 32, 16; the
     short batch is padded into the compiled shape instead of compiling a second one."""
     options = EngineOptions(precision="fp32", compile=True, channels_last=True)
@@ -100,7 +101,8 @@ def test_compiled_fp32_counts_equal_eager_and_short_batches_reuse_the_graph(imag
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback would warn: fail
         counts = Smooth(base, 4, 0.5, seed=3).sample_counts(image, 80, 32, index=5)
-    assert base.compile_error is None and base._compiled is not None
+    assert base.compile_error is None
+    assert base._compiled is not None
     assert list(base.compile_seconds) == [(32, *SHAPE)]
     np.testing.assert_array_equal(counts, counts_with(EAGER, image, 80, num=80))
 
@@ -110,7 +112,7 @@ def _eager_reference(image):
 
 
 def test_compile_raising_falls_back_to_eager_with_one_warning(image, monkeypatch):
-    def broken(*args, **kwargs):
+    def broken(*_args, **_kwargs):
         raise RuntimeError("no C compiler")
 
     monkeypatch.setattr(torch, "compile", broken)
@@ -118,15 +120,16 @@ def test_compile_raising_falls_back_to_eager_with_one_warning(image, monkeypatch
     with pytest.warns(RuntimeWarning, match="torch.compile failed") as record:
         counts = Smooth(base, 4, 0.5, seed=3).sample_counts(image, 100, 50, index=5)
     assert len([w for w in record if "torch.compile" in str(w.message)]) == 1
-    assert not base.compile_enabled and "no C compiler" in base.compile_error
+    assert not base.compile_enabled
+    assert "no C compiler" in base.compile_error
     np.testing.assert_array_equal(counts, _eager_reference(image))
 
 
 def test_compiled_function_failing_at_first_call_falls_back(image, monkeypatch):
     """Inductor compiles lazily: the failure surfaces when the compiled model is called."""
 
-    def lazy(model, **kwargs):
-        def call(x):
+    def lazy(_model, **_options):
+        def call(_x):
             raise OSError("cc1plus: not found")
 
         return call
@@ -139,7 +142,8 @@ def test_compiled_function_failing_at_first_call_falls_back(image, monkeypatch):
 
 
 @pytest.mark.slow
-def test_missing_cxx_compiler_falls_back(image, monkeypatch, tmp_path, fresh_dynamo):
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_missing_cxx_compiler_falls_back(image, monkeypatch, tmp_path):
     """A real inductor failure: no working C++ compiler (and no cached kernels)."""
     import torch._inductor.config as inductor_config
 
@@ -154,7 +158,7 @@ def test_missing_cxx_compiler_falls_back(image, monkeypatch, tmp_path, fresh_dyn
 
 
 def test_a_bad_input_raises_the_models_own_error(monkeypatch):
-    def lazy(model, **kwargs):
+    def lazy(model, **_options):
         return model
 
     monkeypatch.setattr(torch, "compile", lazy)
@@ -164,9 +168,9 @@ def test_a_bad_input_raises_the_models_own_error(monkeypatch):
 
 
 def test_auto_precision_is_bf16_only_with_native_support(monkeypatch):
-    monkeypatch.setattr(engine, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(host, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert engine.resolve_precision("auto", "cpu") == "fp32"
-    monkeypatch.setattr(engine, "_cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    monkeypatch.setattr(host, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
     assert engine.resolve_precision("auto", "cpu") == "bf16"
     assert engine.resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(UserError, match="precision"):
@@ -219,14 +223,17 @@ def test_black_box_callables_pass_through():
 
 def test_choose_batch_size_measures_without_compiling(monkeypatch):
     calls = []
-    monkeypatch.setattr(torch, "compile", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(torch, "compile", lambda *_args, **_kwargs: calls.append(1))
     base = accelerate(TinyConvNet(), EngineOptions(precision="fp32", compile=True))
     messages = []
     size = engine.choose_batch_size(
         base, SHAPE, candidates=(4, 16), seconds_per_candidate=0.05, report=messages.append
     )
-    assert size in (4, 16) and not calls and base.compile_enabled
-    assert "4:" in messages[0] and "16:" in messages[0]
+    assert size in (4, 16)
+    assert not calls
+    assert base.compile_enabled
+    assert "4:" in messages[0]
+    assert "16:" in messages[0]
 
 
 def test_bad_engine_options_are_user_errors():
@@ -240,9 +247,10 @@ def test_bad_engine_options_are_user_errors():
 
 
 def _certify(data, classifier, out, *extra):
-    argv = ["certify", "--data", str(data), "--classifier", str(classifier), "--out", str(out)]
-    argv += ["--sigma", "0.25", "--n0", "10", "--n", "60", "--alpha", "0.01", "--max", "3"]
-    return main(argv + ["--no-progress", *extra])
+    argv = certify_args(
+        data, classifier, out, "--alpha", "0.01", "--max", "3", *extra, n0="10", n="60", batch=None
+    )
+    return main(argv)
 
 
 def _rows(path):
@@ -252,7 +260,9 @@ def _rows(path):
 def test_cli_results_do_not_depend_on_engine_flags(
     tiny_data_file, conv_checkpoint, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(torch, "compile", lambda *a, **k: (_ for _ in ()).throw(OSError("no cc")))
+    monkeypatch.setattr(
+        torch, "compile", lambda *_args, **_kwargs: (_ for _ in ()).throw(OSError("no cc"))
+    )
     runs = {
         "plain": ["--batch", "7", "--no-compile", "--no-channels-last", "--precision", "fp32"],
         "auto": ["--batch", "auto", "--no-compile", "--threads", "1", "--precision", "fp32"],
@@ -268,12 +278,13 @@ def test_cli_results_do_not_depend_on_engine_flags(
             assert _certify(tiny_data_file, conv_checkpoint, out, *flags) == 0
         logs[name] = _rows(out)
     assert len(logs["plain"]) == 4  # header + 3 images
-    assert logs["auto"] == logs["plain"] and logs["fallback"] == logs["plain"]
+    assert logs["auto"] == logs["plain"]
+    assert logs["fallback"] == logs["plain"]
     assert "--batch auto measured" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
-    "flags, message",
+    ("flags", "message"),
     [
         (["--batch", "big"], "expected an integer or 'auto'"),
         (["--batch", "0"], "batch must be at least 1"),
@@ -299,7 +310,7 @@ def test_cli_bad_engine_flags_exit_2(
 
 def test_reference_loop_counts_like_the_reference():
     """The benchmark's reference loop (locuslab's _sample_noise) counts every sample."""
-    from dsmooth.bench import reference_sample_noise
+    from dsmooth.pipeline.bench import reference_sample_noise
 
     torch.manual_seed(0)
     counts = reference_sample_noise(
@@ -323,14 +334,17 @@ def test_bench_command_reports_both_loops(tmp_path, capsys):
     argv = ["bench", "--pipelines", "cifar_resnet20", "--samples", "16", "--rounds", "1"]
     argv += ["--reference-batch", "8", "--batch", "8", "--no-compile", "--peak-size", "128"]
     argv += ["--peak-seconds", "0.05", "--no-openvino"]  # test_openvino_backend.py has it
-    assert main(argv + ["--out", str(out)]) == 0
+    assert main([*argv, "--out", str(out)]) == 0
     text = out.read_text()
     assert text.strip() == capsys.readouterr().out.strip()
     row = next(line for line in text.splitlines() if line.startswith("cifar_resnet20"))
     gflop, ref, eng, ratio = (float(v) for v in row.split()[1:5])
     assert 0.07 < gflop < 0.09  # ResNet-20 on 32x32: 40.6M multiply-adds
-    assert ref > 0 and eng > 0 and abs(ratio - eng / ref) < 0.01 + 0.01 * ratio
-    assert "matmul peak at start: fp32" in text and "load average" in text
+    assert ref > 0
+    assert eng > 0
+    assert abs(ratio - eng / ref) < 0.01 + 0.01 * ratio
+    assert "matmul peak at start: fp32" in text
+    assert "load average" in text
     assert float(row.split()[-3]) > 0  # the fp32 peak measured in the same rounds
 
 

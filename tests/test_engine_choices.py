@@ -9,21 +9,26 @@ import warnings
 
 import pytest
 import torch
-from helpers import recording_compiler
+from helpers import recording_compiler, torch_threads
 from torch import nn
 
-from dsmooth import engine
 from dsmooth.cli.commands.common import threads_value
-from dsmooth.engine import EngineModule, EngineOptions, accelerate, choose_threads, for_work
+from dsmooth.pipeline import engine
+from dsmooth.pipeline.engine import (
+    EngineModule,
+    EngineOptions,
+    accelerate,
+    choose_threads,
+    for_work,
+)
 
 SHAPE = (3, 8, 8)
 
 
 @pytest.fixture(autouse=True)
 def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads():
+        yield
 
 
 class SlowAt(nn.Module):
@@ -39,7 +44,7 @@ class SlowAt(nn.Module):
         return x.flatten(1)[:, :4]
 
 
-@pytest.mark.parametrize("slow, expected", [(2, 1), (1, 2)])
+@pytest.mark.parametrize(("slow", "expected"), [(2, 1), (1, 2)])
 def test_choose_threads_keeps_the_faster_count(slow, expected):
     chosen = choose_threads(SlowAt(slow), SHAPE, candidates=(1, 2), seconds=0.05)
     assert chosen == expected
@@ -52,7 +57,9 @@ def test_auto_threads_are_measured_once_for_the_run(monkeypatch):
     options = EngineOptions(precision="fp32", compile=False, threads="auto", backend="torch")
     accelerate(SlowAt(2), options, report=lines.append, image_shape=SHAPE)
     assert torch.get_num_threads() == 1
-    assert len(lines) == 1 and "--threads auto measured 1:" in lines[0] and "using 1" in lines[0]
+    assert len(lines) == 1
+    assert "--threads auto measured 1:" in lines[0]
+    assert "using 1" in lines[0]
 
 
 def test_short_runs_and_missing_shapes_keep_torchs_count(monkeypatch):
@@ -64,7 +71,8 @@ def test_short_runs_and_missing_shapes_keep_torchs_count(monkeypatch):
     lines = []
     options = EngineOptions(precision="fp32", compile=False, threads="auto")
     accelerate(SlowAt(2), options, report=lines.append)  # no image shape: nothing to measure
-    assert torch.get_num_threads() == 2 and lines == []
+    assert torch.get_num_threads() == 2
+    assert lines == []
 
 
 def test_threads_flag_values():
@@ -99,7 +107,8 @@ def test_a_part_that_cannot_be_traced_is_not_compiled():
         warnings.simplefilter("error")  # no compile attempt, so no fallback warning
         fast = EngineModule(model, EngineOptions(precision="fp32", compile=True), lines.append)
         out = fast(torch.rand(2, *SHAPE))
-    assert not fast.compile_enabled and out.shape == (2, 4)
+    assert not fast.compile_enabled
+    assert out.shape == (2, 4)
     assert lines == ["dsmooth: not compiling the base classifier: this part runs eagerly"]
     assert engine.untraceable_part(nn.Linear(2, 2)) is None
 
@@ -107,7 +116,8 @@ def test_a_part_that_cannot_be_traced_is_not_compiled():
 def test_keras_models_say_they_run_eagerly():
     from dsmooth.sources.keras import KerasClassifier
 
-    assert KerasClassifier.compilable is False and "Keras" in KerasClassifier.compile_note
+    assert KerasClassifier.compilable is False
+    assert "Keras" in KerasClassifier.compile_note
 
 
 class Tiny(nn.Module):
@@ -130,7 +140,8 @@ def test_warm_up_compiles_each_batch_size_before_the_run(monkeypatch):
     assert seconds >= sum(fast.compile_seconds.values()) >= 0
     fast(torch.rand(4, *SHAPE))
     fast(torch.rand(9, *SHAPE))  # padded up to 16: no new compilation
-    assert len(fast.compile_seconds) == 2 and compiled[:2] == [(4, *SHAPE), (16, *SHAPE)]
+    assert len(fast.compile_seconds) == 2
+    assert compiled[:2] == [(4, *SHAPE), (16, *SHAPE)]
     eager = EngineModule(Tiny(), EngineOptions(precision="fp32", compile=False))
     eager.warm_up(SHAPE, (4,))
     assert eager.compile_seconds == {}

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import certify_args
 from PIL import Image
 
-from dsmooth.analysis import read_log
+from dsmooth.analysis.tables import read_log
 from dsmooth.cli import main
 
 CLASSES = ("ant", "bee", "cat")  # the tiny classifier's three classes, in label order
@@ -26,11 +27,7 @@ def make_folder(root, present, per_class: int = 2):
     return root
 
 
-def certify(folder, classifier, out, *extra):
-    return [
-        "certify", "--data", str(folder), "--classifier", str(classifier), "--sigma", "0.25",
-        "--n0", "10", "--n", "20", "--batch", "10", "--out", str(out), "--no-progress", *extra,
-    ]  # fmt: skip
+SMALL = {"n0": "10", "n": "20", "batch": "10"}  # certify_args(..., **SMALL): a quick run
 
 
 def rows(out):
@@ -42,12 +39,21 @@ def rows(out):
 def test_a_folder_with_some_classes_needs_class_names(tiny_classifier_file, tmp_path, capsys):
     folder = make_folder(tmp_path / "imgs", ["ant", "cat"])
     out = tmp_path / "log.tsv"
-    assert main(certify(folder, tiny_classifier_file, out)) == 2
+    assert main(certify_args(folder, tiny_classifier_file, out, **SMALL)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "2 class subfolders but the classifier has 3" in err[0]
-    assert "--class-names" in err[0] and not out.exists()
+    assert len(err) == 1
+    assert "2 class subfolders but the classifier has 3" in err[0]
+    assert "--class-names" in err[0]
+    assert not out.exists()
 
-    assert main(certify(folder, tiny_classifier_file, out, "--class-names", ",".join(CLASSES))) == 0
+    assert (
+        main(
+            certify_args(
+                folder, tiny_classifier_file, out, "--class-names", ",".join(CLASSES), **SMALL
+            )
+        )
+        == 0
+    )
     got = rows(out)
     assert [r["file"] for r in got] == [
         "ant/ant0.png",
@@ -61,7 +67,7 @@ def test_a_folder_with_some_classes_needs_class_names(tiny_classifier_file, tmp_
 
 
 @pytest.mark.parametrize(
-    "names, message",
+    ("names", "message"),
     [
         ("ant,bee", "lists 2 classes but the classifier has 3"),
         ("ant,bee,dog", "class subfolder(s) cat are not among --class-names"),
@@ -74,15 +80,19 @@ def test_class_names_that_do_not_fit_are_refused(
 ):
     folder = make_folder(tmp_path / "imgs", ["ant", "cat"])
     out = tmp_path / "log.tsv"
-    assert main(certify(folder, tiny_classifier_file, out, "--class-names", names)) == 2
+    assert (
+        main(certify_args(folder, tiny_classifier_file, out, "--class-names", names, **SMALL)) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0] and not out.exists(), err
+    assert len(err) == 1, err
+    assert message in err[0], err
+    assert not out.exists(), err
 
 
 def test_a_complete_folder_keeps_sorted_labels_and_logs_files(tiny_classifier_file, tmp_path):
     folder = make_folder(tmp_path / "imgs", ["cat", "ant", "bee"], per_class=1)
     out = tmp_path / "log.tsv"
-    assert main(certify(folder, tiny_classifier_file, out)) == 0
+    assert main(certify_args(folder, tiny_classifier_file, out, **SMALL)) == 0
     got = rows(out)
     assert [(r["file"], int(r["label"])) for r in got] == [
         ("ant/ant0.png", 0),
@@ -97,13 +107,14 @@ def test_a_folder_log_from_before_the_file_column_resumes_without_it(
 ):
     folder = make_folder(tmp_path / "imgs", list(CLASSES), per_class=1)
     out = tmp_path / "log.tsv"
-    assert main(certify(folder, tiny_classifier_file, out, "--max", "1")) == 0
+    assert main(certify_args(folder, tiny_classifier_file, out, "--max", "1", **SMALL)) == 0
     lines = out.read_text().splitlines()
     old = ["\t".join(line.split("\t")[:-1]) for line in lines]  # the layout before `file`
     out.write_text("\n".join(old) + "\n")
-    assert main(certify(folder, tiny_classifier_file, out)) == 0
+    assert main(certify_args(folder, tiny_classifier_file, out, **SMALL)) == 0
     after = out.read_text().splitlines()
-    assert after[0] == old[0] and len(after) == 4
+    assert after[0] == old[0]
+    assert len(after) == 4
 
 
 def test_evaluate_refuses_a_partial_folder_too(tiny_classifier_file, tmp_path, capsys):

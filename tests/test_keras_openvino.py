@@ -11,14 +11,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import torch_threads
 
 pytest.importorskip("openvino")
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 
 from dsmooth import Smooth  # noqa: E402
-from dsmooth.engine import EngineOptions, accelerate  # noqa: E402
-from dsmooth.openvino_backend import OpenVINOEngine, module_fingerprint  # noqa: E402
+from dsmooth.pipeline.engine import EngineOptions, accelerate  # noqa: E402
+from dsmooth.pipeline.openvino_backend import OpenVINOEngine, module_fingerprint  # noqa: E402
 from dsmooth.sources import load_model  # noqa: E402
 
 SHAPE = (3, 16, 16)
@@ -27,10 +28,8 @@ SHAPE = (3, 16, 16)
 @pytest.fixture(autouse=True)
 def cache_here(tmp_path, monkeypatch):
     monkeypatch.setenv("DSMOOTH_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def keras_file(path, strides: int = 1, weights=None):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from byoc_models import ASSET, build
 from torch.nn import init
 
-from dsmooth.export import export
+from dsmooth.deploy.export import export
 from dsmooth.models import create
 from dsmooth.sources import load_model
 

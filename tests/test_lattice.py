@@ -17,10 +17,10 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from dsmooth import lattice
+from dsmooth.certify import lattice
+from dsmooth.certify.noise import philox_key
+from dsmooth.certify.smooth import Smooth
 from dsmooth.errors import UserError
-from dsmooth.noise import philox_key
-from dsmooth.smoothing import Smooth
 
 SIGMA = 0.05
 PIXELS = 16
@@ -118,7 +118,8 @@ def test_lattice_noise_adds_integers_to_the_pixel_levels():
     levels = torch.round(z * 255)
     assert torch.equal(levels.div(255), z)  # every input is some integer / 255
     k = (levels - torch.round(image * 255)).flatten()
-    assert abs(float(k.std()) - 255 * 0.25) < 4 and abs(float(k.mean())) < 4
+    assert abs(float(k.std()) - 255 * 0.25) < 4
+    assert abs(float(k.mean())) < 4
 
 
 def coarse(z: torch.Tensor) -> torch.Tensor:
@@ -136,7 +137,8 @@ def test_float_noise_certifies_a_class_the_smoothed_classifier_never_predicts():
     prediction, radius = Smooth(coarse, 2, SIGMA, noise="gaussian").certify(
         x, 100, 1000, 0.001, 500, index=0
     )
-    assert prediction == 1 and radius > 2 * SIGMA  # the implementation's claim
+    assert prediction == 1
+    assert radius > 2 * SIGMA  # the implementation's claim
     # The truth: with noise added in float64 (far finer than 2^-24) f votes 0 every time,
     # as it must, since multiples of 2^-24 have measure zero. So g = 0 all around x.
     d = np.random.default_rng(0).normal(0.0, SIGMA, (1000, PIXELS))
@@ -164,7 +166,8 @@ def test_lattice_noise_certificate_holds_for_the_classifier_it_smooths():
     prediction, radius = Smooth(coarse, 2, SIGMA, noise="lattice").certify(
         x, 100, n, p_lower_alpha, 500, index=0
     )
-    assert prediction == 1 and radius > 2 * SIGMA
+    assert prediction == 1
+    assert radius > 2 * SIGMA
     # Lattice sampling is exactly Gaussian smoothing of h(z) = f(round(255 z) / 255), so the
     # certificate is about g_h, and it holds: at the worst point 0.99 R away (every pixel
     # pushed towards 0.5, where float32 m / 255 stops being a multiple of 2^-24), g_h

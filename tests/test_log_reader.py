@@ -1,4 +1,4 @@
-"""One reader for result logs (dsmooth.results.read_rows): a resumed run and `dsmooth
+"""One reader for result logs (dsmooth.logs.result_log.read_rows): a resumed run and `dsmooth
 analyze` accept the same rows and refuse the same lines with the same sentence.
 
 The only thing either tolerates is a torn last line (no newline after it), the trace of a
@@ -13,11 +13,12 @@ import subprocess
 import sys
 
 import pytest
+from helpers import certify_args
 
-from dsmooth.analysis import LogWarning, read_log
+from dsmooth.analysis.tables import LogWarning, read_log
 from dsmooth.cli import main
 from dsmooth.errors import UserError
-from dsmooth.results import (
+from dsmooth.logs.result_log import (
     CERTIFY_COLUMNS,
     SELECTION_ONLY,
     SEQUENTIAL_CERTIFY_COLUMNS,
@@ -93,7 +94,9 @@ def test_analyze_on_a_malformed_log_exits_2_with_one_line(tmp_path, case, capsys
     write_case(path, case)
     assert main(["analyze", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("dsmooth: error: ") and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert err.startswith("dsmooth: error: ")
+    assert "Traceback" not in err
     assert f"{path}, line {MALFORMED[case][2]}" in err
 
 
@@ -164,11 +167,11 @@ def test_read_rows_types_the_known_columns(tmp_path):
     path = tmp_path / "log.tsv"
     write_log(path, SEQ, [SEQ_ROW, SEQ_ROW.replace("3\t", "4\t", 1).replace("cat/3.png", "7")])
     table = read_rows(path, SEQ)
-    assert table.kind == "certify" and table.lines.tolist() == [2, 3] and table.torn is None
-    assert (
-        table.columns["n_used"].dtype.kind == "i"
-        and table.columns["queries"].tolist() == [1100] * 2
-    )
+    assert table.kind == "certify"
+    assert table.lines.tolist() == [2, 3]
+    assert table.torn is None
+    assert table.columns["n_used"].dtype.kind == "i"
+    assert table.columns["queries"].tolist() == [1100] * 2
     assert table.columns["file"].tolist() == ["cat/3.png", "7"]  # names stay names
     assert table.complete == path.stat().st_size
 
@@ -184,11 +187,6 @@ def test_resume_refuses_a_log_with_other_columns(tmp_path):
 # ----------------------------------------------------------------------------- certify
 
 
-def certify_args(data, classifier, out):
-    model = ["--data", str(data), "--classifier", str(classifier), "--sigma", "0.25"]
-    return ["certify", *model, "--n0", "10", "--n", "20", "--out", str(out), "--no-progress"]
-
-
 @pytest.mark.parametrize(
     "case", ["short complete row", "idx not a number", "bad line before a torn one"]
 )
@@ -198,11 +196,14 @@ def test_certify_refuses_to_resume_a_malformed_log_and_leaves_it_alone(
     _, _, line, says = MALFORMED[case]
     out = tmp_path / "out.tsv"
     data = write_case(out, case)
-    assert main(certify_args(tiny_data_file, tiny_classifier_file, out)) == 2
+    argv = certify_args(tiny_data_file, tiny_classifier_file, out, n0="10", n="20", batch=None)
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     errors = [e for e in err.splitlines() if e.startswith("dsmooth: error:")]
-    assert len(errors) == 1 and f"{out}, line {line}" in errors[0] and re.search(says, errors[0])
+    assert len(errors) == 1
+    assert f"{out}, line {line}" in errors[0]
+    assert re.search(says, errors[0])
     assert out.read_bytes() == data
     assert not list(tmp_path.glob("out.tsv.*"))  # no provenance record, no temp file
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dsmooth.analysis import read_log
+from dsmooth.analysis.tables import read_log
 from dsmooth.errors import UserError
-from dsmooth.results import CERTIFY_COLUMNS, ResultLog
+from dsmooth.logs.result_log import CERTIFY_COLUMNS, ResultLog
 
 ROWS = 12
 
@@ -44,7 +45,7 @@ def test_a_log_cut_anywhere_resumes_to_the_full_log(tmp_path, cut):
     data = full_log(path)
     header_end = data.index(b"\n") + 1
     path.write_bytes(data[: max(header_end, cut % (len(data) + 1))])
-    read = set(read_log(path, warn=lambda message: None).idx.tolist())
+    read = set(read_log(path, warn=lambda _message: None).idx.tolist())
     with ResultLog(path, CERTIFY_COLUMNS) as log:  # the rows analysis reads are those done
         assert log.done == read
     finish(path)
@@ -76,23 +77,18 @@ def test_a_garbage_line_is_refused_and_left_alone(tmp_path, where, garbage):
         message = None
     except UserError as e:
         message = str(e)
-    assert message is not None and re.search(rf", line {where + 1}\D", message), message
+    assert message is not None, message
+    assert re.search(rf", line {where + 1}\D", message), message
     assert path.read_bytes() == bad  # nothing changed
-    try:  # and `dsmooth analyze` refuses the same line with the same sentence
+    # and `dsmooth analyze` refuses the same line with the same sentence
+    with pytest.raises(UserError) as refused:
         read_log(path)
-    except UserError as e:
-        assert str(e) == message
-    else:
-        raise AssertionError("analysis read a log that resuming refused")
+    assert str(refused.value) == message
 
 
 def test_a_short_complete_row_is_not_counted_as_done(tmp_path):
     """`1\\t8\\t6` was counted as done by certify and then rejected by analyze."""
     path = tmp_path / "short.tsv"
     path.write_text("\t".join(CERTIFY_COLUMNS) + "\n1\t8\t6\n")
-    try:
+    with pytest.raises(UserError, match="line 2"):  # a short row is not accepted
         finish(path)
-    except UserError as e:
-        assert "line 2" in str(e)
-    else:
-        raise AssertionError("a short row was accepted")

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from dsmooth import stats
-from dsmooth.analysis import analyze
-from dsmooth.cli import main
-from dsmooth.log_settings import (
+from dsmooth.analysis.plots import plot_curves
+from dsmooth.analysis.settings import (
     DAGGER,
     RadiusCap,
     certify_command,
@@ -22,8 +20,10 @@ from dsmooth.log_settings import (
     sequential_max_radius,
     with_caps,
 )
-from dsmooth.plots import plot_curves
-from dsmooth.sequential import SequentialPlan, run_sequential
+from dsmooth.analysis.tables import analyze
+from dsmooth.certify import stats
+from dsmooth.certify.sequential import SequentialPlan, run_sequential
+from dsmooth.cli import main
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 
@@ -62,9 +62,9 @@ def test_the_cp_cap_is_all_samples_on_the_top_class():
 @pytest.mark.parametrize("targets", [None, (0.25, 0.5)])
 def test_the_sequential_cap_bounds_what_sequential_certify_returns(targets):
     cap = sequential_max_radius(0.25, 0.001, 2000, targets)
-    plan = SequentialPlan(0.25, 0.001, 2000, targets)
-    everything = run_sequential(plan, lambda r, m, active: np.full(active.shape, m), 1)
-    from dsmooth.sequential import radius_of
+    plan = SequentialPlan(0.25, 0.001, n_max=2000, radii=targets)
+    everything = run_sequential(plan, lambda _round, m, active: np.full(active.shape, m), 1)
+    from dsmooth.certify.sequential import radius_of
 
     assert float(radius_of(everything.p_lower[0], 0.25)) <= cap + 1e-12
     # its final look (n_max samples at half of alpha) alone reaches the cap
@@ -76,10 +76,14 @@ def test_the_sequential_cap_bounds_what_sequential_certify_returns(targets):
 
 def test_radius_cap_of_a_record():
     cap = radius_cap(cp_record())
-    assert isinstance(cap, RadiusCap) and cap.samples == 500 and cap.shown == "0.551"
-    assert cap.excludes(0.75) and not cap.excludes(0.5)
+    assert isinstance(cap, RadiusCap)
+    assert cap.samples == 500
+    assert cap.shown == "0.551"
+    assert cap.excludes(0.75)
+    assert not cap.excludes(0.5)
     seq = radius_cap({**cp_record(), "method": "sequential", "n": 100, "n_max": 4000})
-    assert seq.method == "sequential" and seq.samples == 4000
+    assert seq.method == "sequential"
+    assert seq.samples == 4000
     assert seq.radius == pytest.approx(sequential_max_radius(0.25, 0.001, 4000))
     assert radius_cap(None) is None
     assert radius_cap({"command": "predict", "sigma": 0.25, "alpha": 0.001, "n": 100}) is None
@@ -92,7 +96,8 @@ def test_an_n_too_small_for_alpha_certifies_nothing(tmp_path):
     )
     log = write_log(tmp_path / "a.tsv", [0.0, 0.0], [0, 0], cp_record(n=9))
     report = with_caps(analyze([log], radii=[0.0, 0.25]))
-    assert report.caps[0].radius == 0.0 and report.marks == [False, True]
+    assert report.caps[0].radius == 0.0
+    assert report.marks == [False, True]
     assert "n = 9 certifies no radius at all" in report.footnote
 
 
@@ -111,7 +116,8 @@ def test_analyze_marks_radii_above_the_recorded_cap(tmp_path, capsys):
     assert r"0.75$^\dagger$" in capsys.readouterr().out
     assert main([*argv, "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["above_cap"] == [0.75] and data["radius_caps"][0]["samples"] == 500
+    assert data["above_cap"] == [0.75]
+    assert data["radius_caps"][0]["samples"] == 500
 
 
 def test_no_record_no_mark(tmp_path, capsys):
@@ -126,7 +132,8 @@ def test_rows_with_different_caps_are_named_in_the_footnote(tmp_path):
     report = with_caps(analyze([a, b], radii=[0.5, 0.75, 1.0]))
     assert report.marks == [False, True, True]  # 1.0 is beyond both (0.551 and 0.953)
     note = report.footnote
-    assert "a.tsv 0.551 (n = 500" in note and "b.tsv 0.952 (n = 100000" in note
+    assert "a.tsv 0.551 (n = 500" in note
+    assert "b.tsv 0.952 (n = 100000" in note
     head, _ = report.main_table(0)
     assert head == ["l2 radius", "0.5", f"0.75 {DAGGER}", f"1 {DAGGER}"]
     # an envelope row is capped by its best log; a log without a record leaves it unknown
@@ -145,7 +152,7 @@ def test_curves_in_percent_at_the_table_radii_with_the_cap_shaded(tmp_path):
         report.series, max_radius=0.75, radii=report.radii, cap=0.551, cap_label="beyond"
     )
     (ax,) = fig.axes
-    assert "certified accuracy (%)" == ax.get_ylabel()
+    assert ax.get_ylabel() == "certified accuracy (%)"
     ticks = [ax.yaxis.get_major_formatter()(v) for v in (0.0, 0.5, 1.0)]
     assert ticks == ["0", "50", "100"]  # the table's units
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.25", "0.5", "0.75"]
@@ -185,28 +192,33 @@ def test_report_shows_the_recorded_settings_command_and_classes(tmp_path, record
         assert f"<td>{cell}</td>" in text
     cap = f"{math.floor(stats.max_certified_radius(0.25, 0.001, 50) * 1000) / 1000:.3f}"
     assert f"<td>{cap}</td>" in text  # the largest radius column
-    assert f"<th>0.5 {DAGGER}</th>" in text and "<th>0.25</th>" in text
+    assert f"<th>0.5 {DAGGER}</th>" in text
+    assert "<th>0.25</th>" in text
     assert f"above {cap}, the largest radius n = 50 can certify" in text
     command = text.split("<pre>")[1].split("</pre>")[0]
     assert command.startswith("dsmooth certify --classifier ")
     assert "--sigma 0.25 --n0 10 --n 50 --alpha 0.001 --seed 0" in command
-    assert "--class-names a,b,c" in command and f"--out {recorded_log}" in command
+    assert "--class-names a,b,c" in command
+    assert f"--out {recorded_log}" in command
     assert "<td>0 a, 1 b, 2 c</td>" in text  # the classes row of the settings
-    assert "smoothed acc. %" in text and "clean %" not in text
+    assert "smoothed acc. %" in text
+    assert "clean %" not in text
 
 
 def test_markdown_report_settings(tmp_path, recorded_log):
     page = tmp_path / "r.md"
     assert main(["report", str(recorded_log), "--radii", "0", "0.5", "--out", str(page)]) == 0
     text = page.read_text()
-    assert "## Certification settings" in text and "```\ndsmooth certify " in text
+    assert "## Certification settings" in text
+    assert "```\ndsmooth certify " in text
     assert f"| l2 radius | 0 | 0.5 {DAGGER} |" in text
     assert text.index(f"{DAGGER} above") < text.index("## Per log")
 
 
 def test_known_class_names():
     cifar = known_class_names({"class_names": "cifar10", "num_classes": 10})
-    assert cifar[:2] == ["airplane", "automobile"] and len(cifar) == 10
+    assert cifar[:2] == ["airplane", "automobile"]
+    assert len(cifar) == 10
     assert known_class_names({"class_names": "x,y"}) == ["x", "y"]
     by_data = {"num_classes": 10, "data": {"spec": "/data/cifar10_test_every20.npz"}}
     assert known_class_names(by_data) == cifar

@@ -1,4 +1,4 @@
-"""Certification methods as objects (dsmooth.methods): the two built in give the
+"""Certification methods as objects (dsmooth.certify.methods): the two built in give the
 certificates they always gave, and a method defined here, in a test module, certifies a
 dataset through `dsmooth certify` with its own log column, registered with one call."""
 
@@ -10,14 +10,10 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from test_cli_certify import certify_args, read_rows
+from helpers import certify_args, read_rows
 
-from dsmooth import stats
-from dsmooth.cli import main
-from dsmooth.data import load_images
-from dsmooth.errors import UserError
-from dsmooth.jobs import certify_dataset
-from dsmooth.methods import (
+from dsmooth.certify import stats
+from dsmooth.certify.methods import (
     METHODS,
     Certificate,
     Certifier,
@@ -26,10 +22,19 @@ from dsmooth.methods import (
     make_method,
     register_method,
 )
-from dsmooth.noise import STAGE_ESTIMATE, STAGE_SELECT
-from dsmooth.results import CERTIFY_COLUMNS
-from dsmooth.sequential import SequentialPlan, SequentialTest, certify_sequential, run_sequential
-from dsmooth.smoothing import ABSTAIN, Smooth
+from dsmooth.certify.noise import STAGE_ESTIMATE, STAGE_SELECT
+from dsmooth.certify.sequential import (
+    SequentialPlan,
+    SequentialTest,
+    certify_sequential,
+    run_sequential,
+)
+from dsmooth.certify.smooth import ABSTAIN, Smooth
+from dsmooth.cli import main
+from dsmooth.data.load import load_images
+from dsmooth.errors import UserError
+from dsmooth.logs.result_log import CERTIFY_COLUMNS
+from dsmooth.runs.local import certify_dataset
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class Abstain(Certifier):
     n: int
     alpha: float
 
-    def certify(self, smooth, x, batch_size=64, *, index):
+    def certify(self, smooth, x, batch_size=64, *, index):  # noqa: ARG002
         return Certificate(ABSTAIN, 0.0)
 
 
@@ -83,8 +88,9 @@ def without(header, rows, *names):
     return [[r[k] for k in keep] for r in rows]
 
 
+@pytest.mark.usefixtures("votes_method")
 def test_a_registered_method_certifies_through_the_cli_with_its_column(
-    votes_method, tiny_data_file, tiny_classifier_file, tmp_path
+    tiny_data_file, tiny_classifier_file, tmp_path
 ):
     cp, votes = tmp_path / "cp.tsv", tmp_path / "votes.tsv"
     assert main(certify_args(tiny_data_file, tiny_classifier_file, cp)) == 0
@@ -97,12 +103,14 @@ def test_a_registered_method_certifies_through_the_cli_with_its_column(
     assert without(head, rows, "time", "votes") == without(head_cp, rows_cp, "time")
     assert all(0 <= int(r[-1]) <= 500 for r in rows)
     before = votes.read_text()
-    assert main(argv) == 0 and votes.read_text() == before  # resumed: nothing to do
+    assert main(argv) == 0
+    assert votes.read_text() == before  # resumed: nothing to do
     assert main(["analyze", str(votes)]) == 0
 
 
+@pytest.mark.usefixtures("votes_method")
 def test_a_registered_method_stops_after_selection_with_its_column(
-    votes_method, tiny_data_file, tiny_classifier_file, tmp_path
+    tiny_data_file, tiny_classifier_file, tmp_path
 ):
     out = tmp_path / "votes.tsv"
     extra = ("--method", "cp-votes", "--stop-if-misclassified")
@@ -110,11 +118,13 @@ def test_a_registered_method_stops_after_selection_with_its_column(
     head, rows = read_rows(out)
     assert head == [*CERTIFY_COLUMNS, "votes", "selection_only"]
     stopped = [r for r in rows if r[-1] == "1"]
-    assert stopped and all(r[-2] == "0" and r[3] == "0" for r in stopped)
+    assert stopped
+    assert all(r[-2] == "0" and r[3] == "0" for r in stopped)
 
 
+@pytest.mark.usefixtures("votes_method")
 def test_an_option_the_method_does_not_read_is_refused(
-    votes_method, tiny_data_file, tiny_classifier_file, tmp_path, capsys
+    tiny_data_file, tiny_classifier_file, tmp_path, capsys
 ):
     out = tmp_path / "votes.tsv"
     extra = ("--method", "cp-votes", "--radius", "0.5")
@@ -128,12 +138,14 @@ def test_a_method_object_certifies_through_the_job(tiny_data_file, tmp_path):
     smooth = Smooth(lambda b: torch.zeros(len(b), dtype=torch.long), 3, 0.25)
     out = tmp_path / "abstain.tsv"
     method = Abstain(10, 10, 0.01)
-    assert certify_dataset(smooth, data, out, progress=False, method=method) == len(data)
+    assert certify_dataset(smooth, data, out=out, progress=False, method=method) == len(data)
     head, rows = read_rows(out)
     assert head == list(CERTIFY_COLUMNS)
     assert all(r[2] == "-1" and r[3] == "0" for r in rows)
     with pytest.raises(UserError, match="either a method or n0"):
-        certify_dataset(smooth, data, out, 10, 10, 0.01, progress=False, method=method)
+        certify_dataset(
+            smooth, data, out=out, n0=10, n=10, alpha=0.01, progress=False, method=method
+        )
 
 
 def test_a_certificate_must_fill_the_declared_columns(tiny_data_file, tmp_path):
@@ -145,7 +157,7 @@ def test_a_certificate_must_fill_the_declared_columns(tiny_data_file, tmp_path):
     smooth = Smooth(lambda b: torch.zeros(len(b), dtype=torch.long), 3, 0.25)
     out = tmp_path / "bad.tsv"
     with pytest.raises(RuntimeError, match="declares"):
-        certify_dataset(smooth, data, out, progress=False, method=Forgetful(1, 1, 0.01))
+        certify_dataset(smooth, data, out=out, progress=False, method=Forgetful(1, 1, 0.01))
     assert read_rows(out) == ([*CERTIFY_COLUMNS, "votes"], [])  # no row, no half row
 
 
@@ -177,7 +189,9 @@ def test_sequential_is_certify_sequential_with_n_used(smooth, radius):
     x = image(3)
     method = make_method("sequential", n0=20, n=2000, alpha=0.01, radius=radius)
     got = method.certify(smooth, x, 100, index=4)
-    want = certify_sequential(smooth, x, 20, 0.01, 2000, radius, 100, index=4)
+    want = certify_sequential(
+        smooth, x, n0=20, alpha=0.01, n_max=2000, radius=radius, batch_size=100, index=4
+    )
     assert (got.prediction, got.radius, got.extra) == (
         want.prediction,
         want.radius,
@@ -219,22 +233,22 @@ def test_a_method_reading_options_records_them_by_default():
 def test_registry_refuses_what_it_cannot_serve():
     with pytest.raises(UserError, match="method must be one of 'cp', 'sequential'"):
         make_method("bayes", n0=1, n=1, alpha=0.01)
+
+    @dataclass(frozen=True)
+    class Other(Abstain):
+        name: ClassVar[str] = "cp"
+
     with pytest.raises(ValueError, match="already registered"):
-
-        @dataclass(frozen=True)
-        class Other(Abstain):
-            name: ClassVar[str] = "cp"
-
         register_method(Other)
     with pytest.raises(TypeError):
         register_method(dict)
+
+    @dataclass(frozen=True)
+    class Columns(Abstain):
+        name: ClassVar[str] = "columns-without-selection"
+        columns: ClassVar[tuple[str, ...]] = ("votes",)
+
     with pytest.raises(ValueError, match="does not override selection_only"):
-
-        @dataclass(frozen=True)
-        class Columns(Abstain):
-            name: ClassVar[str] = "columns-without-selection"
-            columns: ClassVar[tuple[str, ...]] = ("votes",)
-
         register_method(Columns)
     with pytest.raises(UserError, match="n0 must be at least 1"):
         CohenCP(0, 10, 0.01)
@@ -244,17 +258,48 @@ def test_registry_refuses_what_it_cannot_serve():
 
 def test_sequential_test_fed_look_by_look_is_run_sequential():
     """The state machine the service feeds and the loop the product runs are one."""
-    plan = SequentialPlan(0.25, 0.001, 20_000, (0.1, 0.5))
+    plan = SequentialPlan(0.25, 0.001, n_max=20_000, radii=(0.1, 0.5))
     p = np.random.default_rng(0).uniform(0.3, 1.0, 200)
     a, b = np.random.default_rng(1), np.random.default_rng(1)
-    ran = run_sequential(plan, lambda r, m, active: a.binomial(m, p[active]), p.size)
+    ran = run_sequential(plan, lambda _round, m, active: a.binomial(m, p[active]), p.size)
     test, looks = SequentialTest(plan, p.size), 0
     while not test.done:
         test.look(b.binomial(test.need, p[test.active]))
         looks += 1
     fed = test.outcome()
-    assert 1 < looks <= len(plan.schedule) and test.need == 0
+    assert 1 < looks <= len(plan.schedule)
+    assert test.need == 0
     for name in ("p_lower", "n_used", "reason"):
         assert np.array_equal(getattr(ran, name), getattr(fed, name)), name
     with pytest.raises(RuntimeError):
         test.look(np.zeros(0))
+
+
+@pytest.mark.usefixtures("votes_method")
+def test_reports_describe_a_registered_methods_log_through_the_method(
+    tiny_data_file, tiny_classifier_file, tmp_path
+):
+    """The report's settings, command and radius cap come from the method's own hooks:
+    analysis names no method, so a new one needs no change there."""
+    from dsmooth.analysis.settings import certify_command, radius_cap, settings_row
+    from dsmooth.logs.provenance import read
+
+    out = tmp_path / "votes.tsv"
+    argv = certify_args(tiny_data_file, tiny_classifier_file, out, "--method", "cp-votes")
+    assert main(argv) == 0
+    record = read(out)
+    row = settings_row(record)
+    assert row["method"] == f"cp-votes, n = {record['n']}"
+    assert row["n"] == str(record["n"])
+    assert row["largest radius"] == "-"  # VotesCP does not say its largest radius
+    assert radius_cap(record) is None
+    assert " --method cp-votes " in certify_command(record, out)
+    # the built-in ones, through the same hooks
+    cp = {**record, "method": "cp"}
+    assert settings_row(cp)["method"] == "CERTIFY (Clopper-Pearson)"
+    largest = stats.max_certified_radius(record["sigma"], record["alpha"], record["n"])
+    assert radius_cap(cp).radius == pytest.approx(max(largest, 0.0))
+    seq = {**record, "method": "sequential", "radius": [0.1], "n_max": 80}
+    assert settings_row(seq)["method"] == "sequential, n_max = 80; targets 0.1"
+    assert settings_row(seq)["n"] == "-"
+    assert certify_command(seq, out).count("--method sequential --radius 0.1 --n-max 80") == 1

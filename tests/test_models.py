@@ -22,7 +22,8 @@ def test_registry_lists_every_architecture_with_its_kind():
     assert set(DENOISERS) == set(list_models("denoiser"))
     assert set(CLASSIFIERS) <= set(list_models("classifier"))
     assert "wrn28_10" in list_models("classifier")
-    assert model_kind("dncnn") == "denoiser" and model_kind("wrn16_4") == "classifier"
+    assert model_kind("dncnn") == "denoiser"
+    assert model_kind("wrn16_4") == "classifier"
     with pytest.raises(UserError, match="unknown architecture"):
         create("resnet9000")
 
@@ -34,7 +35,8 @@ def test_classifier_forward_shape(name):
     assert isinstance(m, NormalizedClassifier)
     with torch.no_grad():
         y = m(torch.rand(2, 3, 32, 32))
-    assert y.shape == (2, 7) and torch.isfinite(y).all()
+    assert y.shape == (2, 7)
+    assert torch.isfinite(y).all()
 
 
 @pytest.mark.parametrize("name", DENOISERS)
@@ -45,7 +47,8 @@ def test_denoiser_forward_keeps_shape(name, size):
     x = torch.rand(2, 3, *size)
     with torch.no_grad():
         y = m(x)
-    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
 
 
 @pytest.mark.parametrize(
@@ -71,8 +74,10 @@ def test_dncnn_structure_matches_official_code():
     m = create("dncnn")
     convs = [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)]
     bns = [b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
-    assert len(convs) == 17 and len(bns) == 15
-    assert convs[0].bias is not None and all(c.bias is None for c in convs[1:])
+    assert len(convs) == 17
+    assert len(bns) == 15
+    assert convs[0].bias is not None
+    assert all(c.bias is None for c in convs[1:])
     assert {c.out_channels for c in convs[:-1]} == {64}
     assert (
         max(c.out_channels for c in create("dncnn_wide").modules() if hasattr(c, "out_channels"))
@@ -81,7 +86,8 @@ def test_dncnn_structure_matches_official_code():
     # official parameter names, so the paper's checkpoints import unchanged
     keys = set(m.state_dict())
     assert {"dncnn.0.weight", "dncnn.0.bias", "dncnn.2.weight", "dncnn.3.running_mean"} <= keys
-    assert "dncnn.47.weight" in keys and "dncnn.48.weight" not in keys
+    assert "dncnn.47.weight" in keys
+    assert "dncnn.48.weight" not in keys
 
 
 @pytest.mark.parametrize("name", ["dncnn", "dncnn_wide"])
@@ -100,7 +106,8 @@ def test_cohen_resnet_matches_the_randomized_smoothing_code():
     m = create("cohen_resnet110")
     keys = set(m.state_dict())
     assert {"net.layer2.0.downsample.0.weight", "net.layer2.0.downsample.1.running_var"} <= keys
-    assert "net.fc.weight" in keys and "net.layer1.0.downsample.0.weight" not in keys
+    assert "net.fc.weight" in keys
+    assert "net.layer1.0.downsample.0.weight" not in keys
     assert m.normalize.std.flatten().tolist() == pytest.approx([0.2023, 0.1994, 0.2010])
 
 
@@ -112,7 +119,8 @@ def test_memnet_structure_matches_official_code():
     assert [b.gate_unit.conv.in_channels for b in m.dense_memory] == [7 * 64, 8 * 64, 9 * 64]
     keys = set(m.state_dict())
     assert "dense_memory.2.recursive_unit.5.relu_conv2.conv.weight" in keys
-    assert "feature_extractor.bn.running_var" in keys and "reconstructor.conv.weight" in keys
+    assert "feature_extractor.bn.running_var" in keys
+    assert "reconstructor.conv.weight" in keys
     torch.manual_seed(0)
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
@@ -134,7 +142,7 @@ def _memnet_body(m, x):
     return out
 
 
-@pytest.mark.parametrize("name", DENOISERS + ["cifar_resnet20", "wrn16_4"])
+@pytest.mark.parametrize("name", [*DENOISERS, "cifar_resnet20", "wrn16_4"])
 def test_gradients_reach_the_input(name):
     torch.manual_seed(0)
     m = create(name).train()
@@ -142,7 +150,8 @@ def test_gradients_reach_the_input(name):
         m.dncnn[-1].weight.data.normal_(0, 0.01)
     x = torch.rand(2, 3, 8, 8, requires_grad=True)
     m(x).square().sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert x.grad is not None
+    assert x.grad.abs().sum() > 0
     assert all(p.grad is not None for p in m.parameters())
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from dsmooth.noise import BLOCK, NOISE_VERSION, NoiseStream, gaussian_block, philox_key
+from dsmooth.certify.noise import BLOCK, NOISE_VERSION, NoiseStream, gaussian_block, philox_key
 
 
 def test_tails_reach_beyond_the_old_generators_ceiling():
@@ -22,7 +22,8 @@ def test_tails_reach_beyond_the_old_generators_ceiling():
 
 def test_draws_are_gaussian_with_the_right_sigma():
     draws = NoiseStream((1000,), 0.25, seed=3, index=7, stage=1).take(300).double().flatten()
-    assert draws.dtype == torch.float64 and len(draws) == 300_000
+    assert draws.dtype == torch.float64
+    assert len(draws) == 300_000
     assert stats.kstest(draws.numpy() / 0.25, "norm").pvalue > 0.01
     assert float(draws.std()) == pytest.approx(0.25, rel=0.01)
     assert abs(float(draws.mean())) < 0.002
@@ -53,8 +54,11 @@ def test_stream_is_the_concatenation_of_its_keyed_blocks():
     "other", [(1, 2, 4), (1, 3, 3), (2, 2, 3), (1 + 2**32, 2, 3), (1, 2 + 2**40, 3)]
 )
 def test_every_coordinate_of_the_key_changes_the_noise(other):
-    base = NoiseStream((8,), 1.0, 1, 2, 3).take(4)
-    assert not torch.equal(base, NoiseStream((8,), 1.0, *other).take(4))
+    base = NoiseStream((8,), 1.0, seed=1, index=2, stage=3).take(4)
+    seed, index, stage = other
+    assert not torch.equal(
+        base, NoiseStream((8,), 1.0, seed=seed, index=index, stage=stage).take(4)
+    )
 
 
 def test_float32_is_the_rounded_float64_draw():

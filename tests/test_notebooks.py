@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsmooth import stats
+from dsmooth.certify import stats
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -89,10 +89,12 @@ def run_notebook(name: str, tmp_path: Path, monkeypatch) -> dict:
     )
     lines = text.splitlines()
     prefix = [line.removeprefix("PYTHON ") for line in lines if line.startswith("PYTHON ")]
-    assert prefix and Path(prefix[-1]).resolve() == Path(sys.prefix).resolve(), (
+    elsewhere = (
         f"the notebook ran in {prefix}, not in this interpreter's environment {sys.prefix}; "
         "a 'python3' kernelspec elsewhere overrides ipykernel's own"
     )
+    assert prefix, elsewhere
+    assert Path(prefix[-1]).resolve() == Path(sys.prefix).resolve(), elsewhere
     summaries = [line.removeprefix("SUMMARY ") for line in lines if line.startswith("SUMMARY ")]
     assert len(summaries) == 1, f"expected one SUMMARY line in {name}, got {len(summaries)}"
     assert _repo_status() == before, "the notebook wrote into the repository"
@@ -110,7 +112,9 @@ def is_fraction(x) -> bool:
 def test_01_train_classifier(tmp_path, monkeypatch):
     s = run_notebook("01_train_classifier", tmp_path, monkeypatch)
     assert s["status"] == ["stopped", "done"]  # stopped by max_steps, then resumed to the end
-    assert s["epochs"] >= 1 and s["train_images"] > 0 and s["val_images"] > 0
+    assert s["epochs"] >= 1
+    assert s["train_images"] > 0
+    assert s["val_images"] > 0
     for key in ("val_acc_last_epoch", "clean_accuracy", "noisy_accuracy"):
         assert is_fraction(s[key]), (key, s[key])
     # The same model on the same images (one argmax may flip between memory formats).
@@ -119,7 +123,8 @@ def test_01_train_classifier(tmp_path, monkeypatch):
     assert s["shipped_clean_accuracy"] >= 0.6
     assert is_fraction(s["shipped_noisy_accuracy"])
     ckpt = Path(s["checkpoint"])
-    assert (ckpt / "model.safetensors").is_file() and (ckpt / "config.json").is_file()
+    assert (ckpt / "model.safetensors").is_file()
+    assert (ckpt / "config.json").is_file()
     assert ckpt.is_relative_to(tmp_path)
 
 
@@ -135,7 +140,8 @@ def test_02_train_denoiser(tmp_path, monkeypatch):
         "shipped MSE DnCNN",
     }
     for row in m.values():
-        assert math.isfinite(row["psnr"]) and 5.0 < row["psnr"] < 60.0
+        assert math.isfinite(row["psnr"])
+        assert 5.0 < row["psnr"] < 60.0
         assert is_fraction(row["noisy_acc"])
     # sigma 0.25 noise is ~12-13 dB; any of the trained denoisers removes some of it.
     assert 11.0 < m["no denoiser"]["psnr"] < 14.5
@@ -149,7 +155,9 @@ def test_03_certify(tmp_path, monkeypatch):
     s = run_notebook("03_certify", tmp_path, monkeypatch)
     labels = np.load(ASSET)["labels"]
     sigma, n, alpha = s["sigma"], s["n"], s["alpha"]
-    assert sigma == 0.25 and n >= 1 and 0 < alpha < 0.5
+    assert sigma == 0.25
+    assert n >= 1
+    assert 0 < alpha < 0.5
     # With n samples, pA_lower <= alpha^(1/n): the radius can never exceed this bound.
     bound = stats.radius(sigma, stats.lower_confidence_bound(n, n, alpha))
     assert s["max_radius"] == pytest.approx(bound)

@@ -10,15 +10,17 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import torch_threads
 from test_engine import EAGER, SHAPE, TinyConvNet
 from torch import nn
 
-from dsmooth import Smooth, compose, engine, openvino_backend
+from dsmooth import Smooth, compose
 from dsmooth.cli import main
-from dsmooth.engine import EngineModule, EngineOptions, accelerate
 from dsmooth.errors import UserError
-from dsmooth.openvino_backend import Calibration, OpenVINOEngine
-from dsmooth.provenance import differences
+from dsmooth.logs.provenance import differences
+from dsmooth.pipeline import engine, openvino_backend
+from dsmooth.pipeline.engine import EngineModule, EngineOptions, accelerate
+from dsmooth.pipeline.openvino_backend import Calibration, OpenVINOEngine
 
 pytest.importorskip("openvino")
 
@@ -29,10 +31,8 @@ OV_FP32 = EngineOptions(precision="fp32", compile=False, backend="openvino")
 def cache_here(tmp_path, monkeypatch):
     """Each test its own cache folder (and one torch thread: tiny models)."""
     monkeypatch.setenv("DSMOOTH_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield tmp_path / "cache"
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield tmp_path / "cache"
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,8 @@ def test_fp32_counts_equal_torch_for_any_batch_size(image):
     reference = counts(accelerate(TinyConvNet(), EAGER), image, 300)
     assert (reference > 0).sum() >= 2  # several classes: a flipped label would show
     ov = accelerate(TinyConvNet(), OV_FP32, image_shape=SHAPE)
-    assert isinstance(ov, OpenVINOEngine) and ov.precision == "fp32"
+    assert isinstance(ov, OpenVINOEngine)
+    assert ov.precision == "fp32"
     for batch in (1, 7, 64, 300):
         np.testing.assert_array_equal(counts(ov, image, batch), reference)
 
@@ -97,7 +98,9 @@ def test_the_fingerprint_sees_code_as_well_as_weights():
     a, b = Doubled(), Tripled()
     b.load_state_dict(a.state_dict())
     fa, fb = openvino_backend.module_fingerprint(a), openvino_backend.module_fingerprint(b)
-    assert fa and fb and fa != fb
+    assert fa
+    assert fb
+    assert fa != fb
     assert openvino_backend.module_fingerprint(a) == fa
     with torch.no_grad():
         a.fc.bias.add_(1)
@@ -167,11 +170,12 @@ def test_a_missing_openvino_falls_back_to_torch_with_one_warning(monkeypatch):
     monkeypatch.setattr(openvino_backend, "unavailable", lambda: "openvino cannot be imported")
     with pytest.warns(RuntimeWarning, match="openvino cannot be imported") as caught:
         base = accelerate(TinyConvNet(), OV_FP32, image_shape=SHAPE)
-    assert isinstance(base, EngineModule) and len(caught) == 1
+    assert isinstance(base, EngineModule)
+    assert len(caught) == 1
 
 
 def test_a_failing_conversion_falls_back_to_torch(monkeypatch, image):
-    def broken(self):
+    def broken(_self):
         raise RuntimeError("cannot trace this\nmore detail")
 
     monkeypatch.setattr(OpenVINOEngine, "_convert", broken)
@@ -188,7 +192,8 @@ def test_auto_measures_both_says_so_and_remembers():
     options = EngineOptions(precision="fp32", compile=False, backend="auto")
     first = accelerate(TinyConvNet(), options, report=said.append, image_shape=SHAPE)
     line = [s for s in said if "backend auto" in s]
-    assert len(line) == 1 and "just measured" in line[0]
+    assert len(line) == 1
+    assert "just measured" in line[0]
     assert engine.backend_of(first) in line[0].split("backend auto: ")[1]
     said.clear()
     second = accelerate(TinyConvNet(), options, report=said.append, image_shape=SHAPE)
@@ -201,11 +206,14 @@ def test_auto_measures_both_says_so_and_remembers():
 def test_short_runs_skip_compilation_and_the_measurement():
     asked = EngineOptions(compile=None, backend="auto")
     short = engine.for_work(asked, 10 * 600)
-    assert short.compile is False and short.backend == "torch"
+    assert short.compile is False
+    assert short.backend == "torch"
     long = engine.for_work(asked, 500 * 10_100)
-    assert long.compile is True and long.backend == "auto"
+    assert long.compile is True
+    assert long.backend == "auto"
     forced = engine.for_work(EngineOptions(compile=True, backend="openvino"), 100)
-    assert forced.compile is True and forced.backend == "openvino"
+    assert forced.compile is True
+    assert forced.backend == "openvino"
 
 
 def test_int8_is_openvino_only_and_needs_calibration():
@@ -214,7 +222,7 @@ def test_int8_is_openvino_only_and_needs_calibration():
             TinyConvNet(), EngineOptions(precision="int8", backend="torch"), image_shape=SHAPE
         )
     with pytest.raises(UserError, match="calibration"):
-        OpenVINOEngine(TinyConvNet(), SHAPE, "int8")
+        OpenVINOEngine(TinyConvNet(), SHAPE, precision="int8")
 
 
 def test_int8_calibration_is_seeded_and_part_of_the_key():
@@ -223,11 +231,13 @@ def test_int8_calibration_is_seeded_and_part_of_the_key():
     np.testing.assert_array_equal(a.noisy(), Calibration(images, 0.25, 0).noisy())
     assert not np.array_equal(a.noisy(), b.noisy())
     assert np.std(a.noisy() - images.numpy()) == pytest.approx(0.25, rel=0.05)
-    assert a.record() != b.record() and a.record()["images"] == 16
-    q = OpenVINOEngine(TinyConvNet(), SHAPE, "int8", calibration=a)
-    assert q.cache == "built" and q.calibration == a.record()
-    assert OpenVINOEngine(TinyConvNet(), SHAPE, "int8", calibration=a).cache == "reused"
-    assert OpenVINOEngine(TinyConvNet(), SHAPE, "int8", calibration=b).cache == "built"
+    assert a.record() != b.record()
+    assert a.record()["images"] == 16
+    q = OpenVINOEngine(TinyConvNet(), SHAPE, precision="int8", calibration=a)
+    assert q.cache == "built"
+    assert q.calibration == a.record()
+    assert OpenVINOEngine(TinyConvNet(), SHAPE, precision="int8", calibration=a).cache == "reused"
+    assert OpenVINOEngine(TinyConvNet(), SHAPE, precision="int8", calibration=b).cache == "built"
     x = images + 0.25 * torch.randn(images.shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         agree = (q(x).argmax(1) == TinyConvNet().eval()(x).argmax(1)).float().mean()
@@ -264,13 +274,16 @@ def test_cli_openvino_fp32_log_equals_torch_and_int8_is_recorded(
         record = json.loads((tmp_path / f"{name}.tsv.json").read_text())
         assert record["backend"] == ("torch" if name == "torch" else "openvino")
         assert record["precision"] == ("int8" if name == "int8" else "fp32")
-    assert rows["openvino"] == rows["torch"] and len(rows["torch"]) == 4
-    assert record["calibration"]["images"] == 8 and record["calibration"]["sigma"] == 0.25
+    assert rows["openvino"] == rows["torch"]
+    assert len(rows["torch"]) == 4
+    assert record["calibration"]["images"] == 8
+    assert record["calibration"]["sigma"] == 0.25
     err = capsys.readouterr().err
-    assert "engine: openvino int8" in err and "engine: openvino fp32" in err
+    assert "engine: openvino int8" in err
+    assert "engine: openvino fp32" in err
 
 
-def test_bench_adds_the_openvino_paths_in_the_same_rounds(tmp_path, capsys):
+def test_bench_adds_the_openvino_paths_in_the_same_rounds(tmp_path):
     out = tmp_path / "bench.txt"
     argv = ["bench", "--pipelines", "cifar_resnet20", "--samples", "16", "--rounds", "1"]
     argv += ["--reference-batch", "8", "--batch", "8", "--no-compile", "--peak-size", "128"]
@@ -287,5 +300,7 @@ def test_bench_adds_the_openvino_paths_in_the_same_rounds(tmp_path, capsys):
     assert set(rows) == {("openvino", "fp32"), ("openvino", "int8")}
     for parts in rows.values():
         rate, vs_reference, vs_engine = (float(v) for v in parts[3:6])
-        assert rate > 0 and vs_reference > 0 and vs_engine > 0
+        assert rate > 0
+        assert vs_reference > 0
+        assert vs_engine > 0
     assert "int8 (OpenVINO)" in text

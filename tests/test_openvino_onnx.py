@@ -13,9 +13,9 @@ from test_engine import SHAPE, TinyConvNet
 
 from dsmooth import Smooth
 from dsmooth.cli import main
-from dsmooth.engine import EngineOptions, accelerate
+from dsmooth.deploy.export import export
 from dsmooth.errors import UserError
-from dsmooth.export import export
+from dsmooth.pipeline.engine import EngineOptions, accelerate
 from dsmooth.sources import load_model
 
 pytest.importorskip("openvino")
@@ -43,7 +43,8 @@ def test_fp32_counts_equal_onnxruntime_for_any_batch_size(onnx_file):
     reference = counts(model, 300)
     assert (reference > 0).sum() >= 2  # several classes: a flipped label would show
     ov = accelerate(model, options("openvino"), image_shape=SHAPE)
-    assert ov.runtime == "openvino" and model.runtime == "onnxruntime"
+    assert ov.runtime == "openvino"
+    assert model.runtime == "onnxruntime"
     for batch in (7, 64, 300):
         assert np.array_equal(counts(ov, batch), reference)
     assert accelerate(model, options("torch")) is model  # backend torch: its own runtime
@@ -61,20 +62,22 @@ def test_auto_measures_both_and_says_which_it_keeps(onnx_file):
     lines = []
     model = load_model(str(onnx_file))
     chosen = accelerate(model, options("auto"), report=lines.append, image_shape=SHAPE)
-    assert len(lines) == 1 and "just measured" in lines[0]
+    assert len(lines) == 1
+    assert "just measured" in lines[0]
     assert f"backend auto: {chosen.runtime} (fp32: openvino" in lines[0]
     assert accelerate(model, options("auto")) is model  # no image shape: nothing to measure
 
 
 def test_a_missing_openvino_leaves_onnxruntime_with_one_warning(onnx_file, monkeypatch):
-    from dsmooth import openvino_backend
+    from dsmooth.pipeline import openvino_backend
 
     monkeypatch.setattr(openvino_backend, "unavailable", lambda: "openvino cannot be imported")
     model = load_model(str(onnx_file))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert accelerate(model, options("openvino"), image_shape=SHAPE) is model
-    assert len(caught) == 1 and "onnxruntime instead" in str(caught[0].message)
+    assert len(caught) == 1
+    assert "onnxruntime instead" in str(caught[0].message)
 
 
 def test_cli_log_records_the_runtime_and_equals_onnxruntimes(onnx_file, tmp_path):
@@ -89,7 +92,8 @@ def test_cli_log_records_the_runtime_and_equals_onnxruntimes(onnx_file, tmp_path
         assert main([*argv, "--out", str(out), "--backend", backend]) == 0
         rows[backend] = [line.split("\t")[:5] for line in out.read_text().splitlines()]
         records[backend] = json.loads((tmp_path / f"{backend}.tsv.json").read_text())
-    assert rows["openvino"] == rows["torch"] and len(rows["torch"]) == 5
+    assert rows["openvino"] == rows["torch"]
+    assert len(rows["torch"]) == 5
     assert records["openvino"]["engine"]["runtime"] == "openvino"
     assert records["torch"]["engine"]["runtime"] == "onnxruntime"
     for record in records.values():  # the same f: either log resumes the other's run

@@ -22,7 +22,8 @@ def test_shipped_model_loads_by_name_with_a_card(name):
     model = dsmooth.pretrained(name)
     config = model.dsmooth_config
     card = model_card(name)
-    assert card.startswith(f"# {name}") and "licence" in card.lower()
+    assert card.startswith(f"# {name}")
+    assert "licence" in card.lower()
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         y = model(x)
@@ -52,7 +53,8 @@ def test_demo_runs_end_to_end_on_the_shipped_models(tmp_path, capsys):
         record = json.loads((out / f"{log}.json").read_text())  # so `report` shows them
         settings = {k: record[k] for k in ("sigma", "n0", "n", "alpha")}
         assert settings == {"sigma": 0.25, "n0": 10, "n": 30, "alpha": 0.001}
-        assert record["class_names"] == "cifar10" and record["noise"] == "lattice"
+        assert record["class_names"] == "cifar10"
+        assert record["noise"] == "lattice"
     assert (out / "curves.png").stat().st_size > 0
     # a second run starts afresh, with other settings, instead of refusing to resume
     again = ["demo", "--images", "1", "--n0", "10", "--n", "20", "--denoisers", "stab"]

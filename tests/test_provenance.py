@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import LinearClassifier
-from test_cli_certify import certify_args, read_rows
+from helpers import certify_args, read_rows, with_flag
 
+from dsmooth.certify.noise import NOISE_VERSION
 from dsmooth.cli import main
-from dsmooth.noise import NOISE_VERSION
-from dsmooth.provenance import sidecar
-from dsmooth.results import format_radius
+from dsmooth.logs.provenance import sidecar
+from dsmooth.logs.result_log import format_radius
 
 
 def test_log_records_what_determines_its_rows(
@@ -23,7 +23,8 @@ def test_log_records_what_determines_its_rows(
     out = tmp_path / "log.tsv"
     assert main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "4")) == 0
     rec = json.loads(sidecar(out).read_text())
-    assert rec["command"] == "certify" and rec["method"] == "cp"
+    assert rec["command"] == "certify"
+    assert rec["method"] == "cp"
     assert (rec["sigma"], rec["alpha"], rec["n0"], rec["n"], rec["seed"]) == (
         0.25,
         0.001,
@@ -31,17 +32,21 @@ def test_log_records_what_determines_its_rows(
         500,
         0,
     )
-    assert rec["noise_version"] == NOISE_VERSION and rec["precision"] == "fp32"
-    assert rec["device_type"] == "cpu" and rec["num_classes"] == 3
+    assert rec["noise_version"] == NOISE_VERSION
+    assert rec["precision"] == "fp32"
+    assert rec["device_type"] == "cpu"
+    assert rec["num_classes"] == 3
     assert len(rec["models"]["classifier"]["sha256"]) == 64
-    assert rec["data"]["images"] == 12 and rec["dsmooth_version"]
+    assert rec["data"]["images"] == 12
+    assert rec["dsmooth_version"]
     err = capsys.readouterr().err
-    assert "dsmooth: engine: torch fp32" in err and "noise v2 lattice" in err
+    assert "dsmooth: engine: torch fp32" in err
+    assert "noise v2 lattice" in err
     assert rec["noise"] == "lattice"  # uint8 data: --noise auto draws lattice noise
 
 
 @pytest.mark.parametrize(
-    "change, named",
+    ("change", "named"),
     [
         (["--sigma", "0.5"], "--sigma"),
         (["--alpha", "0.01"], "--alpha"),
@@ -60,10 +65,12 @@ def test_resume_with_other_settings_is_refused(
     before = out.read_text()
     capsys.readouterr()
     args = certify_args(tiny_data_file, tiny_classifier_file, out)
-    args = _replace(args, change)
+    args = with_flag(args, *change)
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "other settings" in err[0] and named in err[0], err
+    assert len(err) == 1, err
+    assert "other settings" in err[0], err
+    assert named in err[0], err
     assert out.read_text() == before  # nothing appended, nothing truncated
     # the same settings resume and finish the log
     assert main(certify_args(tiny_data_file, tiny_classifier_file, out)) == 0
@@ -121,7 +128,9 @@ def test_lattice_noise_on_float_images_is_refused(tiny_classifier_file, tmp_path
     args = [*certify_args(data, tiny_classifier_file, out), "--noise", "lattice"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "needs 8-bit images" in err[0] and not out.exists()
+    assert len(err) == 1
+    assert "needs 8-bit images" in err[0]
+    assert not out.exists()
     assert main(certify_args(data, tiny_classifier_file, out, "--max", "1")) == 0  # auto
     assert json.loads(sidecar(out).read_text())["noise"] == "gaussian"
 
@@ -132,7 +141,7 @@ def test_a_stale_record_of_a_deleted_log_is_replaced(
     out = tmp_path / "log.tsv"
     assert main(certify_args(tiny_data_file, tiny_classifier_file, out, "--max", "2")) == 0
     out.unlink()
-    args = _replace(certify_args(tiny_data_file, tiny_classifier_file, out), ["--sigma", "0.5"])
+    args = with_flag(certify_args(tiny_data_file, tiny_classifier_file, out), "--sigma", "0.5")
     assert main([*args, "--max", "2"]) == 0
     assert json.loads(sidecar(out).read_text())["sigma"] == 0.5
 
@@ -150,30 +159,23 @@ def test_radius_just_below_a_round_number_is_not_logged_as_it():
     assert format_radius(0.2499996) == "0.249999"
 
 
-def _replace(args: list[str], change: list[str]) -> list[str]:
-    args = list(args)
-    flag, value = change
-    if flag in args:
-        args[args.index(flag) + 1] = value
-    else:
-        args += [flag, value]
-    return args
-
-
 def test_decision_mode_logs_report_only_at_their_targets(
     tiny_data_file, tiny_classifier_file, tmp_path, capsys
 ):
     """The radius column of `--method sequential --radius ...` means "certified at these
     targets"; read as a full radius it once gave an ACR of 0.177 where fixed n gave 0.246."""
-    from dsmooth.analysis import read_log
+    from dsmooth.analysis.tables import read_log
 
     seq, cp = tmp_path / "seq.tsv", tmp_path / "cp.tsv"
     targets = ["--method", "sequential", "--radius", "0.1", "0.2"]
     assert main(certify_args(tiny_data_file, tiny_classifier_file, seq, *targets)) == 0
     assert main(certify_args(tiny_data_file, tiny_classifier_file, cp)) == 0
     log = read_log(seq)
-    assert log.targets == (0.1, 0.2) and read_log(cp).targets is None
-    assert log.reports_at(0.2) and log.reports_at(0.0) and not log.reports_at(0.15)
+    assert log.targets == (0.1, 0.2)
+    assert read_log(cp).targets is None
+    assert log.reports_at(0.2)
+    assert log.reports_at(0.0)
+    assert not log.reports_at(0.15)
     capsys.readouterr()
     table = tmp_path / "t.csv"
     args = ["analyze", str(seq), str(cp), "--radii", "0", "0.1", "0.15", "0.2"]
@@ -185,16 +187,19 @@ def test_decision_mode_logs_report_only_at_their_targets(
     cells = {
         tuple(line.split(",")[:2]): line.split(",")[2] for line in table.read_text().splitlines()
     }
-    assert cells[("seq.tsv", "0.15")] == "" and cells[("cp.tsv", "0.15")] != ""
-    assert cells[("seq.tsv", "0.2")] != "" and cells[("seq.tsv", "0")] != ""
+    assert cells[("seq.tsv", "0.15")] == ""
+    assert cells[("cp.tsv", "0.15")] != ""
+    assert cells[("seq.tsv", "0.2")] != ""
+    assert cells[("seq.tsv", "0")] != ""
     assert (tmp_path / "c.png").stat().st_size > 0
-    assert np.isnan(log.acr) and not np.isnan(read_log(cp).acr)
+    assert np.isnan(log.acr)
+    assert not np.isnan(read_log(cp).acr)
 
 
 def test_a_tf32_era_cuda_log_does_not_resume_under_ieee_fp32():
     """fp32 on a GPU became IEEE fp32 (TF32 off): another f, so a GPU log made before
     must not take rows from after; CPU logs, old or new, compare equal."""
-    from dsmooth.provenance import differences
+    from dsmooth.logs.provenance import differences
 
     before = {"device_type": "cuda", "precision": "fp32"}
     assert differences(before, {**before, "cuda_fp32": "ieee"}) == ["cuda_fp32"]

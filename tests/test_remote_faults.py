@@ -21,14 +21,14 @@ import torch
 
 pytest.importorskip("httpx")
 
-from byoc_models import NUM_CLASSES, build  # noqa: E402
+from byoc_models import NUM_CLASSES, build
 
-from dsmooth.cli import main  # noqa: E402
-from dsmooth.data import ImageSet  # noqa: E402
-from dsmooth.errors import UserError  # noqa: E402
-from dsmooth.jobs import certify_dataset  # noqa: E402
-from dsmooth.smoothing import Smooth  # noqa: E402
-from dsmooth.sources import load_model  # noqa: E402
+from dsmooth.certify.smooth import Smooth
+from dsmooth.cli import main
+from dsmooth.data.images import ImageSet
+from dsmooth.errors import UserError
+from dsmooth.runs.local import certify_dataset
+from dsmooth.sources import load_model
 
 ASSET = Path(__file__).resolve().parents[1] / "src/dsmooth/assets/cifar10_test_every20.npz"
 SIGMA, N0, N, BATCH = 0.25, 8, 40, 24
@@ -134,14 +134,16 @@ def data() -> ImageSet:
 def local_log(data, tmp_path_factory) -> list[str]:
     path = tmp_path_factory.mktemp("local") / "local.tsv"
     smooth = Smooth(build(), NUM_CLASSES, SIGMA, seed=5)
-    certify_dataset(smooth, data, path, N0, N, 0.01, BATCH, progress=False)
+    certify_dataset(
+        smooth, data, out=path, n0=N0, n=N, alpha=0.01, batch_size=BATCH, progress=False
+    )
     return path.read_text().splitlines()
 
 
 def certify_remote(url, data, out, **options):
     model = load_model(url, **{**FAST, **options})
     smooth = Smooth(model, NUM_CLASSES, SIGMA, seed=5)
-    certify_dataset(smooth, data, out, N0, N, 0.01, BATCH, progress=False)
+    certify_dataset(smooth, data, out=out, n0=N0, n=N, alpha=0.01, batch_size=BATCH, progress=False)
     return model
 
 
@@ -174,7 +176,8 @@ def test_persistent_5xx_fails_clearly_without_a_half_row(server, data, tmp_path,
     text = out.read_text()
     assert text.endswith("\n")
     lines = text.splitlines()
-    assert len(lines) == 2 and decisions(lines) == decisions(local_log)[:1]
+    assert len(lines) == 2
+    assert decisions(lines) == decisions(local_log)[:1]
     server.default = "ok"  # the server recovers: the rerun resumes and completes
     certify_remote(server.url, data, out)
     assert decisions(out.read_text().splitlines()) == decisions(local_log)
@@ -195,7 +198,8 @@ def test_nonsense_is_a_clear_error_not_a_row(server, data, tmp_path, action, mes
         certify_remote(server.url, data, out)
     assert server.seen.count(action) == 1  # not retried: answering again would not help
     lines = out.read_text().splitlines()
-    assert len(lines) == 2 and lines[0].endswith("\tqueries")
+    assert len(lines) == 2
+    assert lines[0].endswith("\tqueries")
 
 
 def test_timeouts_exhaust_retries_with_a_clear_error(server, data, tmp_path):
@@ -217,7 +221,8 @@ def test_unreachable_server_exits_2_with_one_line(tmp_path, data, capsys):
     args += ["--out", str(tmp_path / "log.tsv"), "--retries", "1", "--retry-backoff", "0.01"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "connection failed" in err
+    assert err.count("\n") == 1
+    assert "connection failed" in err
     assert not (tmp_path / "log.tsv").exists()
 
 
@@ -227,13 +232,15 @@ def test_credentials_from_env_are_sent_and_never_shown(data, tmp_path, monkeypat
         monkeypatch.setenv("MY_API_TOKEN", "s3cret-token")
         model = certify_remote(server.url, data, tmp_path / "ok.tsv", token_env="MY_API_TOKEN")
         assert set(server.auth_headers) == {"Bearer s3cret-token"}
-        assert "s3cret" not in repr(model) and "s3cret" not in repr(model.http)
+        assert "s3cret" not in repr(model)
+        assert "s3cret" not in repr(model.http)
         assert "s3cret" not in (tmp_path / "ok.tsv").read_text()
         token_file = tmp_path / "token"
         token_file.write_text("wrong-token\n")
         with pytest.raises(UserError) as e:
             certify_remote(server.url, data, tmp_path / "bad.tsv", token_file=str(token_file))
-        assert "HTTP 401" in str(e.value) and "wrong-token" not in str(e.value)
+        assert "HTTP 401" in str(e.value)
+        assert "wrong-token" not in str(e.value)
         monkeypatch.delenv("MY_API_TOKEN")
         with pytest.raises(UserError, match="MY_API_TOKEN is not set"):
             load_model(server.url, token_env="MY_API_TOKEN")
@@ -252,7 +259,10 @@ def test_label_outputs_and_tf_serving_answers_are_decoded():
     with pytest.raises(UserError, match="cannot tell the protocol"):
         parse_url("http://h:1/predict")
     r = RemoteClassifier(
-        "http://127.0.0.1:9/v1/models/a", "tfserving", InputContract(), ClientOptions(retries=0)
+        "http://127.0.0.1:9/v1/models/a",
+        "tfserving",
+        contract=InputContract(),
+        client=ClientOptions(retries=0),
     )
     try:
         rows = {"predictions": [{"classes": 3, "probabilities": [0.1, 0.9]}] * 2}

@@ -44,7 +44,7 @@ class Collect(HTMLParser):
         if tag == "img":
             self.images.append(dict(attrs)["src"])
 
-    def handle_endtag(self, tag):
+    def handle_endtag(self, _tag):
         self._tag = None
 
     def handle_data(self, data):
@@ -54,9 +54,8 @@ class Collect(HTMLParser):
             self.headings.append(data.strip())
 
 
-def test_html_report_is_self_contained(
-    tmp_path, logs, tiny_classifier_file, tiny_data_file, capsys
-):
+@pytest.mark.usefixtures("logs")  # the sigma_*.tsv logs the report globs in tmp_path
+def test_html_report_is_self_contained(tmp_path, tiny_classifier_file, tiny_data_file):
     out = tmp_path / "report.html"
     argv = ["report", "--envelope", "--label", f"S={tmp_path}/sigma_*.tsv", "--radii", "0:0.5:0.25"]
     argv += ["--out", str(out), "--title", "My run"]
@@ -74,7 +73,8 @@ def test_html_report_is_self_contained(
     # envelope over the two logs: at 0.25 both have 1/3 certified; tie -> higher clean (2/3)
     row = page.cells[page.cells.index("S") :][:4]
     assert row == ["S", "(67)67", "(67)33", "(67)33"]
-    assert "sigma_0.25.tsv" in page.cells and "sigma_0.50.tsv" in page.cells
+    assert "sigma_0.25.tsv" in page.cells
+    assert "sigma_0.50.tsv" in page.cells
     assert len(page.images) == 2
     for src in page.images:  # embedded PNGs, no external files
         assert src.startswith("data:image/png;base64,")
@@ -87,7 +87,8 @@ def test_markdown_report_writes_pngs_beside_it(tmp_path, logs):
     out = tmp_path / "run.md"
     assert main(["report", *map(str, logs), "--radii", "0", "0.5", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| sigma_0.25.tsv | 67 | 0 |" in text and "| sigma_0.50.tsv | 67 | 33 |" in text
+    assert "| sigma_0.25.tsv | 67 | 0 |" in text
+    assert "| sigma_0.50.tsv | 67 | 33 |" in text
     (image,) = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert image == "run_curves.png"
     assert (tmp_path / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

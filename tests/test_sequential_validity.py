@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from dsmooth.sequential import SequentialPlan, radius_of, run_sequential
+from dsmooth.certify.sequential import SequentialPlan, radius_of, run_sequential
 
 ALPHA, SIGMA, N0, N_MAX, COUNT = 0.05, 0.5, 100, 10_000, 6_000
 MARGIN = 3 * np.sqrt(ALPHA * (1 - ALPHA) / COUNT)
@@ -36,7 +36,7 @@ def wrong_rate(plan: SequentialPlan, seed: int) -> tuple[float, float]:
     p_top = rng.uniform(0.5, 1.0, COUNT)
     k0 = rng.binomial(N0, p_top)
     p_selected = np.where(k0 >= N0 - k0, p_top, 1 - p_top)  # argmax; ties go to the top
-    out = run_sequential(plan, lambda r, m, active: rng.binomial(m, p_selected[active]), COUNT)
+    out = run_sequential(plan, lambda _round, m, active: rng.binomial(m, p_selected[active]), COUNT)
     certified = out.p_lower >= 0.5
     true_radius = np.where(p_selected > 0.5, SIGMA * norm.ppf(p_selected), -np.inf)
     wrong = certified & (radius_of(out.p_lower, SIGMA) > true_radius)
@@ -54,11 +54,11 @@ MODES = {
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_false_certificate_rate_at_most_alpha(mode):
-    rate, used = wrong_rate(SequentialPlan(SIGMA, ALPHA, N_MAX, MODES[mode]), seed=11)
+    rate, used = wrong_rate(SequentialPlan(SIGMA, ALPHA, n_max=N_MAX, radii=MODES[mode]), seed=11)
     assert rate <= ALPHA + MARGIN, f"{mode}: {rate:.4f} wrong certificates"
     assert used < N_MAX  # it did stop early on average
 
 
 def test_uncorrected_repeated_clopper_pearson_fails_the_same_check():
-    rate, _ = wrong_rate(NaivePlan(SIGMA, ALPHA, N_MAX, DENSE), seed=11)
+    rate, _ = wrong_rate(NaivePlan(SIGMA, ALPHA, n_max=N_MAX, radii=DENSE), seed=11)
     assert rate > ALPHA + MARGIN

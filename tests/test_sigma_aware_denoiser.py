@@ -8,17 +8,24 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 from conftest import LinearClassifier
+from helpers import warnings_in
 from torch import nn
 
-from dsmooth.base import SigmaMismatchWarning, compose, denoiser_at_sigma, trained_sigma
+from dsmooth.certify.smooth import Smooth
 from dsmooth.cli import main
 from dsmooth.errors import UserError
 from dsmooth.models.pretrained import pretrained
-from dsmooth.smoothing import Smooth
+from dsmooth.pipeline.compose import (
+    SigmaMismatchWarning,
+    compose,
+    denoiser_at_sigma,
+    trained_sigma,
+)
 
 #: `--denoiser` spec of the toy below: tests/ is on sys.path (pytest's rootdir-relative
 #: import), so the CLI imports this very module and the toy's records are the test's.
@@ -29,8 +36,8 @@ class ToySigmaDenoiser(nn.Module):
     """D(x) = x, usable only once told its sigma: `at_sigma` returns a configured copy
     and records the sigma it was given; `forward` records the sigma it runs at."""
 
-    received: list[float] = []  # every sigma at_sigma was called with, in this process
-    ran_at: set[float] = set()  # the sigmas forward ran at
+    received: ClassVar[list[float]] = []  # every sigma at_sigma was called with, in this process
+    ran_at: ClassVar[set[float]] = set()  # the sigmas forward ran at
 
     def __init__(self, sigma: float | None = None):
         super().__init__()
@@ -59,10 +66,6 @@ def _fresh_records():
     ToySigmaDenoiser.ran_at.clear()
 
 
-def warnings_in(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("warning:")]
-
-
 # --- the hook -----------------------------------------------------------------------------
 
 
@@ -70,7 +73,9 @@ def test_compose_hands_sigma_to_a_sigma_aware_denoiser_and_smooth_runs_it():
     toy = make_toy()
     base = compose(LinearClassifier(3 * 4 * 4, 3), toy, sigma=0.5)
     assert ToySigmaDenoiser.received == [0.5]
-    assert base.denoiser is not toy and base.denoiser.sigma == 0.5 and base.sigma == 0.5
+    assert base.denoiser is not toy
+    assert base.denoiser.sigma == 0.5
+    assert base.sigma == 0.5
     assert toy.sigma is None  # the original is left as it was
     smooth = Smooth(base, 3, 0.5, seed=0)
     smooth.predict(torch.rand(3, 4, 4), 8, 0.001, batch_size=8, index=0)
@@ -84,7 +89,8 @@ def test_compose_without_sigma_uses_the_denoiser_as_given():
     assert compose(classifier, plain).denoiser is plain
     assert compose(classifier, plain, sigma=0.25).denoiser is plain
     base = compose(classifier, make_toy())
-    assert ToySigmaDenoiser.received == [] and base.sigma is None
+    assert ToySigmaDenoiser.received == []
+    assert base.sigma is None
     with pytest.raises(UserError, match="without a sigma"):
         base(torch.rand(1, 3, 4, 4))
 
@@ -109,7 +115,8 @@ def test_certify_gives_the_toy_the_certified_sigma(tiny_data_file, tiny_classifi
     argv += ["--denoiser", TOY, "--sigma", "0.5", "--n0", "10", "--n", "20", "--batch", "20"]
     argv += ["--max", "2", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
-    assert ToySigmaDenoiser.received == [0.5] and ToySigmaDenoiser.ran_at == {0.5}
+    assert ToySigmaDenoiser.received == [0.5]
+    assert ToySigmaDenoiser.ran_at == {0.5}
     assert len(out.read_text().splitlines()) == 3
     assert json.loads((tmp_path / "c.tsv.json").read_text())["sigma"] == 0.5
 
@@ -119,23 +126,25 @@ def test_other_commands_give_the_toy_their_sigma(
     command, tiny_data_file, tiny_classifier_file, tmp_path
 ):
     data, classifier = ["--data", str(tiny_data_file)], ["--classifier", str(tiny_classifier_file)]
+    samples = ["--n", "20", "--batch", "20", "--max", "2", "--out", str(tmp_path / "p.tsv")]
+    exported = str(tmp_path / "d.pt")
     argv = {
-        "predict": [*data, *classifier, "--n", "20", "--batch", "20", "--max", "2"]
-        + ["--out", str(tmp_path / "p.tsv"), "--no-progress"],
+        "predict": [*data, *classifier, *samples, "--no-progress"],
         "evaluate": [*data, *classifier, "--no-progress"],
         "test-denoiser": [*data, *classifier, "--no-progress"],
-        "export": ["--format", "torchscript", "--out", str(tmp_path / "d.pt")]
-        + ["--input-shape", "3,8,8"],
+        "export": ["--format", "torchscript", "--input-shape", "3,8,8", "--out", exported],
     }[command]
     assert main([command, *argv, "--denoiser", TOY, "--sigma", "0.12"]) == 0
-    assert ToySigmaDenoiser.received == [0.12] and ToySigmaDenoiser.ran_at == {0.12}
+    assert ToySigmaDenoiser.received == [0.12]
+    assert ToySigmaDenoiser.ran_at == {0.12}
 
 
 def test_visualize_sets_up_the_denoiser_per_sigma(tiny_data_file, tiny_classifier_file, tmp_path):
     argv = ["visualize", "--classifier", str(tiny_classifier_file), "--data", str(tiny_data_file)]
     argv += ["--denoiser", TOY, "--indices", "0", "--sigmas", "0.12", "0.5"]
     assert main([*argv, "--out", str(tmp_path / "grid.png")]) == 0
-    assert ToySigmaDenoiser.received == [0.12, 0.5] and ToySigmaDenoiser.ran_at == {0.12, 0.5}
+    assert ToySigmaDenoiser.received == [0.12, 0.5]
+    assert ToySigmaDenoiser.ran_at == {0.12, 0.5}
 
 
 # --- a checkpoint trained for another sigma: one warning line, none when they match ---------
@@ -152,7 +161,7 @@ def test_a_shipped_denoiser_at_another_sigma_warns_in_the_library():
         warnings.simplefilter("error")
         compose(classifier, denoiser, sigma=0.25)
         compose(classifier, denoiser)  # no sigma: nothing to compare
-    with pytest.raises(UserError, match="trained for sigma 0.25"):
+    with pytest.raises(UserError, match=r"trained for sigma 0\.25"):
         compose(classifier, denoiser, sigma=0.5, strict=True)
 
 

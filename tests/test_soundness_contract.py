@@ -4,21 +4,26 @@ contract, the statistics' input checks, a required noise index, the denoiser's s
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import certify_args, warnings_in
 from scipy.stats import norm
 
-from dsmooth import ABSTAIN, Smooth, UserError, stats
-from dsmooth.base import to_labels
+from dsmooth import ABSTAIN, Smooth, UserError
+from dsmooth.certify import stats
+from dsmooth.certify.base_classifier import to_labels
+from dsmooth.certify.sequential import SequentialPlan, certify_sequential
 from dsmooth.cli import main
-from dsmooth.sequential import SequentialPlan, certify_sequential
 
 SHAPE = (1, 4, 4)
 SIGMA = 0.25
 REPO = Path(__file__).resolve().parents[1]
+#: certify_args(..., *TWO, **SMALL): a quick CLI run on two images
+TWO, SMALL = ("--max", "2"), {"n0": "10", "n": "20", "batch": "20"}
 
 
 def threshold_classifier(p_class0: float):
@@ -52,7 +57,7 @@ def test_duplicated_labels_cannot_certify_a_minority_class(method):
 
 
 @pytest.mark.parametrize(
-    "output,message",
+    ("output", "message"),
     [
         (lambda b: torch.zeros(len(b) - 1, dtype=torch.long), "returned 9 labels for 10 images"),
         (lambda b: torch.zeros(len(b) + 1, 2), "returned 11 rows for 10 images"),
@@ -100,10 +105,19 @@ def test_counts_must_add_up_to_the_samples_drawn():
 @pytest.mark.parametrize(
     "fn", [stats.lower_confidence_bound, stats.upper_confidence_bound, stats.binomial_pvalue]
 )
-@pytest.mark.parametrize("k,n", [(11, 10), (-1, 10), (0, 0), (1, 0), (2.5, 10)])
-def test_bounds_refuse_impossible_counts(fn, k, n):
+@pytest.mark.parametrize(
+    ("k", "n", "words"),
+    [
+        (11, 10, "k must be in 0..n"),
+        (-1, 10, "k must be in 0..n"),
+        (0, 0, "n must be at least 1"),
+        (1, 0, "n must be at least 1"),
+        (2.5, 10, "k and n must be integers"),
+    ],
+)
+def test_bounds_refuse_impossible_counts(fn, k, n, words):
     args = (k, n, 0.01) if fn is not stats.binomial_pvalue else (k, n)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(words)):
         fn(*args)
 
 
@@ -118,14 +132,14 @@ def test_alpha_must_be_below_one_half(alpha):
     with pytest.raises(UserError, match=r"alpha must be in \(0, 0.5\)"):
         stats.check_alpha(alpha)
     with pytest.raises(UserError, match="alpha"):
-        SequentialPlan(SIGMA, alpha, 100)
+        SequentialPlan(SIGMA, alpha, n_max=100)
     smooth = Smooth(threshold_classifier(0.9), 2, SIGMA)
     with pytest.raises(UserError, match="alpha"):
         smooth.certify(torch.zeros(SHAPE), 10, 10, alpha, index=0)
 
 
 def test_cli_refuses_alpha_one_half(tiny_data_file, tiny_classifier_file, tmp_path, capsys):
-    argv = [*certify_argv(tiny_data_file, tiny_classifier_file, tmp_path / "a.tsv")]
+    argv = certify_args(tiny_data_file, tiny_classifier_file, tmp_path / "a.tsv", *TWO, **SMALL)
     assert main([*argv, "--alpha", "0.5"]) == 2
     assert "alpha must be in (0, 0.5), got 0.5." in capsys.readouterr().err
 
@@ -156,22 +170,22 @@ def test_calls_without_index_fail():
 # --- 4. a denoiser used at another sigma than it was trained for ------------------------
 
 
-def certify_argv(data, classifier, out, command="certify", sigma="0.25"):
-    argv = [command, "--data", str(data), "--classifier", str(classifier), "--sigma", sigma]
-    argv += ["--n", "20", "--batch", "20", "--max", "2", "--out", str(out), "--no-progress"]
-    return argv + (["--n0", "10"] if command == "certify" else [])
-
-
-def warnings_in(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("warning:")]
-
-
 @pytest.mark.parametrize("command", ["certify", "predict"])
 def test_sigma_mismatch_warns_once_and_strict_refuses(
     command, tiny_data_file, tiny_classifier_file, denoiser_025, tmp_path, capsys
 ):
+    small = SMALL if command == "certify" else {**SMALL, "n0": None}  # predict takes no n0
+
     def run(out, sigma, *extra):
-        argv = certify_argv(tiny_data_file, tiny_classifier_file, tmp_path / out, command, sigma)
+        argv = certify_args(
+            tiny_data_file,
+            tiny_classifier_file,
+            tmp_path / out,
+            *TWO,
+            command=command,
+            sigma=sigma,
+            **small,
+        )
         return main([*argv, "--denoiser", str(denoiser_025), *extra])
 
     assert run("a.tsv", "0.5") == 0
@@ -182,7 +196,8 @@ def test_sigma_mismatch_warns_once_and_strict_refuses(
     )
     assert run("b.tsv", "0.5", "--strict") == 2
     err = capsys.readouterr().err
-    assert "trained for sigma 0.25 but is used at sigma 0.5" in err and "error" in err
+    assert "trained for sigma 0.25 but is used at sigma 0.5" in err
+    assert "error" in err
     assert not (tmp_path / "b.tsv").exists()
     assert run("c.tsv", repr(0.25 * (1 + 1e-7)), "--strict") == 0  # within 1e-6
     assert warnings_in(capsys.readouterr().err) == []
@@ -204,7 +219,8 @@ def test_evaluate_and_test_denoiser_check_the_sigma(
     test += ["--no-progress", "--sigma"]
     assert main([*test, "0.12"]) == 0
     lines = warnings_in(capsys.readouterr().err)
-    assert len(lines) == 1 and "sigma 0.25 but is used at sigma 0.12" in lines[0]
+    assert len(lines) == 1
+    assert "sigma 0.25 but is used at sigma 0.12" in lines[0]
     assert main([*test, "0.12", "--strict"]) == 2
     assert main([*test, "0.25", "--strict"]) == 0
     assert warnings_in(capsys.readouterr().err) == []
@@ -237,7 +253,8 @@ def test_grayscale_images_through_an_rgb_model_are_refused(conv_checkpoint, tmp_
     argv = ["certify", "--data", str(gray), "--classifier", str(ckpt), "--sigma", "0.25"]
     assert main([*argv, "--n0", "5", "--n", "10", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "1 channel but the classifier takes 3" in err and "Traceback" not in err
+    assert "1 channel but the classifier takes 3" in err
+    assert "Traceback" not in err
     assert not out.exists()
     assert main(["evaluate", "--data", str(gray), "--classifier", str(ckpt)]) == 2
     assert "1 channel but the classifier takes 3" in capsys.readouterr().err

@@ -40,14 +40,16 @@ def test_each_conversion_step():
     assert resized.shape == (2, 3, 8, 12)
     noisy = torch.tensor([-0.2, 0.5, 1.3]).view(1, 3, 1, 1)
     as_bytes = InputContract(range=255.0, dtype="uint8", layout="NCHW").convert(noisy)
-    assert as_bytes.dtype == torch.uint8 and as_bytes.flatten().tolist() == [0, 128, 255]
+    assert as_bytes.dtype == torch.uint8
+    assert as_bytes.flatten().tolist() == [0, 128, 255]
 
 
 def test_contract_keeps_gradients():
     x = torch.rand(1, 3, 4, 4, requires_grad=True)
     c = InputContract(range=255.0, layout="NHWC", channel_order="BGR", size=(6, 6))
     c.convert(x).sum().backward()
-    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert x.grad is not None
+    assert float(x.grad.abs().sum()) > 0
 
 
 def test_layout_detection_and_parsing():
@@ -55,11 +57,13 @@ def test_layout_detection_and_parsing():
     assert detect_layout([-1, 3, 32, 32]) == "NCHW"
     assert detect_layout(["batch", 3, "h", "w"]) == "NCHW"
     assert detect_layout([None, None, None, None]) is None
-    assert parse_size("224") == (224, 224) and parse_size("32x48") == (32, 48)
+    assert parse_size("224") == (224, 224)
+    assert parse_size("32x48") == (32, 48)
     with pytest.raises(UserError, match="224x224"):
         parse_size("big")
     c = contract_from_options({"input_mean": "0.5, 0.4,0.3", "input_range": 255})
-    assert c.mean == (0.5, 0.4, 0.3) and c.range == 255.0
+    assert c.mean == (0.5, 0.4, 0.3)
+    assert c.range == 255.0
 
 
 @pytest.mark.parametrize(
@@ -94,7 +98,7 @@ def test_entry_point_mistakes(tmp_path):
         load_model(str(tmp_path / "nope.py") + ":build")
     bad = tmp_path / "bad.py"
     bad.write_text("def build():\n    return 3\n")
-    with pytest.raises(UserError, match="must return a torch.nn.Module"):
+    with pytest.raises(UserError, match=r"must return a torch\.nn\.Module"):
         load_model(f"{bad}:build")
     with pytest.raises(UserError, match="has no attribute 'missing'"):
         load_model(f"{bad}:missing")

@@ -22,12 +22,12 @@ import torch
 from byoc_models import NUM_CLASSES, LabelHead, build
 from safetensors.torch import save_file
 
-from dsmooth.base import to_labels
+from dsmooth.certify.base_classifier import to_labels
+from dsmooth.certify.noise import NoiseStream
+from dsmooth.certify.smooth import Smooth
+from dsmooth.deploy.export import export
 from dsmooth.errors import UserError
-from dsmooth.export import export
 from dsmooth.models.checkpoint import save_checkpoint
-from dsmooth.noise import NoiseStream
-from dsmooth.smoothing import Smooth
 from dsmooth.sources import load_model
 
 TESTS = Path(__file__).resolve().parent
@@ -53,7 +53,10 @@ def images() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def noisy(images) -> torch.Tensor:
     """64 noisy copies of each image, from dsmooth's own noise stream."""
-    parts = [NoiseStream(x.shape, SIGMA, 7, i, 1).take(64) + x for i, x in enumerate(images)]
+    parts = [
+        NoiseStream(x.shape, SIGMA, seed=7, index=i, stage=1).take(64) + x
+        for i, x in enumerate(images)
+    ]
     return torch.cat(parts)
 
 
@@ -121,8 +124,10 @@ def test_entry_point_weights_that_need_unpickling_are_refused_plainly(tmp_path):
     with pytest.raises(UserError) as e:
         load_model(f"{TESTS / 'byoc_models.py'}:build_untrained", weights=str(whole))
     message = str(e.value)
-    assert "safely" in message and "model.state_dict()" in message
-    assert "\x1b[" not in message and "weights_only" not in message
+    assert "safely" in message
+    assert "model.state_dict()" in message
+    assert "\x1b[" not in message
+    assert "weights_only" not in message
 
 
 @pytest.mark.parametrize("kind", ["checkpoint", "torchscript", "onnx", "onnx-labels"])

@@ -5,7 +5,8 @@ import pytest
 from scipy.stats import binomtest, norm
 from statsmodels.stats.proportion import proportion_confint
 
-from dsmooth import Smooth, stats
+from dsmooth import Smooth
+from dsmooth.certify import stats
 
 CASES = [
     (0, 100),
@@ -21,7 +22,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("k,n", CASES)
+@pytest.mark.parametrize(("k", "n"), CASES)
 @pytest.mark.parametrize("alpha", [0.001, 0.01, 0.1])
 def test_lower_bound_equals_statsmodels(k, n, alpha):
     # Cohen et al.: proportion_confint(NA, N, alpha=2 * alpha, method="beta")[0]
@@ -29,13 +30,13 @@ def test_lower_bound_equals_statsmodels(k, n, alpha):
     assert stats.lower_confidence_bound(k, n, alpha) == pytest.approx(reference, abs=1e-12)
 
 
-@pytest.mark.parametrize("k,n", CASES)
+@pytest.mark.parametrize(("k", "n"), CASES)
 def test_upper_bound_equals_statsmodels(k, n):
     reference = proportion_confint(k, n, alpha=0.02, method="beta")[1]
     assert stats.upper_confidence_bound(k, n, 0.01) == pytest.approx(reference, abs=1e-12)
 
 
-@pytest.mark.parametrize("k,n", [(0, 1), (5, 10), (60, 100), (70, 100), (520, 1000), (1, 2)])
+@pytest.mark.parametrize(("k", "n"), [(0, 1), (5, 10), (60, 100), (70, 100), (520, 1000), (1, 2)])
 def test_binomial_pvalue_equals_scipy(k, n):
     assert stats.binomial_pvalue(k, n) == pytest.approx(binomtest(k, n, 0.5).pvalue, abs=1e-12)
 
@@ -66,7 +67,7 @@ class _Fixed(Smooth):
         super().__init__(lambda x: x.new_zeros(len(x), dtype=int), 4, sigma)
         self.counts_by_stage = counts_by_stage
 
-    def sample_counts(self, x, num, batch_size, *, index, stage=1):
+    def sample_counts(self, x, num, batch_size, *, index, stage=1):  # noqa: ARG002
         counts = np.asarray(self.counts_by_stage[stage], dtype=np.int64)
         assert counts.sum() == num
         return counts

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import dsmooth
-from dsmooth.datasets import load_dataset
-from dsmooth.evaluation import evaluate_accuracy
+from dsmooth.data.datasets import load_dataset
+from dsmooth.pipeline.evaluation import evaluate_accuracy
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 AKAMASTER = SHARED / "models" / "third-party" / "cifar-resnet-akamaster"
@@ -64,7 +64,7 @@ def test_resnet56_through_import_weights_and_evaluate(tmp_path, capsys):
     import_weights.register(parser.add_subparsers())
     out = tmp_path / "resnet56"
     argv = ["import-weights", str(R56), "--arch", "cifar_resnet56"]
-    args = parser.parse_args(argv + ["--mean", "imagenet", "--std", "imagenet", "--out", str(out)])
+    args = parser.parse_args([*argv, "--mean", "imagenet", "--std", "imagenet", "--out", str(out)])
     assert args.func(args) == 0
     capsys.readouterr()
     data = ["--data", str(CIFAR / "cifar10_test.npz"), "--max", "1000", "--no-progress"]
@@ -82,7 +82,8 @@ def test_evaluate_cli_with_arch_options_noise_and_denoiser(tmp_path, capsys):
     assert run_evaluate([*model, *data, "--sigma", "0.5", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)
     # an undefended classifier collapses under sigma = 0.5 noise (near chance)
-    assert plain["n"] == 100 and plain["clean_accuracy"] > 0.7
+    assert plain["n"] == 100
+    assert plain["clean_accuracy"] > 0.7
     assert plain["noisy_accuracy"] < 0.35
     # a fresh DnCNN is the identity map: the same numbers through --denoiser
     from dsmooth.models import create
@@ -102,6 +103,10 @@ def test_evaluate_cli_with_arch_options_noise_and_denoiser(tmp_path, capsys):
 
 def test_noise_draws_do_not_depend_on_batch_size(resnet20, test_set):
     model, data = resnet20, test_set
-    a = evaluate_accuracy(model, data, 0.25, range(40), batch=40, seed=3, progress=False)
-    b = evaluate_accuracy(model, data, 0.25, range(40), batch=7, seed=3, progress=False)
+    a = evaluate_accuracy(
+        model, data, sigma=0.25, indices=range(40), batch=40, seed=3, progress=False
+    )
+    b = evaluate_accuracy(
+        model, data, sigma=0.25, indices=range(40), batch=7, seed=3, progress=False
+    )
     assert a == b

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from training_helpers import TEST, TRAIN, needs_cifar
 
 from dsmooth.cli import main
+from dsmooth.data.transforms import random_crop_flip, to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models.checkpoint import load_checkpoint
-from dsmooth.training.augment import random_crop_flip, to_float_nchw
 from dsmooth.training.classifier import ClassifierRecipe, train_classifier
 from dsmooth.training.data import load_training_set
 from dsmooth.training.loop import check_same_recipe
@@ -40,9 +40,12 @@ def test_crop_flip_are_windows_of_the_padded_image():
         assert found, f"image {i} is not a (flipped) window of its padded copy"
         flips += any(f for *_, f in found)
         shifts += any((oy, ox) != (2, 2) for oy, ox, _ in found)
-    assert 15 < flips < 49 and shifts > 40  # both kinds of randomness happen
+    assert 15 < flips < 49
+    assert shifts > 40  # both kinds of randomness happen
     x = to_float_nchw(out)
-    assert x.shape == (64, 3, 6, 5) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
+    assert x.shape == (64, 3, 6, 5)
+    assert x.dtype == torch.float32
+    assert 0 <= x.min() <= x.max() <= 1
 
 
 def _window(image, oy, ox, flip):
@@ -51,18 +54,23 @@ def _window(image, oy, ox, flip):
 
 
 def test_schedules():
-    assert lr_at(0, 100, 0.1, "cosine") == pytest.approx(0.1)
-    assert lr_at(50, 100, 0.1, "cosine") == pytest.approx(0.05)
-    assert lr_at(100, 100, 0.1, "cosine") == pytest.approx(0.0, abs=1e-12)
-    steps = [lr_at(s, 90, 0.1, "step", milestones=(1 / 3, 2 / 3)) for s in (0, 29, 30, 59, 60)]
+    assert lr_at(0, 100, base_lr=0.1, schedule="cosine") == pytest.approx(0.1)
+    assert lr_at(50, 100, base_lr=0.1, schedule="cosine") == pytest.approx(0.05)
+    assert lr_at(100, 100, base_lr=0.1, schedule="cosine") == pytest.approx(0.0, abs=1e-12)
+    steps = [
+        lr_at(s, 90, base_lr=0.1, schedule="step", milestones=(1 / 3, 2 / 3))
+        for s in (0, 29, 30, 59, 60)
+    ]
     assert steps == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
-    one = [lr_at(s, 100, 0.1, "onecycle") for s in range(100)]
-    assert one[0] == pytest.approx(0.004) and max(one) == pytest.approx(0.1, rel=0.01)
-    assert int(np.argmax(one)) == 30 and one[-1] < 0.001
-    assert lr_at(0, 100, 0.1, "constant", warmup_steps=10) == pytest.approx(0.01)
-    assert lr_at(9, 100, 0.1, "constant", warmup_steps=10) == pytest.approx(0.1)
+    one = [lr_at(s, 100, base_lr=0.1, schedule="onecycle") for s in range(100)]
+    assert one[0] == pytest.approx(0.004)
+    assert max(one) == pytest.approx(0.1, rel=0.01)
+    assert int(np.argmax(one)) == 30
+    assert one[-1] < 0.001
+    assert lr_at(0, 100, base_lr=0.1, schedule="constant", warmup_steps=10) == pytest.approx(0.01)
+    assert lr_at(9, 100, base_lr=0.1, schedule="constant", warmup_steps=10) == pytest.approx(0.1)
     with pytest.raises(UserError):
-        lr_at(0, 10, 0.1, "linear")
+        lr_at(0, 10, base_lr=0.1, schedule="linear")
 
 
 def _recipe(tmp_path, name="run", **kw) -> ClassifierRecipe:
@@ -114,8 +122,10 @@ def test_classifier_training_reduces_the_loss(tmp_path):
     after = loss_of(model)
     assert after < before - 0.25, (before, after)  # 192 steps: ~2.3 -> below ~1.9
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
-    assert len(rows) == 12 and rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.2
-    assert config["kind"] == "classifier" and config["epochs"] == 12
+    assert len(rows) == 12
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.2
+    assert config["kind"] == "classifier"
+    assert config["epochs"] == 12
     assert config["metrics"]["epoch"] == 12
     assert config["normalization"]["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
@@ -138,7 +148,8 @@ def test_resume_is_exact(tmp_path, channels_last):
     assert train_classifier(part, resume=True) == "done"
     a = load_file(str(tmp_path / "full" / "train_state.safetensors"))
     b = load_file(str(tmp_path / "part" / "train_state.safetensors"))
-    assert a.keys() == b.keys() and any(k.startswith("optim/") for k in a)
+    assert a.keys() == b.keys()
+    assert any(k.startswith("optim/") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     timing = {"train_images_per_s", "epoch_minutes"}
@@ -203,7 +214,7 @@ def test_init_continues_the_given_classifier(tmp_path):
             assert torch.allclose(v, w, atol=1e-6), k
     assert config["recipe"]["init"] == first.out
     bad = _recipe(tmp_path, "bad", epochs=1, init=first.out, arch="cifar_resnet20")
-    with pytest.raises(UserError, match="architecture|--arch"):
+    with pytest.raises(UserError, match=r"architecture|--arch"):
         train_classifier(bad)
     with pytest.raises(UserError, match="classes"):
         train_classifier(_recipe(tmp_path, "bad2", epochs=1, init=first.out, num_classes=12))
@@ -250,15 +261,18 @@ def test_cli_train_classifier_resnet20(tmp_path, capsys):
     ]
     assert main(args) == 0
     model, config = load_checkpoint(out)
-    assert config["architecture"] == "cifar_resnet20" and config["recipe"]["weight_decay"] == 1e-4
+    assert config["architecture"] == "cifar_resnet20"
+    assert config["recipe"]["weight_decay"] == 1e-4
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     assert len((out / "metrics.csv").read_text().splitlines()) == 2
     printed = capsys.readouterr().out  # the epoch's line, although the bar is hidden
-    assert "epoch 1 | step 2 |" in printed and "train_acc" in printed
+    assert "epoch 1 | step 2 |" in printed
+    assert "train_acc" in printed
     assert main(args) == 2  # exists: one-line error, no traceback
     err = capsys.readouterr().err
-    assert "--resume" in err and len(err.strip().splitlines()) == 1
-    assert main(args + ["--resume"]) == 0  # already finished: nothing to do
+    assert "--resume" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main([*args, "--resume"]) == 0  # already finished: nothing to do
     assert (
         main(["train-classifier", "--arch", "nope", "--data", TRAIN, "--out", str(tmp_path / "x")])
         == 2
@@ -330,5 +344,5 @@ def test_sigterm_saves_a_resumable_state(tmp_path):
     assert "--resume" in err
     step = read_info(out)["progress"]["step"]
     assert 1 <= step < 50
-    assert main(args + ["--resume", "--max-steps", "1"]) == 0
+    assert main([*args, "--resume", "--max-steps", "1"]) == 0
     assert read_info(out)["progress"]["step"] == step + 1

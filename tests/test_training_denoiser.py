@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from training_helpers import TEST, TRAIN, Counting, Raising, needs_cifar
 
 from dsmooth.cli import main
+from dsmooth.data.transforms import to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models import create
 from dsmooth.models.checkpoint import load_checkpoint, save_checkpoint
-from dsmooth.training.augment import to_float_nchw
 from dsmooth.training.classifier import ClassifierRecipe, train_classifier
 from dsmooth.training.data import load_training_set
 from dsmooth.training.denoiser import DenoiserRecipe, train_denoiser
@@ -100,7 +100,7 @@ def train_denoiser_argv(objective: str, sigma: str, *model: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "objective, extra, drop",
+    ("objective", "extra", "drop"),
     [
         ("mse", {}, 0.01),  # sigma^2 = 0.0625 for the identity at start
         ("stab", {}, 0.1),
@@ -115,7 +115,10 @@ def test_each_objective_lowers_its_loss(tmp_path, classifier_dir, objective, ext
     noisy = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(1)) * 0.25
     f = _classifier(classifier_dir)
     objective_fn = DenoiserObjective(
-        objective, [f], extra.get("soft_targets", False), extra.get("mse_weight", 0.0)
+        objective,
+        [f],
+        soft_targets=extra.get("soft_targets", False),
+        mse_weight=extra.get("mse_weight", 0.0),
     )
 
     def score(denoiser):
@@ -147,7 +150,8 @@ def test_targets_hard_and_soft():
     assert float(soft) == pytest.approx(float(-(p * logp).sum(1).mean()), rel=1e-6)
     assert float(clf) == pytest.approx(float(-logp[:, 0].mean()) + 2.0 * 0.01, rel=1e-6)
     mse, stats = DenoiserObjective("mse")(denoised, x, y, 0)
-    assert float(mse) == pytest.approx(0.01) and stats["n"] == 5
+    assert float(mse) == pytest.approx(0.01)
+    assert stats["n"] == 5
     with pytest.raises(UserError, match="classifier"):
         DenoiserObjective("stab")
     with pytest.raises(UserError, match="white-box"):
@@ -168,7 +172,8 @@ def test_stab_gradients_reach_only_the_denoiser(tmp_path, classifier_dir):
     f.train()  # the objective must put it in eval mode itself
     frozen = {k: v.clone() for k, v in f.state_dict().items()}
     objective = DenoiserObjective("stab", [f])
-    assert not f.training and not any(p.requires_grad for p in f.parameters())
+    assert not f.training
+    assert not any(p.requires_grad for p in f.parameters())
     torch.manual_seed(0)
     denoiser = create("dncnn", **SMALL_DNCNN)
     with torch.no_grad():  # make the last layer non-zero so every layer gets a gradient
@@ -179,7 +184,8 @@ def test_stab_gradients_reach_only_the_denoiser(tmp_path, classifier_dir):
     loss.backward()
     assert all(p.grad is None for p in f.parameters())
     grads = [p.grad for p in denoiser.parameters()]
-    assert all(g is not None for g in grads) and all(float(g.abs().sum()) > 0 for g in grads)
+    assert all(g is not None for g in grads)
+    assert all(float(g.abs().sum()) > 0 for g in grads)
     # whole training runs: f's weights and BatchNorm statistics never change
     r = _recipe(tmp_path, "stab", epochs=1, val_data=TEST, max_val_images=40)
     assert train_denoiser(r, classifier=f) == "done"
@@ -188,8 +194,8 @@ def test_stab_gradients_reach_only_the_denoiser(tmp_path, classifier_dir):
     assert not f.training
 
 
-@pytest.mark.parametrize("mode, per_step", [("round-robin", None), ("average", 2)])
-def test_surrogates_never_call_the_target(tmp_path, classifier_dir, mode, per_step):
+@pytest.mark.parametrize("mode", ["round-robin", "average"])
+def test_surrogates_never_call_the_target(tmp_path, classifier_dir, mode):
     s0, s1 = Counting(_classifier(classifier_dir)), Counting(_classifier(classifier_dir))
     r = _recipe(
         tmp_path,
@@ -224,10 +230,12 @@ def test_cli_surrogates_do_not_even_load_the_target(tmp_path, classifier_dir):
     )
     assert main(args) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["classifier"] is None and len(config["surrogates"]) == 2
-    assert config["kind"] == "denoiser" and config["sigma"] == 0.5
+    assert config["classifier"] is None
+    assert len(config["surrogates"]) == 2
+    assert config["kind"] == "denoiser"
+    assert config["sigma"] == 0.5
     args[args.index("--out") + 1] = str(tmp_path / "q2")
-    assert main(args + ["--val-target"]) == 2  # only now is the (missing) target loaded
+    assert main([*args, "--val-target"]) == 2  # only now is the (missing) target loaded
     assert not (tmp_path / "q2" / "train_state.safetensors").exists()
 
 
@@ -249,7 +257,8 @@ def test_init_fine_tunes_an_existing_denoiser(tmp_path, classifier_dir):
     assert train_denoiser(tuned, classifier=f) == "done"
     end = load_file(str(tmp_path / "stab" / "model.safetensors"))
     convs = [k for k in start if k.endswith("weight") and start[k].ndim == 4]
-    assert convs and all(torch.allclose(start[k], end[k], atol=1e-9) for k in convs)
+    assert convs
+    assert all(torch.allclose(start[k], end[k], atol=1e-9) for k in convs)
     assert json.loads((tmp_path / "stab" / "config.json").read_text())["init"] == mse.out
     wrong = _recipe(tmp_path, "stab", name="w", arch="dncnn_wide", init=mse.out, arch_kwargs={})
     with pytest.raises(UserError, match="dncnn"):
@@ -269,7 +278,8 @@ def test_denoiser_resume_is_exact(tmp_path, classifier_dir):
     a = load_file(str(tmp_path / "full" / "train_state.safetensors"))
     b = load_file(str(tmp_path / "part" / "train_state.safetensors"))
     assert any("exp_avg" in k for k in a)  # Adam moments are part of the state
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_test_denoiser_identity_equals_no_denoiser(tmp_path, classifier_dir, capsys):
@@ -302,8 +312,10 @@ def test_test_denoiser_identity_equals_no_denoiser(tmp_path, classifier_dir, cap
         == 0
     )
     r = json.loads(out.read_text())
-    assert r["n"] == 100 and r["psnr"] == pytest.approx(r["psnr_noisy_input"], abs=1e-9)
-    assert r["noisy_acc"] == r["no_denoiser_noisy_acc"] and r["clean_acc"] > 0.2
+    assert r["n"] == 100
+    assert r["psnr"] == pytest.approx(r["psnr_noisy_input"], abs=1e-9)
+    assert r["noisy_acc"] == r["no_denoiser_noisy_acc"]
+    assert r["clean_acc"] > 0.2
     assert 11 < r["psnr"] < 14  # sigma 0.25 noise clipped to [0, 1]: ~12-13 dB
     assert "psnr" in capsys.readouterr().out
 

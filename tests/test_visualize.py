@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from dsmooth.analysis.denoising_grid import class_names, denoising_grid
+from dsmooth.certify.smooth import Smooth
 from dsmooth.cli import main
-from dsmooth.data import load_images
+from dsmooth.data.load import load_images
 from dsmooth.errors import UserError
-from dsmooth.smoothing import Smooth
 from dsmooth.sources import load_model
-from dsmooth.visualize import class_names, denoising_grid
 
 
 class Blur(nn.Module):
@@ -61,16 +61,19 @@ def test_grid_shows_clean_noisy_denoised_with_the_classifier_labels(
     denoiser = load_model(str(denoiser_file), role="denoiser")
     data = load_images(tiny_data_file)
     indices, sigmas = [0, 5, 7], [0.25, 0.5]
-    fig = denoising_grid(classifier, data, indices, sigmas, denoiser=denoiser, seed=3)
+    fig = denoising_grid(
+        classifier, data, indices=indices, sigmas=sigmas, denoiser=denoiser, seed=3
+    )
     cols = 1 + 2 * len(sigmas)
     assert len(fig.axes) == len(indices) * cols
     titles = [fig.axes[c].get_title() for c in range(cols)]
+    sigma = "\N{GREEK SMALL LETTER SIGMA}"  # the titles' own letter (ruff RUF001 reads it as o)
     assert titles == [
         "clean",
-        "x + d, σ=0.25",
-        "D(x + d), σ=0.25",
-        "x + d, σ=0.5",
-        "D(x + d), σ=0.5",
+        f"x + d, {sigma}=0.25",
+        f"D(x + d), {sigma}=0.25",
+        f"x + d, {sigma}=0.5",
+        f"D(x + d), {sigma}=0.5",
     ]
 
     for r, i in enumerate(indices):
@@ -101,7 +104,7 @@ def test_grid_without_denoiser_and_class_names(tiny_classifier_file, tiny_data_f
     classifier = load_model(str(tiny_classifier_file), role="classifier")
     data = load_images(tiny_data_file)
     names = ["ant", "bee", "cow"]
-    fig = denoising_grid(classifier, data, [2], [0.12, 0.25, 1.0], names=names)
+    fig = denoising_grid(classifier, data, indices=[2], sigmas=[0.12, 0.25, 1.0], names=names)
     assert len(fig.axes) == 4
     assert fig.axes[0].get_ylabel() == f"#2: {names[data.labels[2]]}"
     assert all(ax.xaxis.label.get_text().split(": ")[1] in names for ax in fig.axes)
@@ -119,24 +122,24 @@ def test_class_name_option():
 def test_bad_requests_are_user_errors(tiny_classifier_file, tiny_data_file):
     classifier = load_model(str(tiny_classifier_file), role="classifier")
     data = load_images(tiny_data_file)
-    with pytest.raises(UserError, match="outside 0..11"):
-        denoising_grid(classifier, data, [12], [0.25])
+    with pytest.raises(UserError, match=r"outside 0\.\.11"):
+        denoising_grid(classifier, data, indices=[12], sigmas=[0.25])
     with pytest.raises(UserError, match="positive"):
-        denoising_grid(classifier, data, [0], [0.0])
+        denoising_grid(classifier, data, indices=[0], sigmas=[0.0])
     with pytest.raises(UserError, match="keep the image shape"):
-        denoising_grid(classifier, data, [0], [0.25], denoiser=Crop())
+        denoising_grid(classifier, data, indices=[0], sigmas=[0.25], denoiser=Crop())
     with pytest.raises(UserError, match="at least one"):
-        denoising_grid(classifier, data, [], [0.25])
+        denoising_grid(classifier, data, indices=[], sigmas=[0.25])
 
 
 def test_cli_writes_the_png(tmp_path, tiny_classifier_file, tiny_data_file, denoiser_file, capsys):
     out = tmp_path / "grid.png"
     base = ["visualize", "--classifier", str(tiny_classifier_file), "--data", str(tiny_data_file)]
-    argv = base + ["--denoiser", str(denoiser_file), "--indices", "0", "1", "--sigmas", "0.25"]
-    assert main(argv + ["--out", str(out)]) == 0
+    argv = [*base, "--denoiser", str(denoiser_file), "--indices", "0", "1", "--sigmas", "0.25"]
+    assert main([*argv, "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
-    assert main(argv + ["--out", str(tmp_path / "grid.bmp")]) == 2
+    assert main([*argv, "--out", str(tmp_path / "grid.bmp")]) == 2
     assert "extension" in capsys.readouterr().err
-    assert main(base + ["--indices", "99", "--out", str(out)]) == 2
+    assert main([*base, "--indices", "99", "--out", str(out)]) == 2
     assert "outside" in capsys.readouterr().err

@@ -58,7 +58,7 @@ class Raising(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x):
+    def forward(self, _x):
         raise AssertionError("the target classifier was called")
 
 

@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dsmooth import __version__
+    from dsmooth._version import __version__
 
     parser = _Parser(
         prog="dsmooth",

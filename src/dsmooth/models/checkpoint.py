@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from dsmooth.atomic import replacing, write_text
+from dsmooth._io import replacing, write_text
 from dsmooth.errors import UserError
 from dsmooth.models import create
 
@@ -47,7 +47,7 @@ def save_checkpoint(
 
     `dtype=torch.float16` halves the size of shipped weights; loading restores float32.
     """
-    from dsmooth import __version__
+    from dsmooth._version import __version__
 
     if "architecture" not in config:
         raise ValueError("config must name the registry 'architecture'")
@@ -132,12 +132,15 @@ def load_checkpoint(
         raise UserError(
             f"{p}: its config kwargs do not fit {config['architecture']} ({e})."
         ) from None
-    if p.is_dir() and WEIGHTS_SHA256 in config:
-        if file_sha256(p / WEIGHTS) != config[WEIGHTS_SHA256]:
-            raise UserError(
-                f"{p}: {WEIGHTS} is not the one {CONFIG} was written for (a save was cut "
-                "off between the two files); save the checkpoint again."
-            )
+    if (
+        p.is_dir()
+        and WEIGHTS_SHA256 in config
+        and file_sha256(p / WEIGHTS) != config[WEIGHTS_SHA256]
+    ):
+        raise UserError(
+            f"{p}: {WEIGHTS} is not the one {CONFIG} was written for (a save was cut "
+            "off between the two files); save the checkpoint again."
+        )
     try:
         state = load_file(str(p / WEIGHTS if p.is_dir() else p))
     except (OSError, SafetensorError) as e:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dsmooth.errors import UserError, brief
-from dsmooth.noise import check_sigma
+from dsmooth.sigma import check_sigma
 
 #: How far (relatively) 2 * sigma may lie outside the schedule's noise range and still be
 #: served by its nearest end; beyond it no timestep carries the certification noise.

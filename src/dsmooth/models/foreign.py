@@ -194,29 +194,15 @@ def import_weights(
     a checkpoint config ready for `save_checkpoint`)."""
     p = Path(path)
     state, extras = read_state_dict(p)
-    if arch is None and isinstance(extras.get("arch"), str):
-        arch = OFFICIAL_ARCHITECTURES.get(extras["arch"], extras["arch"])
-    if arch is None:
-        raise UserError(
-            f"{p} is a plain state dict; name its architecture with --arch or the spec "
-            f"ARCH:{p} (known: {', '.join(list_models())})."
-        )
-    if arch not in list_models():
-        raise UserError(f"unknown architecture {arch!r}; known: {', '.join(list_models())}.")
+    arch = _architecture(p, arch, extras)
     kind = model_kind(arch)
     mean, std = parse_stats(mean, "mean"), parse_stats(std, "std")
-    kwargs: dict = {}
     if kind == "classifier":
-        if mean is not None:
-            kwargs["mean"] = list(mean)
-        if std is not None:
-            kwargs["std"] = list(std)
-        if num_classes is None:
-            num_classes = infer_num_classes(create(arch), state)
-        if num_classes is not None:
-            kwargs["num_classes"] = int(num_classes)
+        kwargs = _classifier_kwargs(arch, state, mean=mean, std=std, num_classes=num_classes)
     elif mean is not None or std is not None:
         raise UserError(f"{arch} is a denoiser: it takes no mean/std normalisation.")
+    else:
+        kwargs = {}
     try:
         model = create(arch, **kwargs)
     except (TypeError, ValueError) as e:
@@ -251,6 +237,42 @@ def import_weights(
     if kind == "classifier":
         config["num_classes"] = _output_width(model)
     return model.eval(), config
+
+
+def _architecture(p: Path, arch: str | None, extras: dict) -> str:
+    """`arch`, or the one the file names (official names mapped to ours); a known one."""
+    if arch is None and isinstance(extras.get("arch"), str):
+        arch = OFFICIAL_ARCHITECTURES.get(extras["arch"], extras["arch"])
+    if arch is None:
+        raise UserError(
+            f"{p} is a plain state dict; name its architecture with --arch or the spec "
+            f"ARCH:{p} (known: {', '.join(list_models())})."
+        )
+    if arch not in list_models():
+        raise UserError(f"unknown architecture {arch!r}; known: {', '.join(list_models())}.")
+    return arch
+
+
+def _classifier_kwargs(
+    arch: str,
+    state: dict,
+    *,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    num_classes: int | None,
+) -> dict:
+    """The constructor options of a classifier: the given normalisation, and the number of
+    classes given or read off the weights' last linear layer."""
+    kwargs: dict = {}
+    if mean is not None:
+        kwargs["mean"] = list(mean)
+    if std is not None:
+        kwargs["std"] = list(std)
+    if num_classes is None:
+        num_classes = infer_num_classes(create(arch), state)
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
+    return kwargs
 
 
 def _output_width(model: nn.Module) -> int | None:

@@ -66,6 +66,7 @@ def _names_an_architecture(head: str, tail: str) -> bool:
 def load_with_config(
     spec: str | os.PathLike,
     arch: str | None = None,
+    *,
     mean=None,
     std=None,
     num_classes: int | None = None,
@@ -117,6 +118,7 @@ def _has_no_config(path: Path) -> bool:
 def load(
     spec: str | os.PathLike,
     arch: str | None = None,
+    *,
     mean=None,
     std=None,
     num_classes: int | None = None,
@@ -125,7 +127,7 @@ def load(
     """The model behind `spec` (see the module doc), in eval mode; its checkpoint config is
     attached as `.dsmooth_config`. `mean`/`std` ("imagenet", "cifar10", or numbers) set a
     foreign classifier's input normalisation."""
-    found = load_with_config(spec, arch, mean, std, num_classes, device)
+    found = load_with_config(spec, arch, mean=mean, std=std, num_classes=num_classes, device=device)
     if found is None:
         raise UserError(
             f"cannot load {spec!r}: not a dsmooth checkpoint, a shipped model name, or "

@@ -21,7 +21,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 def search_path() -> list[Path]:
     """Where shipped models are looked up, in order."""
     extra = [Path(d) for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d]
-    return extra + [Path(__file__).resolve().parents[1] / "pretrained"]
+    return [*extra, Path(__file__).resolve().parents[1] / "pretrained"]
 
 
 def list_pretrained() -> list[str]:

@@ -89,6 +89,7 @@ class WideResNet(nn.Module):
 def wide_resnet(
     depth: int,
     widen: int,
+    *,
     num_classes: int = 10,
     drop_rate: float = 0.0,
     mean: Sequence[float] = CIFAR10_MEAN,
@@ -105,7 +106,9 @@ def _make(depth: int, widen: int):
         mean: Sequence[float] = CIFAR10_MEAN,
         std: Sequence[float] = CIFAR10_STD,
     ) -> NormalizedClassifier:
-        return wide_resnet(depth, widen, num_classes, drop_rate, mean, std)
+        return wide_resnet(
+            depth, widen, num_classes=num_classes, drop_rate=drop_rate, mean=mean, std=std
+        )
 
     build.__doc__ = f"WRN-{depth}-{widen} with CIFAR-10 normalisation by default."
     return build

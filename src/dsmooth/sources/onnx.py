@@ -9,7 +9,7 @@ against a surrogate, docs/query-access.md).
 
 OpenVINO reads ONNX files directly: `on_openvino` runs the same file on its CPU runtime
 instead, in fp32 or (where the CPU computes it natively) bf16, which onnxruntime's CPU
-provider lacks. The engine's `--backend` decides which runs (dsmooth.engine).
+provider lacks. The engine's `--backend` decides which runs (dsmooth.pipeline.engine).
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ class RemoteClassifier:
         self,
         url: str,
         protocol: str,
+        *,
         contract: InputContract,
         client: ClientOptions,
         input_name: str | None = None,
@@ -248,8 +249,8 @@ def resolve(spec: str, options: dict):
     return RemoteClassifier(
         base,
         protocol,
-        contract_from_options(options),
-        client_options(options),
-        options.get("input_name"),
-        options.get("output_name"),
+        contract=contract_from_options(options),
+        client=client_options(options),
+        input_name=options.get("input_name"),
+        output_name=options.get("output_name"),
     )

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dsmooth.data.transforms import random_crop_flip, to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models import create, list_models
 from dsmooth.models.checkpoint import save_checkpoint
-from dsmooth.noise import check_sigma
+from dsmooth.sigma import check_sigma
 from dsmooth.training import loop
-from dsmooth.training.augment import random_crop_flip, to_float_nchw
 from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
 from dsmooth.training.recipe import (
     check_lr,
@@ -114,7 +114,7 @@ def _train(r, resume) -> str:
             batch = random_crop_flip(batch, g, r.crop_pad, r.flip)
         return to_float_nchw(batch)
 
-    def step_fn(batch, y, g, step):
+    def step_fn(batch, y, g, _step):
         x = prepare(batch, g, augment=True)
         if r.noise_sigma > 0:
             x = x + torch.randn(x.shape, generator=g) * r.noise_sigma
@@ -129,7 +129,14 @@ def _train(r, resume) -> str:
         if val is None:
             return {}
         return evaluate_classifier(
-            model, val[0], val[1], r.val_batch, precision, fmt, r.noise_sigma, r.seed
+            model,
+            val[0],
+            labels=val[1],
+            batch=r.val_batch,
+            precision=precision,
+            fmt=fmt,
+            noise_sigma=r.noise_sigma,
+            seed=r.seed,
         )
 
     recipe = recipe_json(r)
@@ -155,7 +162,17 @@ def _train(r, resume) -> str:
     lr_fn = lr_schedule(r, len(images))
     opts = loop_options(r, desc=r.arch)
     return loop.run_loop(
-        model, optimizer, images, labels, step_fn, validate, export, lr_fn, opts, recipe, resume
+        model,
+        optimizer,
+        images=images,
+        labels=labels,
+        step_fn=step_fn,
+        validate_fn=validate,
+        export_fn=export,
+        lr_fn=lr_fn,
+        opts=opts,
+        recipe=recipe,
+        resume=resume,
     )
 
 
@@ -196,6 +213,7 @@ def build(arch: str, kwargs: dict) -> torch.nn.Module:
 def evaluate_classifier(
     model: torch.nn.Module,
     images: torch.Tensor,
+    *,
     labels: torch.Tensor,
     batch: int = 500,
     precision: str = "fp32",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dsmooth.datasets import load_dataset
+from dsmooth.data.datasets import load_dataset
 from dsmooth.errors import UserError
 
 
@@ -20,7 +20,7 @@ def load_training_set(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, H, W, C) and int64 labels of `paths` joined in order (first `max_images`).
 
-    Each path is anything `dsmooth.datasets.load_dataset` reads (npz, cifar-10-batches-py,
+    Each path is anything `dsmooth.data.datasets.load_dataset` reads (npz, cifar-10-batches-py,
     `cifar10`, image folders); `split` picks train or test where a source holds both."""
     if not paths:
         raise UserError("no training data given.")

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from dsmooth.data.transforms import random_crop_flip, to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models import list_models
 from dsmooth.models.checkpoint import save_checkpoint
-from dsmooth.noise import check_sigma
+from dsmooth.sigma import check_sigma
 from dsmooth.training import loop
-from dsmooth.training.augment import random_crop_flip, to_float_nchw
 from dsmooth.training.classifier import build
 from dsmooth.training.evaluate import evaluate_denoiser
 from dsmooth.training.objectives import OBJECTIVES, SURROGATE_MODES, DenoiserObjective
@@ -141,6 +141,58 @@ def train_denoiser(
         return _train(r, resume, classifier, surrogates)
 
 
+def _classifiers(r, classifier, surrogates) -> tuple[nn.Module | None, list]:
+    """(the target classifier to validate on, or None; the classifiers the objective trains
+    against): the surrogates when there are any (the target then only with `r.val_target`),
+    else the target classifier."""
+    if bool(r.surrogates) or bool(surrogates):
+        surrogates = list(surrogates or [_load_classifier(s) for s in r.surrogates])
+        target = None
+        if r.val_target:
+            target = classifier
+            if target is None:
+                target = _load_classifier(r.classifier, r.classifier_options)
+        return target, surrogates
+    target = classifier
+    if target is None and r.classifier:
+        target = _load_classifier(r.classifier, r.classifier_options)
+    return target, ([target] if target is not None else [])
+
+
+def _initial_denoiser(r) -> tuple[nn.Module, dict]:
+    """(the denoiser to train, its constructor options): from `r.init`'s checkpoint, or a
+    new `r.arch`."""
+    if not r.init:
+        kwargs = dict(r.arch_kwargs)
+        return build(r.arch, kwargs), kwargs
+    denoiser, init_config = _load_denoiser_init(r.init)
+    if init_config.get("architecture") != r.arch:
+        raise UserError(
+            f"--init holds a {init_config.get('architecture')!r} denoiser but --arch is {r.arch!r}."
+        )
+    if r.arch_kwargs:
+        raise UserError("--arch-kwargs do not apply with --init (the checkpoint has them).")
+    return denoiser, dict(init_config.get("kwargs", {}))
+
+
+def _val_classifiers(target: nn.Module | None, surrogates: Sequence) -> dict[str, nn.Module]:
+    """What validation measures accuracy on: "noisy" (the target), "surrogate{i}_noisy"."""
+    val_classifiers: dict[str, nn.Module] = {}
+    if target is not None:
+        val_classifiers["noisy"] = target
+    for i, f in enumerate(surrogates):
+        val_classifiers[f"surrogate{i}_noisy"] = f
+    return val_classifiers
+
+
+def _optimizer(r, denoiser: nn.Module) -> torch.optim.Optimizer:
+    if r.optimizer == "adam":
+        return torch.optim.Adam(denoiser.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+    return torch.optim.SGD(
+        denoiser.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay
+    )
+
+
 def _train(r, resume, classifier=None, surrogates=None) -> str:
     device = torch.device("cpu")
     precision = resolve_precision(r.precision, device)
@@ -148,42 +200,12 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
     images, labels, val = load_sets(r)
 
     use_surrogates = bool(r.surrogates) or bool(surrogates)
-    if use_surrogates:
-        surrogates = list(surrogates or [_load_classifier(s) for s in r.surrogates])
-        train_classifiers = surrogates
-        target = None
-        if r.val_target:
-            target = classifier
-            if target is None:
-                target = _load_classifier(r.classifier, r.classifier_options)
-    else:
-        target = classifier
-        if target is None and r.classifier:
-            target = _load_classifier(r.classifier, r.classifier_options)
-        train_classifiers = [target] if target is not None else []
+    target, train_classifiers = _classifiers(r, classifier, surrogates)
 
     torch.manual_seed(r.seed)
-    kwargs: dict = dict(r.arch_kwargs)
-    init_config: dict = {}
-    if r.init:
-        denoiser, init_config = _load_denoiser_init(r.init)
-        if init_config.get("architecture") != r.arch:
-            raise UserError(
-                f"--init holds a {init_config.get('architecture')!r} denoiser but --arch "
-                f"is {r.arch!r}."
-            )
-        if r.arch_kwargs:
-            raise UserError("--arch-kwargs do not apply with --init (the checkpoint has them).")
-        kwargs = dict(init_config.get("kwargs", {}))
-    else:
-        denoiser = build(r.arch, kwargs)
+    denoiser, kwargs = _initial_denoiser(r)
     denoiser = denoiser.to(device, memory_format=fmt)
-    if r.optimizer == "adam":
-        optimizer = torch.optim.Adam(denoiser.parameters(), lr=r.lr, weight_decay=r.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(
-            denoiser.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay
-        )
+    optimizer = _optimizer(r, denoiser)
     objective = DenoiserObjective(
         r.objective,
         train_classifiers,
@@ -205,12 +227,7 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
             denoised = denoiser(noisy)
         return objective(denoised, x, y, step)
 
-    val_classifiers: dict[str, nn.Module] = {}
-    if target is not None:
-        val_classifiers["noisy"] = target
-    if use_surrogates:
-        for i, f in enumerate(train_classifiers):
-            val_classifiers[f"surrogate{i}_noisy"] = f
+    val_classifiers = _val_classifiers(target, train_classifiers if use_surrogates else [])
 
     def validate() -> dict:
         if val is None:
@@ -218,13 +235,13 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
         return evaluate_denoiser(
             denoiser,
             val[0],
-            val[1],
-            r.sigma,
-            val_classifiers,
-            r.val_batch,
-            precision,
-            r.channels_last,
-            r.seed,
+            labels=val[1],
+            sigma=r.sigma,
+            classifiers=val_classifiers,
+            batch=r.val_batch,
+            precision=precision,
+            channels_last=r.channels_last,
+            seed=r.seed,
         )
 
     recipe = recipe_json(r)
@@ -252,5 +269,15 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
     lr_fn = lr_schedule(r, len(images))
     opts = loop_options(r, desc=f"{r.arch} {r.objective}")
     return loop.run_loop(
-        denoiser, optimizer, images, labels, step_fn, validate, export, lr_fn, opts, recipe, resume
+        denoiser,
+        optimizer,
+        images=images,
+        labels=labels,
+        step_fn=step_fn,
+        validate_fn=validate,
+        export_fn=export,
+        lr_fn=lr_fn,
+        opts=opts,
+        recipe=recipe,
+        resume=resume,
     )

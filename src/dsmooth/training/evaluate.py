@@ -1,7 +1,7 @@
 """Denoiser validation: PSNR of D(x + d) against x, and the accuracy of f(D(x + d)) under
 one noise draw per image (the per-draw accuracy a smoothed classifier is built from).
 
-The noise of image i depends only on (seed, i) (`dsmooth.evaluation.image_noise`), so
+The noise of image i depends only on (seed, i) (`dsmooth.pipeline.evaluation.image_noise`), so
 numbers are comparable across epochs, batch sizes and with `dsmooth evaluate`.
 """
 
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dsmooth.evaluation import image_noise
-from dsmooth.training.augment import to_float_nchw
+from dsmooth.data.transforms import to_float_nchw
+from dsmooth.pipeline.evaluation import image_noise
 from dsmooth.training.precision import autocast
 
 
@@ -23,6 +23,7 @@ from dsmooth.training.precision import autocast
 def evaluate_denoiser(
     denoiser: nn.Module | None,
     images: torch.Tensor,
+    *,
     labels: torch.Tensor,
     sigma: float,
     classifiers: Mapping[str, nn.Module] | None = None,
@@ -118,10 +119,20 @@ def denoiser_report(
     common = dict(batch=batch, precision=precision, seed=seed, progress=progress)
     result = {"n": len(images), "sigma": sigma, "precision": precision}
     result.update(
-        evaluate_denoiser(denoiser, images, labels, sigma, classifiers, prefix="", **common)
+        evaluate_denoiser(
+            denoiser,
+            images,
+            labels=labels,
+            sigma=sigma,
+            classifiers=classifiers,
+            prefix="",
+            **common,
+        )
     )
     if classifiers:
-        baseline = evaluate_denoiser(None, images, labels, sigma, classifiers, prefix="", **common)
+        baseline = evaluate_denoiser(
+            None, images, labels=labels, sigma=sigma, classifiers=classifiers, prefix="", **common
+        )
         result["psnr_noisy_input"] = baseline["psnr"]
         result["no_denoiser_noisy_acc"] = baseline["noisy_acc"]
         result["clean_acc"] = clean_accuracy(classifiers["noisy"], images, labels, batch, precision)

@@ -83,7 +83,7 @@ class _StopFlag:
             self._old = {}
         return self
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum, _frame):
         if self.signal is not None:  # second signal: give up at once
             raise KeyboardInterrupt
         self.signal = signum
@@ -97,6 +97,7 @@ class _StopFlag:
 def run_loop(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    *,
     images: torch.Tensor,
     labels: torch.Tensor,
     step_fn: StepFn,
@@ -113,7 +114,6 @@ def run_loop(
     steps_per_epoch = n // opts.batch
     if steps_per_epoch < 1:
         raise UserError(f"the training set has {n} images, fewer than one batch of {opts.batch}.")
-    total_steps = opts.epochs * steps_per_epoch
     prog = Progress()
     if resume and st.has_state(opts.out):
         info = st.load_state(opts.out, model, optimizer)
@@ -125,94 +125,157 @@ def run_loop(
             "or choose another --out."
         )
     opts.out.mkdir(parents=True, exist_ok=True)
-
-    def save() -> None:
-        st.save_state(opts.out, model, optimizer, {"progress": prog.to_json(), "recipe": recipe})
-        export_fn(prog, prog.epoch + prog.batch / steps_per_epoch)
-
     if prog.epoch >= opts.epochs:
         # A finished run resumed: nothing to train, but write the checkpoint again from
         # the state, so a clone that keeps only train_state.safetensors gets the model.
         export_fn(prog, prog.epoch)
         write_metrics(opts.out, prog.history, recipe)
         return "done"
-
-    started = time.monotonic()
-    last_save = started
-    steps_this_call = 0
+    run = _Run(
+        model=model,
+        optimizer=optimizer,
+        images=images,
+        labels=labels,
+        step_fn=step_fn,
+        validate_fn=validate_fn,
+        export_fn=export_fn,
+        lr_fn=lr_fn,
+        opts=opts,
+        recipe=recipe,
+        prog=prog,
+        steps_per_epoch=steps_per_epoch,
+    )
     with _StopFlag() as stop:
         while prog.epoch < opts.epochs:
-            perm = torch.randperm(n, generator=generator(opts.seed, prog.epoch))
-            bar = tqdm(
-                total=steps_per_epoch,
-                initial=prog.batch,
-                desc=f"{opts.desc} epoch {prog.epoch + 1}/{opts.epochs}",
-                unit="batch",
-                disable=not opts.progress,
-                dynamic_ncols=True,
-            )
-            while prog.batch < steps_per_epoch:
-                t0 = time.monotonic()
-                idx = perm[prog.batch * opts.batch : (prog.batch + 1) * opts.batch]
-                lr = lr_fn(prog.step, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                model.train()
-                loss, stats = step_fn(
-                    images[idx],
-                    labels[idx],
-                    generator(opts.seed, prog.epoch, prog.batch),
-                    prog.step,
-                )
-                if not torch.isfinite(loss.detach()):
-                    bar.close()
-                    raise UserError(
-                        f"training diverged (loss {float(loss.detach()):g} at step "
-                        f"{prog.step}); the last checkpoint is kept; lower --lr or warm up."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                for k, v in stats.items():
-                    prog.sums[k] = prog.sums.get(k, 0.0) + float(v)
-                prog.step += 1
-                prog.batch += 1
-                prog.seconds += time.monotonic() - t0
-                steps_this_call += 1
-                bar.update(1)
-                bar.set_postfix(_postfix(prog.sums, lr), refresh=False)
-                now = time.monotonic()
-                budget_over = (
-                    opts.max_steps is not None and steps_this_call >= opts.max_steps
-                ) or (opts.max_minutes is not None and now - started >= 60 * opts.max_minutes)
-                if stop.signal is not None or budget_over:
-                    bar.close()
-                    if prog.batch >= steps_per_epoch:
-                        break  # finish the epoch (validation + save) first
-                    save()
-                    return "interrupted" if stop.signal is not None else "stopped"
-                if now - last_save >= 60 * opts.save_every_minutes:
-                    save()
-                    last_save = time.monotonic()
-            bar.close()
-            row = _epoch_row(prog, lr_fn(max(prog.step - 1, 0), total_steps), opts.batch)
-            row.update(validate_fn())
-            prog.history.append(row)
-            prog.epoch += 1
-            prog.batch = 0
-            prog.sums = {}
-            prog.seconds = 0.0
-            save()
-            last_save = time.monotonic()
-            write_metrics(opts.out, prog.history, recipe)
-            tqdm.write(_describe(row))  # one line per epoch, with or without the bar
+            stopped = run.epoch(stop)
+            if stopped is not None:
+                return stopped
+            run.finish_epoch()
             if stop.signal is not None:
                 return "interrupted"
-            if (opts.max_steps is not None and steps_this_call >= opts.max_steps) or (
-                opts.max_minutes is not None and time.monotonic() - started >= 60 * opts.max_minutes
-            ):
+            if run.budget_over(time.monotonic()):
                 return "done" if prog.epoch >= opts.epochs else "stopped"
     return "done"
+
+
+@dataclass(kw_only=True)
+class _Run:
+    """One call of `run_loop` once its state is loaded: the training, epoch by epoch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    images: torch.Tensor
+    labels: torch.Tensor
+    step_fn: StepFn
+    validate_fn: Callable[[], dict]
+    export_fn: Callable[[Progress, float], None]
+    lr_fn: Callable[[int, int], float]
+    opts: LoopOptions
+    recipe: dict
+    prog: Progress
+    steps_per_epoch: int
+    started: float = field(default_factory=time.monotonic)
+    steps_this_call: int = 0
+    total_steps: int = field(init=False)
+    last_save: float = field(init=False)
+
+    def __post_init__(self):
+        self.total_steps = self.opts.epochs * self.steps_per_epoch
+        self.last_save = self.started
+
+    def save(self) -> None:
+        prog = self.prog
+        st.save_state(
+            self.opts.out,
+            self.model,
+            self.optimizer,
+            {"progress": prog.to_json(), "recipe": self.recipe},
+        )
+        self.export_fn(prog, prog.epoch + prog.batch / self.steps_per_epoch)
+
+    def budget_over(self, now: float) -> bool:
+        """Whether this call's step or time budget is spent."""
+        opts = self.opts
+        return (opts.max_steps is not None and self.steps_this_call >= opts.max_steps) or (
+            opts.max_minutes is not None and now - self.started >= 60 * opts.max_minutes
+        )
+
+    def epoch(self, stop: _StopFlag) -> str | None:
+        """The rest of the current epoch's steps; "interrupted" or "stopped" (after saving)
+        when a signal or the budget stops the run inside the epoch, else None."""
+        prog, opts = self.prog, self.opts
+        perm = torch.randperm(len(self.images), generator=generator(opts.seed, prog.epoch))
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=prog.batch,
+            desc=f"{opts.desc} epoch {prog.epoch + 1}/{opts.epochs}",
+            unit="batch",
+            disable=not opts.progress,
+            dynamic_ncols=True,
+        )
+        while prog.batch < self.steps_per_epoch:
+            self.step(perm, bar)
+            now = time.monotonic()
+            if stop.signal is not None or self.budget_over(now):
+                bar.close()
+                if prog.batch >= self.steps_per_epoch:
+                    break  # finish the epoch (validation + save) first
+                self.save()
+                return "interrupted" if stop.signal is not None else "stopped"
+            if now - self.last_save >= 60 * opts.save_every_minutes:
+                self.save()
+                self.last_save = time.monotonic()
+        bar.close()
+        return None
+
+    def step(self, perm: torch.Tensor, bar: tqdm) -> None:
+        """One optimizer step on the next batch of `perm`; a UserError if the loss is not
+        finite (nothing is saved: the last checkpoint stays)."""
+        prog, batch = self.prog, self.opts.batch
+        t0 = time.monotonic()
+        idx = perm[prog.batch * batch : (prog.batch + 1) * batch]
+        lr = self.lr_fn(prog.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        loss, stats = self.step_fn(
+            self.images[idx],
+            self.labels[idx],
+            generator(self.opts.seed, prog.epoch, prog.batch),
+            prog.step,
+        )
+        if not torch.isfinite(loss.detach()):
+            bar.close()
+            raise UserError(
+                f"training diverged (loss {float(loss.detach()):g} at step "
+                f"{prog.step}); the last checkpoint is kept; lower --lr or warm up."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        for k, v in stats.items():
+            prog.sums[k] = prog.sums.get(k, 0.0) + float(v)
+        prog.step += 1
+        prog.batch += 1
+        prog.seconds += time.monotonic() - t0
+        self.steps_this_call += 1
+        bar.update(1)
+        bar.set_postfix(_postfix(prog.sums, lr), refresh=False)
+
+    def finish_epoch(self) -> None:
+        """Validate, record the epoch's metrics row, save, and move to the next epoch."""
+        prog = self.prog
+        row = _epoch_row(prog, self.lr_fn(max(prog.step - 1, 0), self.total_steps))
+        row.update(self.validate_fn())
+        prog.history.append(row)
+        prog.epoch += 1
+        prog.batch = 0
+        prog.sums = {}
+        prog.seconds = 0.0
+        self.save()
+        self.last_save = time.monotonic()
+        write_metrics(self.opts.out, prog.history, self.recipe)
+        tqdm.write(_describe(row))  # one line per epoch, with or without the bar
 
 
 def _postfix(sums: dict, lr: float) -> dict:
@@ -222,7 +285,7 @@ def _postfix(sums: dict, lr: float) -> dict:
     return out
 
 
-def _epoch_row(prog: Progress, lr: float, batch: int) -> dict:
+def _epoch_row(prog: Progress, lr: float) -> dict:
     n = max(prog.sums.get("n", 0.0), 1.0)
     row = {"epoch": prog.epoch + 1, "step": prog.step, "lr": lr}
     row.update({f"train_{k}": v / n for k, v in prog.sums.items() if k != "n"})

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from dsmooth.atomic import write_text
+from dsmooth._io import write_text
 
 
 def _atomic_write(path: Path, text: str) -> None:

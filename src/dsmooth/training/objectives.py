@@ -58,10 +58,11 @@ class DenoiserObjective:
         self,
         name: str,
         classifiers: Sequence[nn.Module] = (),
+        *,
         soft_targets: bool = False,
         mse_weight: float = 0.0,
         mode: str = "round-robin",
-        autocast: Callable = None,
+        autocast: Callable | None = None,
     ):
         if name not in OBJECTIVES:
             raise UserError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}.")

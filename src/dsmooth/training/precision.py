@@ -12,25 +12,16 @@ import contextlib
 import torch
 
 from dsmooth.errors import UserError
+from dsmooth.pipeline.host import native_bf16
 
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def bf16_is_fast() -> bool:
-    """True when this CPU has native bf16 matrix units (AMX tiles or AVX512-BF16)."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:  # older torch
-        return False
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if bf16_is_fast() else "fp32"
+        return "bf16" if native_bf16(device) else "fp32"
     return precision
 
 

@@ -40,10 +40,18 @@ def load_sets(r) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.
 def lr_schedule(r, n_images: int) -> Callable[[int, int], float]:
     """lr_fn(step, total_steps) for the loop, with the warm-up converted to steps."""
     steps_per_epoch = max(n_images // r.batch, 1)
-    warmup = int(round(r.warmup_epochs * steps_per_epoch))
+    warmup = round(r.warmup_epochs * steps_per_epoch)
 
     def lr_fn(step: int, total: int) -> float:
-        return lr_at(step, total, r.lr, r.schedule, warmup, r.milestones, r.gamma)
+        return lr_at(
+            step,
+            total,
+            base_lr=r.lr,
+            schedule=r.schedule,
+            warmup_steps=warmup,
+            milestones=r.milestones,
+            gamma=r.gamma,
+        )
 
     return lr_fn
 

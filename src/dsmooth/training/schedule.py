@@ -17,6 +17,7 @@ SCHEDULES = ("cosine", "step", "onecycle", "constant")
 def lr_at(
     step: int,
     total_steps: int,
+    *,
     base_lr: float,
     schedule: str = "cosine",
     warmup_steps: int = 0,

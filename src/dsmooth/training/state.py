@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from dsmooth.atomic import replacing
+from dsmooth._io import replacing
 from dsmooth.errors import UserError
 
 STATE_FILE = "train_state.safetensors"

@@ -8,12 +8,42 @@ import sys
 import textwrap
 from pathlib import Path
 
-from dsmooth import atomic
+from dsmooth._io import write_text as write_whole
+from dsmooth.cli.options import add_options, option, table
 from dsmooth.errors import UserError
+
+#: The flags `build_report` reads, shared with `dsmooth report` (which words some of
+#: their help texts its own way).
+REPORT_OPTIONS = table(
+    option("logs", nargs="*", metavar="LOG", help="result logs (files or glob patterns)"),
+    option(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME=GLOB",
+        help="name a group of logs; repeat for more groups (or more globs for one name)",
+    ),
+    option(
+        "--radii",
+        nargs="+",
+        default=["0:1.5:0.25"],
+        metavar="R",
+        help="l2 radii: numbers and/or START:STOP:STEP ranges (default 0:1.5:0.25)",
+    ),
+    option(
+        "--envelope",
+        action="store_true",
+        help="one row per group (all LOGs without --label): best over its logs per radius",
+    ),
+    option(
+        "--decimals", type=int, default=0, help="decimals of percentages (default 0, as the paper)"
+    ),
+    option("--strict", action="store_true", help="treat every warning as an error"),
+)
 
 
 def register(sub) -> None:
-    from dsmooth.analysis import FORMATS
+    from dsmooth.analysis.tables import FORMATS
 
     p = sub.add_parser(
         "analyze",
@@ -33,41 +63,20 @@ def register(sub) -> None:
         epilog="example: dsmooth analyze --envelope --radii 0.25:1.5:0.25 \\\n"
         "    --label 'No denoiser=logs/noise_0.00/sigma_*' --label 'Stab=logs/stab/*/sigma_*'",
     )
-    p.add_argument("logs", nargs="*", metavar="LOG", help="result logs (files or glob patterns)")
-    p.add_argument(
-        "--label",
-        action="append",
-        default=[],
-        metavar="NAME=GLOB",
-        help="name a group of logs; repeat for more groups (or more globs for one name)",
-    )
-    p.add_argument(
-        "--radii",
-        nargs="+",
-        default=["0:1.5:0.25"],
-        metavar="R",
-        help="l2 radii: numbers and/or START:STOP:STEP ranges (default 0:1.5:0.25)",
-    )
-    p.add_argument(
-        "--envelope",
-        action="store_true",
-        help="one row per group (all LOGs without --label): best over its logs per radius",
-    )
+    add_options(p, REPORT_OPTIONS, ("logs", "label", "radii", "envelope"))
     p.add_argument("--format", choices=FORMATS, default="markdown", help="table format")
-    p.add_argument(
-        "--decimals", type=int, default=0, help="decimals of percentages (default 0, as the paper)"
-    )
+    add_options(p, REPORT_OPTIONS, ("decimals",))
     p.add_argument("--out", default=None, help="write the table to this file (default: stdout)")
     p.add_argument("--plot", default=None, help="write accuracy curves here (.png, .svg, .pdf)")
     p.add_argument("--max-radius", type=float, default=None, help="x-axis end of the plot")
     p.add_argument("--title", default=None, help="plot title")
-    p.add_argument("--strict", action="store_true", help="treat every warning as an error")
+    add_options(p, REPORT_OPTIONS, ("strict",))
     p.set_defaults(func=run)
 
 
 def parse_labels(items: list[str]) -> list[tuple[str, list[Path]]]:
     """`NAME=GLOB` arguments as (name, paths) groups, in order, merging repeated names."""
-    from dsmooth.analysis import expand
+    from dsmooth.analysis.tables import expand
 
     groups: dict[str, list[Path]] = {}
     for item in items:
@@ -93,12 +102,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"the output folder {path.parent} does not exist.")
-    atomic.write_text(path, text)
+    write_whole(path, text)
 
 
 def build_report(args):
-    from dsmooth.analysis import analyze, expand, parse_radii
-    from dsmooth.log_settings import with_caps
+    from dsmooth.analysis.settings import with_caps
+    from dsmooth.analysis.tables import analyze, expand, parse_radii
 
     if args.decimals < 0 or args.decimals > 6:
         raise UserError(f"--decimals must be between 0 and 6, got {args.decimals}.")
@@ -114,8 +123,8 @@ def build_report(args):
 
 
 def run(args) -> int:
-    from dsmooth.log_settings import plot_cap
-    from dsmooth.plots import check_figure_path, plot_curves
+    from dsmooth.analysis.plots import check_figure_path, plot_curves
+    from dsmooth.analysis.settings import plot_cap
 
     if args.plot:
         check_figure_path(args.plot)  # fail before the work, not after
@@ -126,8 +135,8 @@ def run(args) -> int:
         plot_curves(
             report.series,
             args.plot,
-            args.max_radius,
-            args.title,
+            max_radius=args.max_radius,
+            title=args.title,
             radii=report.radii,
             cap=cap,
             cap_label=cap_label,

@@ -1,13 +1,13 @@
 """`dsmooth bench`: noise samples/s of the certify loop, reference loop vs our engine.
 
-The flags of one benchmark run; what is measured, and how, is `dsmooth.bench`.
+The flags of one benchmark run; what is measured, and how, is `dsmooth.pipeline.bench`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from dsmooth.bench import (
+from dsmooth.pipeline.bench import (
     DEFAULT_PIPELINES,
     BenchSettings,
     bench_pipeline,
@@ -86,9 +86,9 @@ def torch_engine_options(args):
 def run(args) -> int:
     import torch
 
-    from dsmooth import engine
-    from dsmooth.noise import check_sigma
-    from dsmooth.smoothing import check_count
+    from dsmooth.certify.smooth import check_count
+    from dsmooth.pipeline import engine, host
+    from dsmooth.sigma import check_sigma
 
     for name in ("samples", "rounds", "reference_batch", "peak_size"):
         check_count(name.replace("_", "-"), getattr(args, name))
@@ -117,7 +117,7 @@ def run(args) -> int:
     precision = engine.resolve_precision(options.precision, engine.resolve_device(options.device))
     compiled = all(r.compiled for r in results)
     context = {
-        "cpu": engine.cpu_model(),
+        "cpu": host.cpu_model(),
         "load_start": load_start,
         "reference_batch": args.reference_batch,
         "samples": args.samples,

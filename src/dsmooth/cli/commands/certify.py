@@ -14,7 +14,7 @@ def register(sub) -> None:
         "bound pA with n fresh samples, radius = sigma * PhiInv(pA_lower). Rerun with the "
         "same --out to resume. --method sequential stops sampling early with the same "
         "guarantee (docs/sequential.md); --method takes any registered method "
-        "(dsmooth.methods).",
+        "(dsmooth.certify.methods).",
     )
     common.add_model_options(p)
     common.add_data_options(p)
@@ -49,7 +49,7 @@ def add_scale_out_options(p) -> None:
 
 
 def run(args) -> int:
-    from dsmooth.jobs import run_job
+    from dsmooth.runs.local import run_job
 
     if args.workers is not None and args.ray is None:
         raise UserError("--workers needs --ray.")
@@ -59,7 +59,7 @@ def run(args) -> int:
     built = common.build_job(job)
     written = run_job(job, built=built, progress=not args.no_progress)
     if args.sorted:
-        from dsmooth.distributed import sort_log
+        from dsmooth.runs.distributed import sort_log
 
         sort_log(job.out)
     common.report_summary(job.out, written)
@@ -69,7 +69,7 @@ def run(args) -> int:
 def run_on_ray(job, args) -> int:
     import sys
 
-    from dsmooth.distributed import certify_dataset
+    from dsmooth.runs.distributed import certify_dataset
 
     summary = certify_dataset(
         job,

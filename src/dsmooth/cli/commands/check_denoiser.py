@@ -9,9 +9,16 @@ from __future__ import annotations
 import json
 
 from dsmooth.cli.commands import source_options
-from dsmooth.cli.commands.common import DATA_FORMS, DENOISER_FORMS, MODEL_FORMS, add_strict_option
-from dsmooth.engine import default_precision
-from dsmooth.noise import check_sigma
+from dsmooth.cli.commands.common import (
+    DATA_OPTIONS,
+    DENOISER_FORMS,
+    MODEL_FORMS,
+    NOISE_LEVEL_OPTIONS,
+    SMOOTHING_OPTIONS,
+)
+from dsmooth.cli.options import add_options
+from dsmooth.pipeline.engine import default_precision
+from dsmooth.sigma import check_sigma
 
 #: --precision choices: certify's but int8, which is a quantised OpenVINO classifier.
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -35,8 +42,8 @@ def register(sub) -> None:
         default=None,
         help="classifier f (optional; without it, PSNR only): " + MODEL_FORMS,
     )
-    p.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
-    p.add_argument("--data", required=True, help="images and labels: " + DATA_FORMS)
+    add_options(p, NOISE_LEVEL_OPTIONS)
+    add_options(p, DATA_OPTIONS, ("data",))
     p.add_argument("--split", choices=["train", "test"], default="test", help="default test")
     p.add_argument("--max-images", type=int, default=None, help="only the first N images")
     p.add_argument("--batch", type=int, default=250, help="images per forward pass")
@@ -51,8 +58,7 @@ def register(sub) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_strict_option(p)
+    add_options(p, SMOOTHING_OPTIONS, ("no_progress", "strict"))
     source_options.add(p)
     p.set_defaults(func=run)
 
@@ -61,8 +67,8 @@ def run(args) -> int:
     import torch
 
     from dsmooth.cli.commands.common import prepare_denoiser
-    from dsmooth.engine import resolve_precision, set_threads
     from dsmooth.errors import UserError
+    from dsmooth.pipeline.engine import resolve_precision, set_threads
     from dsmooth.sources import load_model
     from dsmooth.training.data import load_training_set
     from dsmooth.training.evaluate import denoiser_report

@@ -1,5 +1,6 @@
-"""Options shared by the commands that run a smoothed classifier, and the few adapters
-from their parsed arguments to the library (dsmooth.certify_job, dsmooth.pipeline)."""
+"""Options shared by the commands that run a smoothed classifier, as tables of flags
+(dsmooth.cli.options) that each command takes whole or in part, and the few adapters from
+their parsed arguments to the library (dsmooth.runs.job, dsmooth.pipeline.build)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ from collections.abc import Sequence
 
 import torch
 
-from dsmooth import pipeline, provenance
-from dsmooth.base import denoiser_at_sigma, sigma_aware
-from dsmooth.certify_job import Built, CertifyJob, method_from_options
+from dsmooth.certify.methods import METHODS, Certifier
+from dsmooth.certify.smooth import NOISE_MODES
 from dsmooth.cli.commands import source_options
-from dsmooth.data import ImageSet
+from dsmooth.cli.options import Later, add_options, option, table
+from dsmooth.data.images import ImageSet
 from dsmooth.errors import UserError
-from dsmooth.methods import METHODS, Certifier
-from dsmooth.noise import check_sigma
-from dsmooth.pipeline import infer_num_classes, warn_sigma
-from dsmooth.smoothing import NOISE_MODES
+from dsmooth.logs import provenance
+from dsmooth.pipeline import build as pipeline
+from dsmooth.pipeline import engine
+from dsmooth.pipeline.build import infer_num_classes, warn_sigma
+from dsmooth.pipeline.compose import denoiser_at_sigma, sigma_aware
+from dsmooth.runs.job import Built, CertifyJob, method_from_options
+from dsmooth.sigma import check_sigma
 
 __all__ = ["infer_num_classes", "warn_sigma"]  # used by the commands from here
 
@@ -44,7 +48,7 @@ DENOISER_FORMS = (
     "(a state dict), diffusers:PATH, TorchScript (.pt), .keras, or module:function"
 )
 
-#: Every spelling --data may take (dsmooth.data.load_images, dsmooth.datasets).
+#: Every spelling --data may take (dsmooth.data.load.load_images, dsmooth.data.datasets).
 DATA_FORMS = (
     "a .npz with uint8 'images' (N,H,W,C) and 'labels'; FILE.npz:PREFIX (arrays "
     "PREFIX_images, PREFIX_labels); several joined, a.npz,b.npz; a folder of *SPLIT*.npz "
@@ -52,156 +56,6 @@ DATA_FORMS = (
     "cifar-10-batches-py folder; or cifar10 (downloaded once into $DSMOOTH_CACHE, default "
     "~/.cache/dsmooth); SPLIT is test unless --split says otherwise"
 )
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("models")
-    g.add_argument("--classifier", required=True, help="base classifier: " + MODEL_FORMS)
-    g.add_argument(
-        "--denoiser",
-        default=None,
-        help="optional denoiser D, certified as classifier(D(x + noise)): " + DENOISER_FORMS,
-    )
-    g.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        help="number of classes (default: from the classifier's output)",
-    )
-    g.add_argument(
-        "--arch",
-        default=None,
-        help="architecture of a foreign PyTorch state dict given as --classifier (.pt/.pth/.th; "
-        "or write the spec ARCH:PATH); see docs/models.md",
-    )
-    g.add_argument(
-        "--mean",
-        default=None,
-        help="with --arch: the input mean built into the imported classifier "
-        "(imagenet, cifar10, or R,G,B; default: the architecture's)",
-    )
-    g.add_argument(
-        "--std", default=None, help="with --arch: its input std (imagenet, cifar10, or R,G,B)"
-    )
-    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    source_options.add(p)
-
-
-def weights_options(args) -> dict:
-    """Options for a foreign-weights classifier (--arch/--mean/--std), only those given."""
-    names = ("arch", "mean", "std")
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-
-
-def add_data_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, help="images and labels: " + DATA_FORMS)
-    g.add_argument(
-        "--size",
-        type=int,
-        default=None,
-        help="image folders: resize the shorter side to SIZE*8/7 and keep the centre "
-        "SIZE x SIZE crop (ImageNet: 224); default: images as they are",
-    )
-    g.add_argument("--skip", type=int, default=1, help="use every SKIP-th image (default 1)")
-    g.add_argument(
-        "--max", type=int, default=-1, help="stop before this image index (default: all)"
-    )
-    add_class_names_option(g)
-
-
-def add_class_names_option(g) -> None:
-    g.add_argument(
-        "--class-names",
-        default=None,
-        help="the classifier's classes in label order, comma-separated, or 'cifar10': an "
-        "image folder's subfolders are matched to them by name (needed when the folder "
-        "holds only some of the classes; default: the sorted subfolder names, which must "
-        "then be as many as the classifier's classes)",
-    )
-
-
-def align_labels(args, data, num_classes: int) -> None:
-    """The data's labels in the classifier's label order (dsmooth.data.match_classes)."""
-    pipeline.align_labels(data, num_classes, getattr(args, "class_names", None))
-
-
-def add_sampling_options(p: argparse.ArgumentParser, certify: bool) -> None:
-    g = p.add_argument_group("smoothing")
-    g.add_argument("--sigma", type=float, required=True, help="noise level, in [0,1] pixel units")
-    if certify:
-        g.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
-        g.add_argument(
-            "--stop-if-misclassified",
-            action="store_true",
-            help="labelled benchmarks: stop an image after selection when the selected class "
-            "is not its label (it counts for nothing at any radius); its row keeps the "
-            "selected class, radius 0 and selection_only 1, and certified accuracy is "
-            "unchanged",
-        )
-    g.add_argument("--n", type=int, default=100_000, help="estimation samples (default 100000)")
-    g.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
-    g.add_argument(
-        "--batch",
-        type=batch_size,
-        default=64,
-        help="noise samples per forward pass, or 'auto' to measure the fastest (default 64)",
-    )
-    g.add_argument("--seed", type=int, default=0, help="noise seed (per image: seed, index)")
-    g.add_argument(
-        "--noise",
-        choices=("auto", *NOISE_MODES),
-        default="auto",
-        help="gaussian: float noise added to x (Cohen et al.); lattice: the Gaussian rounded "
-        "to the 1/255 grid and sampled exactly, which makes the certificate sound in "
-        "floating point for 8-bit images (docs/certification.md); auto: lattice for 8-bit "
-        "data (uint8 npz, image folders), else gaussian (default auto)",
-    )
-    g.add_argument("--out", required=True, help="result log (TSV); an existing log is resumed")
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_strict_option(g)
-    add_engine_options(p)
-
-
-def add_strict_option(p) -> None:
-    """--strict: a denoiser used at another sigma than it was trained for is an error."""
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="refuse a denoiser whose checkpoint records a different sigma than --sigma "
-        "(default: one warning on stderr)",
-    )
-
-
-def add_denoiser_sigma_option(p) -> None:
-    """--sigma (and --strict) for commands that run f(D(.)) outside certification (serve,
-    export)."""
-    p.add_argument(
-        "--sigma",
-        type=float,
-        default=None,
-        help="the noise level the denoiser will see ([0, 1] pixel units): required for a "
-        "diffusion denoiser, which picks its timestep from it; checked against a dsmooth "
-        "denoiser's training sigma otherwise",
-    )
-    add_strict_option(p)
-
-
-def prepare_denoiser(denoiser, sigma: float | None, strict: bool = False):
-    """The denoiser set up for --sigma (dsmooth.base.denoiser_at_sigma): positive if given,
-    required by a sigma-aware denoiser, compared with a checkpoint's training sigma."""
-    if sigma is not None:
-        check_sigma(sigma)
-    if denoiser is None:
-        return None
-    if sigma is None:
-        if sigma_aware(denoiser):
-            raise UserError(
-                "this denoiser picks its denoising step from the noise level: give --sigma "
-                "(the sigma the served or exported model will see)."
-            )
-        return denoiser
-    return denoiser_at_sigma(denoiser, sigma, strict=strict, warn=warn_sigma)
 
 
 def batch_size(text: str) -> int | str:
@@ -212,68 +66,6 @@ def batch_size(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
-
-
-def add_engine_options(p: argparse.ArgumentParser) -> None:
-    """How the base classifier runs (docs/engine.md); results do not depend on these in fp32."""
-    from dsmooth import engine
-
-    g = p.add_argument_group("engine (docs/engine.md)")
-    g.add_argument(
-        "--precision",
-        choices=engine.PRECISIONS,
-        default=engine.default_precision(),
-        help="arithmetic inside the base classifier; auto = bf16 where the hardware has it "
-        "(AMX/AVX512-BF16 CPU, CUDA), else fp32; int8 (OpenVINO, calibrated on noisy "
-        "images of --data) only when asked; noise is added in float32 before it (default auto)",
-    )
-    g.add_argument(
-        "--backend",
-        choices=engine.BACKENDS,
-        default=engine.default_backend(),
-        help="what runs a PyTorch base classifier: torch (bf16/inductor), openvino, or auto: "
-        "measure both for a few seconds on this host and keep the faster, remembered per "
-        "model and host (default auto; runs under 20000 samples use torch)",
-    )
-    g.add_argument(
-        "--calibration-images",
-        type=int,
-        default=300,
-        help="int8: the first N images of --data, plus noise at --sigma from its own seeded "
-        "stream, calibrate the quantisation (default 300)",
-    )
-    g.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=engine.default_compile(),
-        help="torch.compile the base classifier (freezing), once per process and batch shape; "
-        "falls back to eager with a warning if compilation fails (default: on for runs of "
-        f"{engine.COMPILE_MIN_SAMPLES} noise samples or more, where it repays its 15-35 s)",
-    )
-    g.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="channels_last memory format for convolutions (default on)",
-    )
-    add_threads_option(g)
-
-
-def add_threads_option(p) -> None:
-    """--threads N|auto; auto measures the candidates on this host (engine.choose_threads)."""
-    from dsmooth import engine
-
-    p.add_argument(
-        "--threads",
-        type=threads_value,
-        default=engine.default_threads(),
-        metavar="N|auto",
-        help="torch CPU threads; auto (default, or $DSMOOTH_THREADS) measures "
-        f"{' and '.join(map(str, engine.thread_candidates()))} threads for a few seconds and "
-        "keeps the fastest (on a loaded machine one thread can be several times faster "
-        f"than all); runs under {engine.THREADS_MIN_SAMPLES} samples keep torch's "
-        f"{engine.TORCH_THREADS}",
-    )
 
 
 def threads_value(text: str) -> int | str:
@@ -289,10 +81,232 @@ def threads_value(text: str) -> int | str:
     return value
 
 
+def _threads_help() -> str:
+    return (
+        "torch CPU threads; auto (default, or $DSMOOTH_THREADS) measures "
+        f"{' and '.join(map(str, engine.thread_candidates()))} threads for a few seconds and "
+        "keeps the fastest (on a loaded machine one thread can be several times faster "
+        f"than all); runs under {engine.THREADS_MIN_SAMPLES} samples keep torch's "
+        f"{engine.TORCH_THREADS}"
+    )
+
+
+#: --classifier, --denoiser and how to load them (add_model_options).
+MODEL_OPTIONS = table(
+    option("--classifier", required=True, help="base classifier: " + MODEL_FORMS),
+    option(
+        "--denoiser",
+        default=None,
+        help="optional denoiser D, certified as classifier(D(x + noise)): " + DENOISER_FORMS,
+    ),
+    option(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="number of classes (default: from the classifier's output)",
+    ),
+    option(
+        "--arch",
+        default=None,
+        help="architecture of a foreign PyTorch state dict given as --classifier (.pt/.pth/.th; "
+        "or write the spec ARCH:PATH); see docs/models.md",
+    ),
+    option(
+        "--mean",
+        default=None,
+        help="with --arch: the input mean built into the imported classifier "
+        "(imagenet, cifar10, or R,G,B; default: the architecture's)",
+    ),
+    option("--std", default=None, help="with --arch: its input std (imagenet, cifar10, or R,G,B)"),
+    option("--device", default="cpu", help="torch device, e.g. cpu or cuda"),
+)
+
+#: --data and which of its images (add_data_options).
+DATA_OPTIONS = table(
+    option("--data", required=True, help="images and labels: " + DATA_FORMS),
+    option(
+        "--size",
+        type=int,
+        default=None,
+        help="image folders: resize the shorter side to SIZE*8/7 and keep the centre "
+        "SIZE x SIZE crop (ImageNet: 224); default: images as they are",
+    ),
+    option("--skip", type=int, default=1, help="use every SKIP-th image (default 1)"),
+    option("--max", type=int, default=-1, help="stop before this image index (default: all)"),
+    option(
+        "--class-names",
+        default=None,
+        help="the classifier's classes in label order, comma-separated, or 'cifar10': an "
+        "image folder's subfolders are matched to them by name (needed when the folder "
+        "holds only some of the classes; default: the sorted subfolder names, which must "
+        "then be as many as the classifier's classes)",
+    ),
+)
+
+#: --strict: a denoiser used at another sigma than it was trained for is an error.
+STRICT = option(
+    "--strict",
+    action="store_true",
+    help="refuse a denoiser whose checkpoint records a different sigma than --sigma "
+    "(default: one warning on stderr)",
+)
+
+#: Certification and prediction runs: noise, samples, the log (add_sampling_options).
+SMOOTHING_OPTIONS = table(
+    option("--sigma", type=float, required=True, help="noise level, in [0,1] pixel units"),
+    option("--n0", type=int, default=100, help="selection samples (default %(default)s)"),
+    option(
+        "--stop-if-misclassified",
+        action="store_true",
+        help="labelled benchmarks: stop an image after selection when the selected class "
+        "is not its label (it counts for nothing at any radius); its row keeps the "
+        "selected class, radius 0 and selection_only 1, and certified accuracy is "
+        "unchanged",
+    ),
+    option("--n", type=int, default=100_000, help="estimation samples (default %(default)s)"),
+    option("--alpha", type=float, default=0.001, help="failure probability (default 0.001)"),
+    option(
+        "--batch",
+        type=batch_size,
+        default=64,
+        help="noise samples per forward pass, or 'auto' to measure the fastest (default 64)",
+    ),
+    option("--seed", type=int, default=0, help="noise seed (per image: seed, index)"),
+    option(
+        "--noise",
+        choices=("auto", *NOISE_MODES),
+        default="auto",
+        help="gaussian: float noise added to x (Cohen et al.); lattice: the Gaussian rounded "
+        "to the 1/255 grid and sampled exactly, which makes the certificate sound in "
+        "floating point for 8-bit images (docs/certification.md); auto: lattice for 8-bit "
+        "data (uint8 npz, image folders), else gaussian (default auto)",
+    ),
+    option("--out", required=True, help="result log (TSV); an existing log is resumed"),
+    option("--no-progress", action="store_true", help="hide the progress bar"),
+    STRICT,
+)
+
+#: --sigma (and --strict) for commands that run f(D(.)) outside certification (serve,
+#: export).
+DENOISER_SIGMA_OPTIONS = table(
+    option(
+        "--sigma",
+        type=float,
+        default=None,
+        help="the noise level the denoiser will see ([0, 1] pixel units): required for a "
+        "diffusion denoiser, which picks its timestep from it; checked against a dsmooth "
+        "denoiser's training sigma otherwise",
+    ),
+    STRICT,
+)
+
+#: --sigma for the commands that train or test a denoiser at one noise level.
+NOISE_LEVEL_OPTIONS = table(
+    option("--sigma", type=float, required=True, help="noise level in [0,1] pixel units"),
+)
+
+#: How the base classifier runs (docs/engine.md); results do not depend on these in fp32.
+ENGINE_OPTIONS = table(
+    option(
+        "--precision",
+        choices=engine.PRECISIONS,
+        default=Later(engine.default_precision),
+        help="arithmetic inside the base classifier; auto = bf16 where the hardware has it "
+        "(AMX/AVX512-BF16 CPU, CUDA), else fp32; int8 (OpenVINO, calibrated on noisy "
+        "images of --data) only when asked; noise is added in float32 before it (default auto)",
+    ),
+    option(
+        "--backend",
+        choices=engine.BACKENDS,
+        default=Later(engine.default_backend),
+        help="what runs a PyTorch base classifier: torch (bf16/inductor), openvino, or auto: "
+        "measure both for a few seconds on this host and keep the faster, remembered per "
+        "model and host (default auto; runs under 20000 samples use torch)",
+    ),
+    option(
+        "--calibration-images",
+        type=int,
+        default=300,
+        help="int8: the first N images of --data, plus noise at --sigma from its own seeded "
+        "stream, calibrate the quantisation (default 300)",
+    ),
+    option(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=Later(engine.default_compile),
+        help="torch.compile the base classifier (freezing), once per process and batch shape; "
+        "falls back to eager with a warning if compilation fails (default: on for runs of "
+        f"{engine.COMPILE_MIN_SAMPLES} noise samples or more, where it repays its 15-35 s)",
+    ),
+    option(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels_last memory format for convolutions (default on)",
+    ),
+    option(
+        "--threads",
+        type=threads_value,
+        default=Later(engine.default_threads),
+        metavar="N|auto",
+        help=Later(_threads_help),
+    ),
+)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    add_options(p.add_argument_group("models"), MODEL_OPTIONS)
+    source_options.add(p)
+
+
+def weights_options(args) -> dict:
+    """Options for a foreign-weights classifier (--arch/--mean/--std), only those given."""
+    names = ("arch", "mean", "std")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    add_options(p.add_argument_group("data"), DATA_OPTIONS)
+
+
+def align_labels(args, data, num_classes: int) -> None:
+    """The data's labels in the classifier's label order (dsmooth.data.images.match_classes)."""
+    pipeline.align_labels(data, num_classes, getattr(args, "class_names", None))
+
+
+def add_sampling_options(p: argparse.ArgumentParser, certify: bool) -> None:
+    """The smoothing flags (without n0 and --stop-if-misclassified for predict), then the
+    engine's."""
+    certify_only = ("n0", "stop_if_misclassified")
+    names = [k for k in SMOOTHING_OPTIONS if certify or k not in certify_only]
+    add_options(p.add_argument_group("smoothing"), SMOOTHING_OPTIONS, names)
+    add_engine_options(p)
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """How the base classifier runs (docs/engine.md): ENGINE_OPTIONS in their own group."""
+    add_options(p.add_argument_group("engine (docs/engine.md)"), ENGINE_OPTIONS)
+
+
+def prepare_denoiser(denoiser, sigma: float | None, strict: bool = False):
+    """The denoiser set up for --sigma (`compose.denoiser_at_sigma`): positive if given,
+    required by a sigma-aware denoiser, compared with a checkpoint's training sigma."""
+    if sigma is not None:
+        check_sigma(sigma)
+    if denoiser is None:
+        return None
+    if sigma is None:
+        if sigma_aware(denoiser):
+            raise UserError(
+                "this denoiser picks its denoising step from the noise level: give --sigma "
+                "(the sigma the served or exported model will see)."
+            )
+        return denoiser
+    return denoiser_at_sigma(denoiser, sigma, strict=strict, warn=warn_sigma)
+
+
 def engine_options(args):
     """EngineOptions from parsed arguments (defaults for commands without engine flags)."""
-    from dsmooth import engine
-
     defaults = engine.EngineOptions()
     return engine.EngineOptions(
         precision=getattr(args, "precision", defaults.precision),
@@ -348,8 +362,8 @@ def add_sequential_options(
 
 
 def certify_method(args) -> Certifier:
-    """The --method object (dsmooth.methods) from certify's flags, which are checked first
-    so that an error names the flag (dsmooth.certify_job.method_from_options)."""
+    """The --method object (dsmooth.certify.methods) from certify's flags, which are checked first
+    so that an error names the flag (dsmooth.runs.job.method_from_options)."""
     return method_from_options(vars(args), n=args.n, alpha=args.alpha)
 
 
@@ -371,7 +385,7 @@ def build_job(job: CertifyJob) -> Built:
 def load_base(args, device: torch.device, channels: int | None = None):
     """f(D(.)) from --classifier (with its foreign-weights and contract flags) and the
     optional --denoiser, composed at --sigma when the command has it, with --strict
-    (dsmooth.pipeline.load_base)."""
+    (dsmooth.pipeline.build.load_base)."""
     return pipeline.load_base(
         args.classifier, args.denoiser, device=device, sigma=getattr(args, "sigma", None),
         strict=getattr(args, "strict", False), channels=channels,
@@ -386,9 +400,9 @@ def load_data(args) -> ImageSet:
 def report_summary(out, written: int) -> None:
     """One line on stderr when a certify/predict run ends, progress bar or not: the log,
     its images, and how many are right."""
-    from dsmooth.analysis import read_log
+    from dsmooth.analysis.tables import read_log
 
-    log = read_log(out, warn=lambda message: None)
+    log = read_log(out, warn=lambda _: None)  # quiet: `dsmooth analyze` reports problems
     if not len(log):
         what = "nothing to report"
     elif log.radius is None:

@@ -17,8 +17,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from dsmooth.certify_job import CertifyJob
-from dsmooth.cli.commands.common import add_threads_option
+from dsmooth.cli.commands.common import ENGINE_OPTIONS, SMOOTHING_OPTIONS
+from dsmooth.cli.options import add_options
+from dsmooth.runs.job import CertifyJob
 
 SAMPLE = "cifar10_test_every20.npz"
 CLASSIFIER = "cifar10-resnet20-akamaster"
@@ -41,10 +42,14 @@ def register(sub) -> None:
     )
     p.add_argument("--out-dir", default="runs/demo", help="logs and plot (default runs/demo)")
     p.add_argument("--images", type=int, default=20, help="bundled images to certify (default 20)")
-    p.add_argument("--n0", type=int, default=50, help="selection samples (default 50)")
-    p.add_argument("--n", type=int, default=500, help="estimation samples (default 500)")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
-    add_threads_option(p)
+    add_options(
+        p,
+        SMOOTHING_OPTIONS,
+        ("n0", "n", "alpha"),
+        defaults={"n0": 50, "n": 500},
+        helps={"alpha": "failure probability"},
+    )
+    add_options(p, ENGINE_OPTIONS, ("threads",))
     p.add_argument(
         "--denoisers",
         nargs="+",
@@ -64,8 +69,8 @@ def demo_job(args, denoiser: str | None, sigma: float, threads) -> CertifyJob:
     name or None), the bundled images, lattice noise (they are 8-bit, as certify's
     --noise auto would choose), and no compilation (its one-off cost exceeds the whole
     demo on a small CPU)."""
-    from dsmooth.engine import EngineOptions
-    from dsmooth.methods import CohenCP
+    from dsmooth.certify.methods import CohenCP
+    from dsmooth.pipeline.engine import EngineOptions
 
     return CertifyJob(
         classifier=CLASSIFIER,
@@ -85,9 +90,9 @@ def table(report, decimals: int = 0) -> str:
     """The demo's table (Markdown): per row, the smoothed classifier's accuracy, its
     certified accuracy at each radius of `report.radii` > 0 (a dagger where the run's n
     cannot reach it), ACR, abstain rate and time per image, then what the columns mean."""
-    from dsmooth.analysis import percent
-    from dsmooth.log_settings import DAGGER, with_caps
-    from dsmooth.report import md_table
+    from dsmooth.analysis.report import md_table
+    from dsmooth.analysis.settings import DAGGER, with_caps
+    from dsmooth.analysis.tables import percent
 
     report = with_caps(report)
     radii = [r for r in report.radii if r > 0]
@@ -118,15 +123,15 @@ def table(report, decimals: int = 0) -> str:
 def run(args) -> int:
     from dataclasses import replace
 
-    from dsmooth.analysis import analyze
+    from dsmooth.analysis.plots import plot_curves
+    from dsmooth.analysis.settings import plot_cap, with_caps
+    from dsmooth.analysis.tables import analyze
     from dsmooth.cli.commands.analyze import make_warn
-    from dsmooth.data import load_images
-    from dsmooth.engine import EngineOptions, accelerate, choose_threads, stderr_report
+    from dsmooth.data.load import load_images
     from dsmooth.errors import UserError
-    from dsmooth.jobs import run_job
-    from dsmooth.log_settings import plot_cap, with_caps
-    from dsmooth.plots import plot_curves
-    from dsmooth.provenance import sidecar
+    from dsmooth.logs.provenance import sidecar
+    from dsmooth.pipeline.engine import EngineOptions, accelerate, choose_threads, stderr_report
+    from dsmooth.runs.local import run_job
 
     if not 1 <= args.images <= 500:
         raise UserError(f"--images must be between 1 and 500, got {args.images}.")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from dsmooth.cli.commands import common
-from dsmooth.noise import check_sigma
+from dsmooth.cli.options import add_options
+from dsmooth.sigma import check_sigma
 
 
 def register(sub) -> None:
@@ -20,23 +21,23 @@ def register(sub) -> None:
     )
     common.add_model_options(p)
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        required=True,
-        help="images and labels: " + common.DATA_FORMS,
-    )
+    add_options(g, common.DATA_OPTIONS, ("data",))
     g.add_argument("--split", default="test", choices=("train", "test"), help="default: test")
-    g.add_argument("--size", type=int, default=None, help="image folders: resize+crop to SIZE")
-    g.add_argument("--skip", type=int, default=1, help="use every SKIP-th image (default 1)")
-    g.add_argument("--max", type=int, default=-1, help="stop before this index (default: all)")
-    common.add_class_names_option(g)
+    add_options(
+        g,
+        common.DATA_OPTIONS,
+        ("size", "skip", "max", "class_names"),
+        helps={
+            "size": "image folders: resize+crop to SIZE",
+            "max": "stop before this index (default: all)",
+        },
+    )
     g = p.add_argument_group("evaluation")
     g.add_argument("--sigma", type=float, default=None, help="also report accuracy under noise")
     g.add_argument("--batch", type=int, default=256, help="images per forward pass (256)")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     g.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    common.add_strict_option(g)
+    add_options(g, common.SMOOTHING_OPTIONS, ("no_progress", "strict"))
     common.add_engine_options(p)
     p.set_defaults(func=run)
 
@@ -44,10 +45,10 @@ def register(sub) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from dsmooth.datasets import load_dataset
-    from dsmooth.engine import resolve_device
+    from dsmooth.data.datasets import load_dataset
     from dsmooth.errors import UserError
-    from dsmooth.evaluation import evaluate_accuracy
+    from dsmooth.pipeline.engine import resolve_device
+    from dsmooth.pipeline.evaluation import evaluate_accuracy
 
     if args.skip < 1:
         raise UserError(f"skip must be at least 1, got {args.skip}.")
@@ -68,10 +69,10 @@ def run(args) -> int:
     result = evaluate_accuracy(
         base,
         data,
-        args.sigma,
-        indices,
-        args.batch,
-        args.seed,
+        sigma=args.sigma,
+        indices=indices,
+        batch=args.batch,
+        seed=args.seed,
         progress=not args.no_progress,
     )
     if args.json:
@@ -90,20 +91,19 @@ def run(args) -> int:
 
 def accelerated(args, base, data, images: int):
     """The base classifier run by the engine with the command's engine options, settled
-    for `images` forward passes (twice that with --sigma), as certify runs it."""
-    from dsmooth import engine
-    from dsmooth.pipeline import calibration_for
+    for `images` forward passes (twice that with --sigma), as certify runs it
+    (dsmooth.pipeline.build.engine_for)."""
+    from dsmooth.pipeline.build import engine_for
 
-    samples = images * (2 if args.sigma is not None else 1)
-    options = engine.for_work(common.engine_options(args), samples)
-    precision = engine.resolve_precision(options.precision, engine.resolve_device(args.device))
-    sigma = args.sigma if args.sigma is not None else 0.0  # int8: clean images without --sigma
-    return engine.accelerate(
+    return engine_for(
         base,
-        options,
-        report=engine.stderr_report,
+        common.engine_options(args),
+        samples=images * (2 if args.sigma is not None else 1),
         image_shape=tuple(data.image(0).shape),
-        calibration=calibration_for(data, precision, sigma, args.seed, args.calibration_images),
+        data=data,
+        sigma=args.sigma if args.sigma is not None else 0.0,  # int8: clean images otherwise
+        seed=args.seed,
+        calibration_images=args.calibration_images,
     )
 
 
@@ -111,8 +111,8 @@ def engine_record(args, base) -> dict:
     """How the base classifier really runs: the engine's settings, not the flags'."""
     import torch
 
-    from dsmooth.base import module_device
-    from dsmooth.engine import backend_of, is_engine
+    from dsmooth.certify.base_classifier import module_device
+    from dsmooth.pipeline.engine import backend_of, is_engine
 
     fast = base if is_engine(base) else None
     return {
@@ -130,7 +130,7 @@ def engine_record(args, base) -> dict:
 
 def report_engine(record: dict) -> None:
     """One line on stderr, as certify prints it (dsmooth.cli.commands.common.report_engine)."""
-    from dsmooth.engine import stderr_report
+    from dsmooth.pipeline.engine import stderr_report
 
     stderr_report(
         f"dsmooth: engine: {record['backend']} {record['precision']} "

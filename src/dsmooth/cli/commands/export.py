@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dsmooth.cli.commands import common
+from dsmooth.cli.options import add_options
 from dsmooth.errors import UserError
 
 
@@ -23,7 +24,7 @@ def register(sub) -> None:
         default=None,
         help="classifier to export behind the denoiser (any PyTorch source)",
     )
-    common.add_denoiser_sigma_option(p)
+    add_options(p, common.DENOISER_SIGMA_OPTIONS)
     p.add_argument("--format", required=True, choices=("onnx", "torchscript", "keras"), dest="fmt")
     p.add_argument("--out", required=True, help="output file (.onnx, .pt, .keras)")
     p.add_argument(
@@ -42,10 +43,10 @@ def register(sub) -> None:
 def run(args) -> int:
     from torch import nn
 
-    from dsmooth.base import compose
     from dsmooth.cli.commands.serve import parse_shape
-    from dsmooth.export import export, report_text
-    from dsmooth.noise import check_sigma
+    from dsmooth.deploy.export import export, report_text
+    from dsmooth.pipeline.compose import compose
+    from dsmooth.sigma import check_sigma
     from dsmooth.sources import load_model
 
     if not args.denoiser and not args.classifier:

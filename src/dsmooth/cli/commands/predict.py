@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from dsmooth.jobs import run_job
+    from dsmooth.runs.local import run_job
 
     job = common.job_from_args(args, predict=True)
     written = run_job(job, built=common.build_job(job), progress=not args.no_progress)

@@ -4,7 +4,7 @@
 PNG); `--out report.md` gives Markdown with the figures as PNG files beside it. What each
 log's provenance record (`LOG.json`) holds is shown too: its certification settings, a
 command with them, its class names, and the largest radius its n can certify (radius
-columns above it are marked). The page is rendered by `dsmooth.report`.
+columns above it are marked). The page is rendered by `dsmooth.analysis.report`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import argparse
 import datetime
 from pathlib import Path
 
+from dsmooth.analysis.report import png_bytes, records, render_html, render_markdown, run_settings
+from dsmooth.cli.commands.analyze import REPORT_OPTIONS
+from dsmooth.cli.options import add_options
 from dsmooth.errors import UserError
-from dsmooth.report import png_bytes, records, render_html, render_markdown, run_settings
 
 
 def register(sub) -> None:
@@ -30,15 +32,21 @@ def register(sub) -> None:
         "clean/noisy/denoised images. The format follows --out: .html (self-contained) or "
         ".md (figures written as PNGs beside it).",
     )
-    p.add_argument("logs", nargs="*", metavar="LOG", help="result logs (files or glob patterns)")
-    p.add_argument("--label", action="append", default=[], metavar="NAME=GLOB", help="a group")
-    p.add_argument("--radii", nargs="+", default=["0:1.5:0.25"], metavar="R", help="l2 radii")
-    p.add_argument("--envelope", action="store_true", help="one row per group (best per radius)")
-    p.add_argument("--decimals", type=int, default=0, help="decimals of percentages")
+    add_options(
+        p,
+        REPORT_OPTIONS,
+        ("logs", "label", "radii", "envelope", "decimals"),
+        helps={
+            "label": "a group",
+            "radii": "l2 radii",
+            "envelope": "one row per group (best per radius)",
+            "decimals": "decimals of percentages",
+        },
+    )
     p.add_argument("--max-radius", type=float, default=None, help="x-axis end of the curves")
     p.add_argument("--title", default="dsmooth report", help="page title")
     p.add_argument("--out", required=True, help="report.html or report.md")
-    p.add_argument("--strict", action="store_true", help="treat every warning as an error")
+    add_options(p, REPORT_OPTIONS, ("strict",))
     g = p.add_argument_group("sample images (optional)")
     g.add_argument("--data", default=None, help="images (.npz or folder) for the sample grid")
     g.add_argument("--classifier", default=None, help="classifier for the sample grid")
@@ -59,8 +67,8 @@ def register(sub) -> None:
 def class_names(args, recorded: dict[str, dict | None]) -> list[str] | None:
     """--class-names, else the names the logs' records give (their --class-names, or
     CIFAR-10's for a CIFAR-10 run of 10 classes)."""
-    from dsmooth.data import parse_class_names
-    from dsmooth.log_settings import known_class_names
+    from dsmooth.analysis.settings import known_class_names
+    from dsmooth.data.images import parse_class_names
 
     if args.class_names:
         return parse_class_names(args.class_names)
@@ -79,9 +87,9 @@ def sample_figure(args, names: list[str] | None = None):
         return None
     if not (args.data and args.classifier):
         raise UserError("sample images need both --data and --classifier.")
+    from dsmooth.analysis.settings import known_class_names
     from dsmooth.cli.commands.visualize import grid_from_args
-    from dsmooth.data import load_images
-    from dsmooth.log_settings import known_class_names
+    from dsmooth.data.load import load_images
 
     data = load_images(args.data)
     if not args.class_names and not data.classes:
@@ -92,7 +100,7 @@ def sample_figure(args, names: list[str] | None = None):
 
 
 def settings(args, report, names: list[str] | None = None) -> list[tuple[str, str]]:
-    from dsmooth import __version__
+    from dsmooth._version import __version__
 
     rows = [
         ("generated", datetime.datetime.now().isoformat(timespec="seconds")),
@@ -113,9 +121,9 @@ def settings(args, report, names: list[str] | None = None) -> list[tuple[str, st
 
 
 def run(args) -> int:
+    from dsmooth.analysis.plots import plot_curves, save_figure
+    from dsmooth.analysis.settings import plot_cap
     from dsmooth.cli.commands.analyze import build_report, write_text
-    from dsmooth.log_settings import plot_cap
-    from dsmooth.plots import plot_curves, save_figure
 
     out = Path(args.out)
     suffix = out.suffix.lower()
@@ -148,21 +156,21 @@ def run(args) -> int:
         text = render_markdown(
             args.title,
             setting_rows,
-            report,
-            args.decimals,
-            curves_path.name,
-            samples_path.name if samples_path else None,
-            runs,
+            report=report,
+            decimals=args.decimals,
+            curves_name=curves_path.name,
+            samples_name=samples_path.name if samples_path else None,
+            runs=runs,
         )
     else:
         text = render_html(
             args.title,
             setting_rows,
-            report,
-            args.decimals,
-            png_bytes(curves),
-            None if samples is None else png_bytes(samples),
-            runs,
+            report=report,
+            decimals=args.decimals,
+            curves=png_bytes(curves),
+            samples=None if samples is None else png_bytes(samples),
+            runs=runs,
         )
     write_text(out, text)
     print(f"wrote {out}")

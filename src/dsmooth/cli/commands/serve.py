@@ -4,6 +4,7 @@ with --smoothed the smoothed classifier itself: a certificate per image (docs/se
 from __future__ import annotations
 
 from dsmooth.cli.commands import common, source_options
+from dsmooth.cli.options import add_options
 from dsmooth.errors import UserError
 
 
@@ -18,10 +19,16 @@ def register(sub) -> None:
         "(docs/sources.md).",
     )
     g = p.add_argument_group("model")
-    g.add_argument("--classifier", required=True, help="any classifier dsmooth can load")
-    g.add_argument("--denoiser", default=None, help="optional denoiser in front of it")
-    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    common.add_denoiser_sigma_option(g)
+    add_options(
+        g,
+        common.MODEL_OPTIONS,
+        ("classifier", "denoiser", "device"),
+        helps={
+            "classifier": "any classifier dsmooth can load",
+            "denoiser": "optional denoiser in front of it",
+        },
+    )
+    add_options(g, common.DENOISER_SIGMA_OPTIONS)
     source_options.add(p)
     s = p.add_argument_group("server")
     s.add_argument("--name", default="dsmooth", help="model name in the URLs (default dsmooth)")
@@ -161,9 +168,9 @@ def run(args) -> int:
     given = [k for k in SMOOTHED_DEFAULTS if getattr(args, k) is not None]
     if given:
         raise UserError(f"--{given[0].replace('_', '-')} needs --smoothed.")
-    from dsmooth.base import compose
-    from dsmooth.engine import resolve_device
-    from dsmooth.serve import serve
+    from dsmooth.deploy.serve import serve
+    from dsmooth.pipeline.compose import compose
+    from dsmooth.pipeline.engine import resolve_device
     from dsmooth.sources import load_model
 
     shape = parse_shape(args.input_shape)
@@ -175,51 +182,36 @@ def run(args) -> int:
     )
     denoiser = load_model(args.denoiser, role="denoiser", device=device) if args.denoiser else None
     model = compose(classifier, common.prepare_denoiser(denoiser, args.sigma, args.strict))
-    serve(model, args.name, args.host, args.port, shape, args.max_batch, _announce)
+    serve(
+        model,
+        args.name,
+        host=args.host,
+        port=args.port,
+        input_shape=shape,
+        max_batch=args.max_batch,
+        announce=_announce,
+    )
     return 0
 
 
 def smoothed_settings(args):
     """The server's certification settings and limits from the flags, or a UserError."""
-    from dsmooth.noise import check_sigma
-    from dsmooth.service.app import Limits
-    from dsmooth.service.policy import CertifySettings, Policy
-    from dsmooth.smoothing import check_count
-    from dsmooth.stats import check_alpha
+    from dsmooth.deploy.service.app import Limits
+    from dsmooth.deploy.service.policy import CertifySettings, Policy
 
     for key, value in SMOOTHED_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.sigma is None:
-        raise UserError("--smoothed needs --sigma, the noise level of the certificates.")
-    check_sigma(args.sigma)
-    check_alpha(args.alpha)
-    if parse_shape(args.input_shape) is None:
-        raise UserError("--smoothed needs --input-shape C,H,W (e.g. 3,32,32).")
-    for flag in ("n0", "n", "batch", "queue", "max_images_per_request", "max_samples_per_request"):
-        check_count("--" + flag.replace("_", "-"), getattr(args, flag))
+    check_certification_flags(args)
     method = common.certify_method(args)  # checks --radius/--n-max/--tol against --method
-    n_max = getattr(method, "n_max", args.n)
-    if not (args.request_timeout > 0):
-        raise UserError(f"--request-timeout must be positive, got {args.request_timeout}.")
-    if not (args.grace >= 0):
-        raise UserError(f"--grace must be >= 0, got {args.grace}.")
-    if args.max_images_per_request > args.queue:
-        raise UserError(
-            f"--max-images-per-request ({args.max_images_per_request}) exceeds --queue "
-            f"({args.queue}): such a request could never be admitted."
-        )
-    if getattr(args, "precision", None) == "int8":
-        raise UserError(
-            "--smoothed does not run int8 (it needs calibration data); use fp32 or bf16."
-        )
+    check_service_flags(args)
     settings = CertifySettings(
         method=args.method,
         sigma=float(args.sigma),
         alpha=float(args.alpha),
         n0=int(args.n0),
         n=int(args.n),
-        n_max=int(n_max),
+        n_max=int(getattr(method, "n_max", args.n)),
         radius=tuple(args.radius) if args.radius else None,
         tol=args.tol,
         seed=int(args.seed),
@@ -235,6 +227,40 @@ def smoothed_settings(args):
         timeout=float(args.request_timeout),
     )
     return Policy(settings, n_cap), limits
+
+
+def check_certification_flags(args) -> None:
+    """--sigma, --alpha, --input-shape and the counts of --smoothed, or a UserError."""
+    from dsmooth.certify.smooth import check_count
+    from dsmooth.certify.stats import check_alpha
+    from dsmooth.sigma import check_sigma
+
+    if args.sigma is None:
+        raise UserError("--smoothed needs --sigma, the noise level of the certificates.")
+    check_sigma(args.sigma)
+    check_alpha(args.alpha)
+    if parse_shape(args.input_shape) is None:
+        raise UserError("--smoothed needs --input-shape C,H,W (e.g. 3,32,32).")
+    for flag in ("n0", "n", "batch", "queue", "max_images_per_request", "max_samples_per_request"):
+        check_count("--" + flag.replace("_", "-"), getattr(args, flag))
+
+
+def check_service_flags(args) -> None:
+    """The request timeout, shutdown grace, queue and precision of --smoothed, or a
+    UserError."""
+    if not (args.request_timeout > 0):
+        raise UserError(f"--request-timeout must be positive, got {args.request_timeout}.")
+    if not (args.grace >= 0):
+        raise UserError(f"--grace must be >= 0, got {args.grace}.")
+    if args.max_images_per_request > args.queue:
+        raise UserError(
+            f"--max-images-per-request ({args.max_images_per_request}) exceeds --queue "
+            f"({args.queue}): such a request could never be admitted."
+        )
+    if getattr(args, "precision", None) == "int8":
+        raise UserError(
+            "--smoothed does not run int8 (it needs calibration data); use fp32 or bf16."
+        )
 
 
 def noise_secret(args) -> bytes | None:
@@ -265,30 +291,41 @@ def run_smoothed(args) -> int:
     """Load f(D(.)), wrap it in the certification service and serve it."""
     import sys
 
-    from dsmooth import engine
-    from dsmooth.service.app import build_service_app
-    from dsmooth.service.scheduler import CertificationService
-    from dsmooth.service.server import check_binding, read_token, serve_app
+    from dsmooth.deploy.service.app import build_service_app
+    from dsmooth.deploy.service.scheduler import CertificationService
+    from dsmooth.deploy.service.server import check_binding, read_token, serve_app
+    from dsmooth.pipeline.build import engine_for
+    from dsmooth.pipeline.engine import resolve_device
 
     policy, limits = smoothed_settings(args)
     shape = parse_shape(args.input_shape)
     token = read_token(args.auth_token_file)
     check_binding(args.host, token)  # before minutes of model loading
     secret = noise_secret(args)
-    device = engine.resolve_device(args.device)
+    device = resolve_device(args.device)
     base = common.load_base(args, device, channels=shape[0])
     num_classes = args.num_classes or probe_classes(base, shape, device)
     if num_classes < 2:
         raise UserError(f"--num-classes must be at least 2, got {num_classes}.")
-    options = engine.for_work(common.engine_options(args), 10**9)  # a server runs long
-    base = engine.accelerate(base, options, report=engine.stderr_report, image_shape=shape)
-    if isinstance(base, engine.EngineModule):
-        base.warm_up(shape, (args.batch,))
+    base = engine_for(  # a server runs long: settled as for a run of 10**9 samples
+        base, common.engine_options(args), samples=10**9, image_shape=shape, warm_up=(args.batch,)
+    )
     service = CertificationService(
-        base, num_classes, args.batch, args.queue, device=device, noise_secret=secret
+        base,
+        num_classes,
+        batch_size=args.batch,
+        queue=args.queue,
+        device=device,
+        noise_secret=secret,
     )
     app = build_service_app(
-        service, policy, args.name, limits, token, shape, grace=float(args.grace)
+        service,
+        policy,
+        name=args.name,
+        limits=limits,
+        token=token,
+        input_shape=shape,
+        grace=float(args.grace),
     )
     print(
         f"dsmooth: request bodies up to {limits.body_bytes(shape) / 2**20:.1f} MiB "
@@ -299,8 +336,8 @@ def run_smoothed(args) -> int:
     serve_app(
         app,
         args.host,
-        args.port,
-        token,
+        port=args.port,
+        token=token,
         shutdown_timeout=limits.timeout + args.grace,
         announce=_announce,
         path=f"/v2/models/{args.name}/infer and /v1/certify",

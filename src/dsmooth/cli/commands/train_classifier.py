@@ -7,6 +7,13 @@ import argparse
 import sys
 from dataclasses import fields
 
+from dsmooth.cli.options import add_options, option, table
+
+#: Flags of the SGD optimiser both training commands offer.
+OPTIMISER_OPTIONS = table(
+    option("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)"),
+)
+
 
 def add_run_options(p) -> None:
     """Options shared by the training commands: budget, checkpoints, resume, speed."""
@@ -179,7 +186,7 @@ def register(sub) -> None:
     add_data_options(p)
     add_schedule_options(p, lr=0.1, schedule="cosine", epochs=90)
     g = p.add_argument_group("classifier")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    add_options(g, OPTIMISER_OPTIONS)
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     g.add_argument(
         "--weight-decay",

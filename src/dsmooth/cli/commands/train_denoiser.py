@@ -4,7 +4,9 @@ the MSE, Stab or Clf objective (Salman et al. 2020), white-box or through surrog
 from __future__ import annotations
 
 from dsmooth.cli.commands import source_options
+from dsmooth.cli.commands.common import NOISE_LEVEL_OPTIONS
 from dsmooth.cli.commands.train_classifier import (
+    OPTIMISER_OPTIONS,
     add_arch_kwargs,
     add_augment_options,
     add_data_options,
@@ -13,6 +15,7 @@ from dsmooth.cli.commands.train_classifier import (
     recipe_from_args,
     report,
 )
+from dsmooth.cli.options import add_options
 
 
 def _specs(text: str) -> list[str]:
@@ -35,7 +38,7 @@ def register(sub) -> None:
     g.add_argument(
         "--objective", choices=["mse", "stab", "clf"], required=True, help="training objective"
     )
-    g.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
+    add_options(g, NOISE_LEVEL_OPTIONS)
     g.add_argument(
         "--arch",
         default=None,
@@ -86,7 +89,7 @@ def register(sub) -> None:
         "denoiser from collapsing (its benefit is not measured yet; default 0)",
     )
     g.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="default adam")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    add_options(g, OPTIMISER_OPTIONS)
     g.add_argument(
         "--weight-decay",
         type=float,

@@ -1,15 +1,17 @@
 """`dsmooth visualize`: clean, noisy and denoised images with the classifier's labels.
 
-The figure itself is `dsmooth.visualize.denoising_grid`; this module maps the flags to it.
+The figure itself is `dsmooth.analysis.denoising_grid.denoising_grid`; this module maps the
+flags to it.
 """
 
 from __future__ import annotations
 
-from dsmooth.visualize import class_names, denoising_grid
+from dsmooth.analysis.denoising_grid import class_names, denoising_grid
 
 
 def register(sub) -> None:
     from dsmooth.cli.commands import common
+    from dsmooth.cli.options import add_options
 
     p = sub.add_parser(
         "visualize",
@@ -21,7 +23,7 @@ def register(sub) -> None:
         "[0, 1] for display only.",
     )
     common.add_model_options(p)
-    p.add_argument("--data", required=True, help="images and labels: " + common.DATA_FORMS)
+    add_options(p, common.DATA_OPTIONS, ("data",))
     p.add_argument(
         "--indices",
         type=int,
@@ -53,7 +55,7 @@ def grid_from_args(args, data, num_classes: int | None = None, **classifier_opti
     from functools import partial
 
     from dsmooth.cli.commands.common import warn_sigma
-    from dsmooth.engine import resolve_device
+    from dsmooth.pipeline.engine import resolve_device
     from dsmooth.sources import load_model
 
     device = resolve_device(args.device)
@@ -62,8 +64,8 @@ def grid_from_args(args, data, num_classes: int | None = None, **classifier_opti
     return denoising_grid(
         classifier,
         data,
-        args.indices,
-        args.sigmas,
+        indices=args.indices,
+        sigmas=args.sigmas,
         denoiser=denoiser,
         seed=args.seed,
         num_classes=num_classes,
@@ -74,8 +76,8 @@ def grid_from_args(args, data, num_classes: int | None = None, **classifier_opti
 
 
 def run(args) -> int:
+    from dsmooth.analysis.plots import check_figure_path, save_figure
     from dsmooth.cli.commands import common, source_options
-    from dsmooth.plots import check_figure_path, save_figure
 
     check_figure_path(args.out)
     data = common.load_data(args)

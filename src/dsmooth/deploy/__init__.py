@@ -1,0 +1,2 @@
+"""dsmooth outside dsmooth: model export, the model server, and the certified service with
+its client."""
