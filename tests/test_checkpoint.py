@@ -314,9 +314,9 @@ def test_role_mismatch_is_a_user_error(tmp_path):
     assert load_model(str(tmp_path / "den"), role="denoiser").dsmooth_config["kind"] == "denoiser"
 
 
-def test_a_save_cut_off_between_weights_and_config_is_caught(tmp_path):
-    """The folder form is written in two renames (weights, then config); new weights
-    under an old config must be refused when loaded, never used."""
+def test_weights_mixed_from_two_saves_are_caught(tmp_path):
+    """The config names its weights' checksum: new weights under an old config (files
+    mixed by hand, or a save cut off by dsmooth 0.2) are refused when loaded, never used."""
     from torch import nn
 
     from dsmooth.models.checkpoint import CONFIG, WEIGHTS, WEIGHTS_SHA256
@@ -325,16 +325,58 @@ def test_a_save_cut_off_between_weights_and_config_is_caught(tmp_path):
     for seed, out in ((0, first), (1, second)):
         torch.manual_seed(seed)
         model = create("dncnn", depth=3, n_channels=4)
-        save_checkpoint(
-            model, out, {"architecture": "dncnn", "kwargs": {"depth": 3, "n_channels": 4}}
-        )
+        save_checkpoint(model, out, DNCNN_CONFIG)
     config = json.loads((first / CONFIG).read_text())
     assert len(config[WEIGHTS_SHA256]) == 64
     load_checkpoint(first)
-    (first / WEIGHTS).write_bytes((second / WEIGHTS).read_bytes())  # the cut-off state
-    with pytest.raises(UserError, match="save was cut off"):
+    (first / WEIGHTS).write_bytes((second / WEIGHTS).read_bytes())  # the mixed state
+    with pytest.raises(UserError, match="mixed from two saves"):
         load_checkpoint(first)
     del config[WEIGHTS_SHA256]  # a checkpoint from before the checksum: loads as it did
     (first / CONFIG).write_text(json.dumps(config))
     assert isinstance(load_checkpoint(first)[0], nn.Module)
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind
+
+
+DNCNN_CONFIG = {"architecture": "dncnn", "kwargs": {"depth": 3, "n_channels": 4}}
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_a_checkpoint_folder_is_replaced_whole(tmp_path, monkeypatch, exchange):
+    """Saving over a checkpoint swaps in a new folder: the files it does not write (a
+    model card, a training state) stay, and a save that fails leaves the old one whole."""
+    from dsmooth import _io
+    from dsmooth.models import checkpoint
+
+    if not exchange:  # a system without RENAME_EXCHANGE
+        monkeypatch.setattr(_io, "_exchange", lambda _a, _b: False)
+    out = tmp_path / "den"
+    torch.manual_seed(0)
+    save_checkpoint(create("dncnn", depth=3, n_channels=4), out, DNCNN_CONFIG)
+    (out / "MODEL_CARD.md").write_text("card")
+    (out / "notes").mkdir()
+    (out / "notes" / "a.txt").write_text("a")
+    old_weights = (out / checkpoint.WEIGHTS).read_bytes()
+
+    torch.manual_seed(1)
+    new = create("dncnn", depth=3, n_channels=4)
+    save_checkpoint(new, out, DNCNN_CONFIG)
+    assert (out / checkpoint.WEIGHTS).read_bytes() != old_weights
+    assert (out / "MODEL_CARD.md").read_text() == "card"
+    assert (out / "notes" / "a.txt").read_text() == "a"
+    loaded, _ = load_checkpoint(out)
+    pairs = zip(loaded.state_dict().values(), new.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+
+    def broken(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    # the disk fills after the new weights are written, before the config is
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", broken)
+        with pytest.raises(OSError, match="No space"):
+            save_checkpoint(create("dncnn", depth=3, n_channels=4), out, DNCNN_CONFIG)
+    after = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+    assert after == before  # the old checkpoint, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["den"]  # nothing left beside it

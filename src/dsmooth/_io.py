@@ -4,12 +4,18 @@ A crash, a full disk or a kill between `open` and the last `write` must never le
 half-written log, checkpoint, record or plot behind: every writer here writes a temporary
 file beside the target, flushes it to disk, renames it over the target (atomic on POSIX
 within a folder) and flushes the folder, so the rename itself survives a power cut.
+A folder of files that belong together (a checkpoint: weights and config) is written the
+same way as a whole: a temporary folder beside it, swapped in by one rename.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,3 +79,105 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_json(path: str | os.PathLike, content, **dump_options) -> None:
     """`content` as JSON (`json.dump` options, e.g. indent) plus a final newline."""
     write_text(path, json.dumps(content, **dump_options) + "\n")
+
+
+@contextmanager
+def replacing_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder to fill; when the block ends normally it takes `path`'s
+    place in one step, holding also the files of the old folder it did not rewrite
+    (hard links: a model card or a training state stay). When the block raises, it is
+    removed and `path` is left as it was. Readers see the old folder or the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.is_dir():
+            _carry_over(path, tmp)
+        for file in tmp.rglob("*"):
+            if file.is_file() and not file.is_symlink():
+                _fsync(file)
+        sync_folder(tmp)
+        _swap_in(tmp, path)
+        sync_folder(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after a swap: the old folder
+
+
+def _fsync(file: Path) -> None:
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Entries of `old` that `new` lacks, linked (or copied) into `new`."""
+    for entry in old.iterdir():
+        target = new / entry.name
+        if target.exists() or target.is_symlink() or entry.name.endswith(".tmp"):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, target, follow_symlinks=False)
+
+
+def _link_or_copy(src, dst, *, follow_symlinks: bool = True) -> None:
+    if os.path.islink(src) and not follow_symlinks:
+        os.symlink(os.readlink(src), dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(src, dst)
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Put folder `new` at `path`; an old folder there ends up at `new`'s name.
+
+    Linux exchanges the two names atomically (renameat2 with RENAME_EXCHANGE). Elsewhere
+    the old folder is first renamed aside, so a crash between the two renames leaves it
+    beside `path` as `.<name>.*.old`, whole, rather than a mix of old and new files.
+    """
+    if not path.exists():
+        os.rename(new, path)
+        return
+    if _exchange(new, path):
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    os.rmdir(aside)
+    os.rename(path, aside)
+    os.rename(new, path)
+    os.rename(aside, new)  # removed by the caller with the temporary folder
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names `a` and `b` atomically; False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    done = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if done == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (
+        errno.ENOSYS,
+        errno.EINVAL,
+        errno.ENOTSUP,
+        errno.EOPNOTSUPP,
+        errno.EPERM,
+        errno.EXDEV,
+    ):
+        return False
+    raise OSError(code, os.strerror(code), str(b))

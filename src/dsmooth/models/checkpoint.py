@@ -18,14 +18,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from dsmooth._io import replacing, write_text
+from dsmooth._io import replacing, replacing_folder
 from dsmooth.errors import UserError
 from dsmooth.models import create
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 METADATA_KEY = "dsmooth_config"
-#: The config's checksum of its weights file: the pair is written in two renames.
+#: The config's checksum of its weights file, so a mixed pair is refused when loaded.
 WEIGHTS_SHA256 = "weights_sha256"
 
 
@@ -64,13 +64,15 @@ def save_checkpoint(
         with replacing(path) as tmp:
             save_file(state, str(tmp), metadata={METADATA_KEY: text})
         return path
-    path.mkdir(parents=True, exist_ok=True)
-    # Weights, then config: two renames, so the config names its weights' checksum, and a
-    # crash between them (new weights, old config) is caught when loading, never used.
-    with replacing(path / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
-        config = {**config, WEIGHTS_SHA256: file_sha256(tmp)}
-    write_text(path / CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file; a checkpoint folder cannot replace it.")
+    # Weights and config go into a new folder that replaces the old one in one step, so a
+    # reader never sees new weights under an old config. The config still names its
+    # weights' checksum, which catches a pair mixed by hand (or by an older dsmooth).
+    with replacing_folder(path) as tmp:
+        save_file(state, str(tmp / WEIGHTS))
+        config = {**config, WEIGHTS_SHA256: file_sha256(tmp / WEIGHTS)}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -138,8 +140,8 @@ def load_checkpoint(
         and file_sha256(p / WEIGHTS) != config[WEIGHTS_SHA256]
     ):
         raise UserError(
-            f"{p}: {WEIGHTS} is not the one {CONFIG} was written for (a save was cut "
-            "off between the two files); save the checkpoint again."
+            f"{p}: {WEIGHTS} is not the one {CONFIG} was written for (files mixed from two "
+            "saves, or a save cut off by dsmooth 0.2 or older); save the checkpoint again."
         )
     try:
         state = load_file(str(p / WEIGHTS if p.is_dir() else p))

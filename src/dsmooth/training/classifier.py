@@ -18,6 +18,7 @@ from dsmooth.sigma import check_sigma
 from dsmooth.training import loop
 from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
 from dsmooth.training.recipe import (
+    TrainingRun,
     check_lr,
     check_schedule,
     load_sets,
@@ -28,39 +29,20 @@ from dsmooth.training.recipe import (
 
 
 @dataclass
-class ClassifierRecipe:
+class ClassifierRecipe(TrainingRun):
     arch: str
     data: list[str]
     out: str
     arch_kwargs: dict = field(default_factory=dict)  # constructor options, e.g. depth
-    val_data: str | None = None
     init: str | None = None  # a classifier checkpoint to continue from (warm restart)
-    epochs: int = 90
-    batch: int = 128
-    lr: float = 0.1
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
-    gamma: float = 0.1
-    momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     noise_sigma: float = 0.0
-    crop_pad: int = 4
-    flip: bool = True
     num_classes: int | None = None
-    precision: str = "auto"
-    channels_last: bool = True
-    seed: int = 0
-    max_train_images: int | None = None
-    max_val_images: int | None = None
-    val_batch: int = 500
-    threads: int | None = None
-    save_every_minutes: float = 10.0
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    progress: bool = True
+    # SGD's usual settings for CIFAR ResNets
+    lr: float = field(default=0.1, kw_only=True)
+    weight_decay: float = field(default=5e-4, kw_only=True)
+    val_batch: int = field(default=500, kw_only=True)
 
 
 def check(r: ClassifierRecipe) -> None:

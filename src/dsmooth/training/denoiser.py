@@ -22,6 +22,7 @@ from dsmooth.training.evaluate import evaluate_denoiser
 from dsmooth.training.objectives import OBJECTIVES, SURROGATE_MODES, DenoiserObjective
 from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
 from dsmooth.training.recipe import (
+    TrainingRun,
     check_lr,
     check_schedule,
     load_sets,
@@ -34,7 +35,7 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
-class DenoiserRecipe:
+class DenoiserRecipe(TrainingRun):
     data: list[str]
     out: str
     sigma: float
@@ -51,30 +52,8 @@ class DenoiserRecipe:
     init: str | None = None
     soft_targets: bool = False
     mse_weight: float = 0.0
-    val_data: str | None = None
-    epochs: int = 90
-    batch: int = 128
     optimizer: str = "adam"
-    lr: float = 1e-3
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
-    gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4  # the official code's default
-    crop_pad: int = 4
-    flip: bool = True
-    precision: str = "auto"
-    channels_last: bool = True
-    seed: int = 0
-    max_train_images: int | None = None
-    max_val_images: int | None = None
-    val_batch: int = 250
-    threads: int | None = None
-    save_every_minutes: float = 10.0
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    progress: bool = True
+    # lr 1e-3 and weight decay 1e-4 (the official code's defaults) are TrainingRun's
 
 
 def check(r: DenoiserRecipe, given: bool = False) -> None:

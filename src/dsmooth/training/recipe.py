@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,7 +17,39 @@ from dsmooth.training.loop import LoopOptions
 from dsmooth.training.schedule import SCHEDULES, lr_at
 
 
-def check_lr(r) -> None:
+@dataclass(kw_only=True)
+class TrainingRun:
+    """What every training run has, whatever it trains: the optimisation schedule, the
+    augmentation, precision, and the run's budget and checkpointing. `ClassifierRecipe`
+    and `DenoiserRecipe` add what they train and set their own learning rate, weight
+    decay and validation batch."""
+
+    val_data: str | None = None
+    epochs: int = 90
+    batch: int = 128
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    crop_pad: int = 4
+    flip: bool = True
+    precision: str = "auto"
+    channels_last: bool = True
+    seed: int = 0
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    val_batch: int = 250
+    threads: int | None = None
+    save_every_minutes: float = 10.0
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    progress: bool = True
+
+
+def check_lr(r: TrainingRun) -> None:
     """Raise a UserError for bad epochs, batch size or learning rate."""
     if r.epochs < 1 or r.batch < 1:
         raise UserError("epochs and batch must be at least 1.")
@@ -25,19 +57,20 @@ def check_lr(r) -> None:
         raise UserError(f"the learning rate must be positive, got {r.lr}.")
 
 
-def check_schedule(r) -> None:
+def check_schedule(r: TrainingRun) -> None:
     if r.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {r.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
 
 
 def load_sets(r) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-    """Training images and labels, and the validation set (None without --val-data)."""
+    """Training images and labels, and the validation set (None without --val-data), of a
+    ClassifierRecipe or DenoiserRecipe (each declares its own `data` and `out`)."""
     images, labels = load_training_set(r.data, r.max_train_images)
     val = load_training_set([r.val_data], r.max_val_images, split="test") if r.val_data else None
     return images, labels, val
 
 
-def lr_schedule(r, n_images: int) -> Callable[[int, int], float]:
+def lr_schedule(r: TrainingRun, n_images: int) -> Callable[[int, int], float]:
     """lr_fn(step, total_steps) for the loop, with the warm-up converted to steps."""
     steps_per_epoch = max(n_images // r.batch, 1)
     warmup = round(r.warmup_epochs * steps_per_epoch)
@@ -56,7 +89,7 @@ def lr_schedule(r, n_images: int) -> Callable[[int, int], float]:
     return lr_fn
 
 
-def recipe_json(r) -> dict:
+def recipe_json(r: TrainingRun) -> dict:
     """The recipe as saved with the run, with data paths made absolute (so a resume
     started from another folder compares equal)."""
     recipe = asdict(r)
