@@ -699,7 +699,7 @@ def test_a_model_failure_is_a_generic_500_and_the_details_are_logged(model, capl
         return model(x)
 
     app, _ = make_app(flaky)
-    with TestClient(app) as c, caplog.at_level("ERROR", logger="dsmooth.deploy.service"):
+    with TestClient(app) as c, caplog.at_level("ERROR", logger="dsmooth.service"):
         r = c.post("/v1/certify", json={"images": batch(1).tolist()})
         assert r.status_code == 500
         message = r.json()["error"]

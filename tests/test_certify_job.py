@@ -18,6 +18,7 @@ import dsmooth
 from dsmooth import CertifyJob
 from dsmooth.certify.methods import CohenCP, Sequential
 from dsmooth.cli import main
+from dsmooth.errors import UserError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dsmooth"
 DATA = SRC / "assets" / "cifar10_test_every20.npz"
@@ -123,3 +124,15 @@ def test_no_module_imports_itself_back():
         }
     )
     assert cycles == []
+
+
+def test_a_job_whose_settings_contradict_its_method_is_refused(tmp_path):
+    """Its record would state the job's n and alpha, not those the method certified with."""
+    job = CertifyJob(
+        CLASSIFIER, str(DATA), sigma=0.25, method=CohenCP(10, 100, 0.001), n=40,
+        alpha=0.01, out=str(tmp_path / "x.tsv"),
+    )  # fmt: skip
+    with pytest.raises(UserError, match="differs from its method"):
+        job.check()
+    same = dataclasses.replace(job, n=100, alpha=0.001)
+    same.check()

@@ -380,3 +380,83 @@ def test_a_checkpoint_folder_is_replaced_whole(tmp_path, monkeypatch, exchange):
     after = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
     assert after == before  # the old checkpoint, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["den"]  # nothing left beside it
+
+
+def test_a_replaced_folder_keeps_its_mode_its_link_and_the_users_files(tmp_path):
+    from dsmooth.models import checkpoint
+
+    real = tmp_path / "real" / "ck"
+    save_checkpoint(create("dncnn", depth=3, n_channels=4), real, DNCNN_CONFIG)
+    real.chmod(0o750)
+    (real / "keep.tmp").write_text("mine")  # a user's file, not a temporary of ours
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    save_checkpoint(create("dncnn", depth=3, n_channels=4), link, DNCNN_CONFIG)
+    assert link.is_symlink()  # replaced where it points
+    assert (real / "keep.tmp").read_text() == "mine"
+    assert (real.stat().st_mode & 0o777) == 0o750
+    assert load_checkpoint(link)[1]["architecture"] == "dncnn"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    assert sorted(p.name for p in real.parent.iterdir()) == ["ck"]
+    fresh = tmp_path / "fresh"
+    save_checkpoint(create("dncnn", depth=3, n_channels=4), fresh, DNCNN_CONFIG)
+    assert (fresh.stat().st_mode & 0o777) == (0o777 & ~checkpoint_umask())
+    assert (fresh / checkpoint.CONFIG).is_file()
+
+
+def checkpoint_umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_a_folder_that_cannot_be_swapped_gets_its_files_one_by_one(tmp_path, monkeypatch):
+    """A mount point (say a container volume) cannot be renamed: weights, then config,
+    each replaced whole, as before the folder swap."""
+    import os
+
+    from dsmooth.models import checkpoint
+
+    out = tmp_path / "volume"
+    save_checkpoint(create("dncnn", depth=3, n_channels=4), out, DNCNN_CONFIG)
+    inode = out.stat().st_ino
+    moved = []
+    real_replace = os.replace
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(out))
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (moved.append(Path(b).name), real_replace(a, b))[1]
+    )
+    torch.manual_seed(3)
+    new = create("dncnn", depth=3, n_channels=4)
+    save_checkpoint(new, out, DNCNN_CONFIG)
+    assert out.stat().st_ino == inode  # the same folder, its files replaced
+    assert moved == [checkpoint.WEIGHTS, checkpoint.CONFIG]
+    loaded, _ = load_checkpoint(out)
+    pairs = zip(loaded.state_dict().values(), new.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert sorted(p.name for p in out.iterdir()) == [checkpoint.CONFIG, checkpoint.WEIGHTS]
+
+
+def test_the_fallback_swap_puts_the_old_folder_back_when_it_fails(tmp_path, monkeypatch):
+    import os
+
+    from dsmooth import _io
+
+    out = tmp_path / "ck"
+    out.mkdir()
+    (out / "a").write_text("old")
+    monkeypatch.setattr(_io, "_exchange", lambda _a, _b: False)
+    real_rename = os.rename
+
+    def rename(a, b):
+        if Path(b) == out and ".tmp" in Path(a).name:
+            raise KeyboardInterrupt  # a second Ctrl-C between the two renames
+        real_rename(a, b)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt), _io.replacing_folder(out) as tmp:
+        (tmp / "a").write_text("new")
+    assert (out / "a").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

@@ -242,3 +242,12 @@ def test_certify_command_of_a_sequential_record():
     command = certify_command(record, "out.tsv")
     assert "--classifier 'my clf.pt' --data d.npz" in command
     assert command.endswith("--method sequential --radius 0.25 0.5 --n-max 4000 --out out.tsv")
+
+
+def test_a_predict_logs_command_has_no_method_flag():
+    record = {"command": "predict", "method": "predict", "sigma": 0.25, "n": 100,
+              "alpha": 0.001, "seed": 0}  # fmt: skip
+    command = certify_command(record, "p.tsv")
+    assert command.startswith("dsmooth predict ")
+    assert "--method" not in command
+    assert "--n 100" in command

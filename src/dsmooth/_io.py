@@ -15,8 +15,9 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,27 +83,58 @@ def write_json(path: str | os.PathLike, content, **dump_options) -> None:
 
 
 @contextmanager
-def replacing_folder(path: str | os.PathLike) -> Iterator[Path]:
+def replacing_folder(path: str | os.PathLike, last: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a temporary folder to fill; when the block ends normally it takes `path`'s
     place in one step, holding also the files of the old folder it did not rewrite
-    (hard links: a model card or a training state stay). When the block raises, it is
-    removed and `path` is left as it was. Readers see the old folder or the new one.
+    (hard links: a model card or a training state stay) and the old folder's mode. When
+    the block raises, it is removed and `path` is left as it was. Readers see the old
+    folder or the new one.
+
+    A symlinked `path` is replaced where it points. A folder that cannot be swapped (a
+    mount point, or one whose parent is not writable) gets the new files one by one
+    instead, each whole, the names in `last` after the others, in that order.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    path = Path(os.path.realpath(path))
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and (os.path.ismount(path) or not os.access(parent, os.W_OK)):
+        with _file_by_file(path, last) as tmp:
+            yield tmp
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
     try:
         yield tmp
         if path.is_dir():
             _carry_over(path, tmp)
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        else:
+            os.chmod(tmp, 0o777 & ~_umask())
         for file in tmp.rglob("*"):
             if file.is_file() and not file.is_symlink():
                 _fsync(file)
         sync_folder(tmp)
         _swap_in(tmp, path)
-        sync_folder(path.parent)
+        sync_folder(parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # after a swap: the old folder
+
+
+@contextmanager
+def _file_by_file(path: Path, last: Sequence[str]) -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(prefix=".", suffix=".tmp", dir=path))
+    try:
+        yield tmp
+        names = sorted(f.name for f in tmp.iterdir() if f.name not in last)
+        for name in [*names, *(n for n in last if (tmp / n).exists())]:
+            commit(tmp / name, path / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(file: Path) -> None:
@@ -117,7 +149,8 @@ def _carry_over(old: Path, new: Path) -> None:
     """Entries of `old` that `new` lacks, linked (or copied) into `new`."""
     for entry in old.iterdir():
         target = new / entry.name
-        if target.exists() or target.is_symlink() or entry.name.endswith(".tmp"):
+        ours = entry.name.startswith(".") and entry.name.endswith(".tmp")  # a temporary
+        if ours or target.exists() or target.is_symlink():
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
@@ -150,7 +183,11 @@ def _swap_in(new: Path, path: Path) -> None:
     aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
     os.rmdir(aside)
     os.rename(path, aside)
-    os.rename(new, path)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(aside, path)
+        raise
     os.rename(aside, new)  # removed by the caller with the temporary folder
 
 

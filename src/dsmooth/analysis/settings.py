@@ -298,7 +298,7 @@ def certify_command(record: dict, log: str | os.PathLike) -> str:
     certifier = certifier_from_record(record) if command == "certify" else None
     if certifier is not None:
         argv += certifier.flags()
-    elif record.get("method") not in (None, "cp"):
+    elif command == "certify" and record.get("method") not in (None, "cp"):
         argv += ["--method", str(record["method"])]
     if record.get("stop_if_misclassified"):
         argv.append("--stop-if-misclassified")

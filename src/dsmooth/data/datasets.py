@@ -334,9 +334,9 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         n = len(self.labels)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         self.epoch += 1
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         for b in range(len(self)):

@@ -111,7 +111,7 @@ class ImageFolder:
     Certifying every 100th image of a 50,000-image folder reads 500 files, and memory
     holds one image at a time. Same interface as `ImageSet` (len, labels, classes,
     image, batch), without `images`. With `size`, each image is resized and centre-cropped
-    to size x size (`dsmooth.data.datasets.resize_center_crop`); without it images keep their
+    to size x size (`dsmooth.data.transforms.resize_center_crop`); without it images keep their
     own sizes, which a classifier with a fixed input size accepts only if they match.
     """
 

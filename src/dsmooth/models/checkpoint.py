@@ -69,7 +69,7 @@ def save_checkpoint(
     # Weights and config go into a new folder that replaces the old one in one step, so a
     # reader never sees new weights under an old config. The config still names its
     # weights' checksum, which catches a pair mixed by hand (or by an older dsmooth).
-    with replacing_folder(path) as tmp:
+    with replacing_folder(path, last=(CONFIG,)) as tmp:
         save_file(state, str(tmp / WEIGHTS))
         config = {**config, WEIGHTS_SHA256: file_sha256(tmp / WEIGHTS)}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -148,11 +148,25 @@ class CertifyJob:
                 changes[key] = str(Path(value).resolve())
         return replace(self, **changes)
 
+    def _check_matches_method(self) -> None:
+        """The record takes n0, n and alpha from the job: a method certifying with other
+        values would leave a record (and a radius cap, a report) that misstates its rows."""
+        if self.method is None:
+            return
+        for name in ("n0", "n", "alpha"):
+            mine, its = getattr(self, name), getattr(self.method, name, None)
+            if mine is not None and its is not None and mine != its:
+                raise UserError(
+                    f"the job's {name} ({mine}) differs from its method's ({its}); give it "
+                    "once, in the method."
+                )
+
     def check(self) -> None:
         """The cheap checks, before any model is loaded: sample counts, alpha, sigma, the
         selection of images, and the log (its folder writable, an existing one readable)."""
         check_sigma(self.sigma)
         check_alpha(self.level)
+        self._check_matches_method()
         if self.n0 is not None and self.n0 < 1:
             check_count("n0", self.n0)
         check_count("n", self.n_estimate)

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 #: How often a waiting request checks whether its client is still there.
 DISCONNECT_POLL = 0.1
 
-log = logging.getLogger("dsmooth.deploy.service")
+# The logger keeps its name from before the move to deploy/, so logging configs still match.
+log = logging.getLogger("dsmooth.service")
 
 
 @dataclass(frozen=True)
