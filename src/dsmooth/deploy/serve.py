@@ -120,20 +120,10 @@ class _Handlers:
     async def infer(self, request):
         if (r := self.unknown(request)) is not None:
             return r
-        try:
-            doc = await request.json()
-            (tensor,) = doc["inputs"]
-            dims = [int(d) for d in tensor["shape"]]
-            data = np.asarray(tensor["data"], dtype=np.float32).ravel()
-            if data.size != math.prod(dims):
-                raise ValueError(f"{data.size} values for shape {dims}")
-            array = data.reshape(dims)
-        except Exception as e:
-            return _error(400, f"bad request: {type(e).__name__}: {e}")
-        try:
-            out = await _in_thread(self.predictor, array)
-        except ValueError as e:
-            return _error(400, str(e))
+        answer = await self._predict(request, _v2_array)
+        if not isinstance(answer, tuple):
+            return answer
+        doc, out = answer
         return _json(
             {
                 "model_name": self.name,
@@ -176,19 +166,42 @@ class _Handlers:
         model, _, verb = request.path_params["target"].partition(":")
         if model != self.name or verb != "predict":
             return _error(404, f"unknown model or verb {request.path_params['target']!r}")
+        answer = await self._predict(request, _tfs_array)
+        if not isinstance(answer, tuple):
+            return answer
+        return _json({"predictions": answer[1].tolist()})
+
+    async def _predict(self, request, parse):
+        """(body, output) of the predictor on the array `parse(body)` reads, or the 400
+        answer to a body that does not parse or an input the predictor refuses."""
         try:
             doc = await request.json()
-            rows = doc["instances"] if "instances" in doc else doc["inputs"]
-            if rows and isinstance(rows[0], dict):
-                rows = [r[INPUT_NAME] for r in rows]
-            array = np.asarray(rows, dtype=np.float32)
+            array = parse(doc)
         except Exception as e:
             return _error(400, f"bad request: {type(e).__name__}: {e}")
         try:
             out = await _in_thread(self.predictor, array)
         except ValueError as e:
             return _error(400, str(e))
-        return _json({"predictions": out.tolist()})
+        return doc, out
+
+
+def _v2_array(doc) -> np.ndarray:
+    """The one input tensor of an Open Inference Protocol v2 request."""
+    (tensor,) = doc["inputs"]
+    dims = [int(d) for d in tensor["shape"]]
+    data = np.asarray(tensor["data"], dtype=np.float32).ravel()
+    if data.size != math.prod(dims):
+        raise ValueError(f"{data.size} values for shape {dims}")
+    return data.reshape(dims)
+
+
+def _tfs_array(doc) -> np.ndarray:
+    """The instances (or inputs) of a TensorFlow Serving REST predict request."""
+    rows = doc["instances"] if "instances" in doc else doc["inputs"]
+    if rows and isinstance(rows[0], dict):
+        rows = [r[INPUT_NAME] for r in rows]
+    return np.asarray(rows, dtype=np.float32)
 
 
 def _json(content, status: int = 200):
