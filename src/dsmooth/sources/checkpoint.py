@@ -23,8 +23,8 @@ def resolve(spec: str, options: dict):
     if found is None:
         return None
     model, config = found
-    role, kind = options.get("role"), config.get("kind")
-    if role in ("classifier", "denoiser") and kind in ("classifier", "denoiser") and role != kind:
-        raise UserError(f"{spec} is a {kind} ({config.get('architecture')}), not a {role}.")
+    role, kind = options.get("role"), config.kind
+    if role in ("classifier", "denoiser") and kind is not None and role != kind:
+        raise UserError(f"{spec} is a {kind} ({config.architecture}), not a {role}.")
     model.dsmooth_config = config
     return model

@@ -167,15 +167,15 @@ def _load_init(r: ClassifierRecipe, num_classes: int) -> tuple[torch.nn.Module, 
     if found is None:
         raise UserError(f"cannot load the classifier to continue from {r.init!r}.")
     model, config = found
-    if config.get("kind", "classifier") != "classifier":
-        raise UserError(f"--init {r.init} holds a {config.get('kind')}, not a classifier.")
-    if config.get("architecture") != r.arch:
+    if config.kind not in (None, "classifier"):
+        raise UserError(f"--init {r.init} holds a {config.kind}, not a classifier.")
+    if config.architecture != r.arch:
         raise UserError(
-            f"--init holds a {config.get('architecture')!r} classifier but --arch is {r.arch!r}."
+            f"--init holds a {config.architecture!r} classifier but --arch is {r.arch!r}."
         )
     if r.arch_kwargs:
         raise UserError("--arch-kwargs do not apply with --init (the checkpoint has them).")
-    kwargs = dict(config.get("kwargs", {}))
+    kwargs = dict(config.kwargs or {})
     if kwargs.get("num_classes", num_classes) != num_classes:
         raise UserError(
             f"--init has {kwargs['num_classes']} classes but the run has {num_classes}."

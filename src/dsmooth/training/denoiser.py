@@ -15,6 +15,7 @@ from dsmooth.data.transforms import random_crop_flip, to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models import list_models
 from dsmooth.models.checkpoint import save_checkpoint
+from dsmooth.models.config import ModelConfig
 from dsmooth.sigma import check_sigma
 from dsmooth.training import loop
 from dsmooth.training.classifier import build
@@ -84,7 +85,7 @@ def _init_arch(spec: str) -> str:
     from dsmooth.models.checkpoint import is_checkpoint, read_config
 
     if is_checkpoint(spec):
-        return read_config(spec).get("architecture", "dncnn")
+        return read_config(spec).architecture
     return "dncnn"  # foreign weights: their loader names the architecture; checked later
 
 
@@ -94,7 +95,7 @@ def _load_classifier(spec: str, options: dict | None = None) -> nn.Module:
     return load_model(spec, role="classifier", device=torch.device("cpu"), **(options or {}))
 
 
-def _load_denoiser_init(spec: str) -> tuple[nn.Module, dict]:
+def _load_denoiser_init(spec: str) -> tuple[nn.Module, ModelConfig]:
     from dsmooth.models.loading import load_with_config
 
     found = load_with_config(spec)
@@ -145,13 +146,13 @@ def _initial_denoiser(r) -> tuple[nn.Module, dict]:
         kwargs = dict(r.arch_kwargs)
         return build(r.arch, kwargs), kwargs
     denoiser, init_config = _load_denoiser_init(r.init)
-    if init_config.get("architecture") != r.arch:
+    if init_config.architecture != r.arch:
         raise UserError(
-            f"--init holds a {init_config.get('architecture')!r} denoiser but --arch is {r.arch!r}."
+            f"--init holds a {init_config.architecture!r} denoiser but --arch is {r.arch!r}."
         )
     if r.arch_kwargs:
         raise UserError("--arch-kwargs do not apply with --init (the checkpoint has them).")
-    return denoiser, dict(init_config.get("kwargs", {}))
+    return denoiser, dict(init_config.kwargs or {})
 
 
 def _val_classifiers(target: nn.Module | None, surrogates: Sequence) -> dict[str, nn.Module]:
