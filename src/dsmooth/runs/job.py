@@ -25,6 +25,7 @@ from dsmooth.data.images import ImageSet
 from dsmooth.errors import UserError
 from dsmooth.pipeline import engine
 from dsmooth.sigma import check_sigma
+from dsmooth.sources import options as source_options
 
 
 def default_engine() -> engine.EngineOptions:
@@ -163,7 +164,8 @@ class CertifyJob:
 
     def check(self) -> None:
         """The cheap checks, before any model is loaded: sample counts, alpha, sigma, the
-        selection of images, and the log (its folder writable, an existing one readable)."""
+        selection of images, the model options' names, and the log (its folder writable,
+        an existing one readable)."""
         check_sigma(self.sigma)
         check_alpha(self.level)
         self._check_matches_method()
@@ -174,6 +176,7 @@ class CertifyJob:
             check_count("batch", int(self.batch))
         if self.skip < 1:
             raise UserError(f"skip must be at least 1, got {self.skip}.")
+        source_options.SourceOptions.from_mapping(dict(self.model_options))
         check_out_folder(self.log_path)
         check_existing_log(self.log_path)
 
@@ -368,14 +371,9 @@ def check_out_folder(out) -> None:
 
 
 #: `load_model` options a certify job passes on (the classifier's foreign weights, input
-#: contract and remote client; docs/sources.md), by their `dsmooth certify` names.
-MODEL_OPTIONS = (
-    "arch", "mean", "std",
-    "input_range", "input_layout", "channel_order", "input_size", "input_mean", "input_std",
-    "input_dtype", "input_name", "output_name", "weights", "signature", "protocol",
-    "request_size", "concurrency", "timeout", "retries", "backoff", "max_queries",
-    "token_env", "token_file", "auth_header",
-)  # fmt: skip
+#: contract and remote client; docs/sources.md), by their `dsmooth certify` names: the
+#: `SourceOptions` fields but role, device and contract.
+MODEL_OPTIONS = source_options.MODEL_OPTIONS
 
 #: Engine options by their `dsmooth certify` names (EngineOptions fields).
 ENGINE_OPTIONS = ("precision", "compile", "channels_last", "threads", "backend")
