@@ -16,6 +16,7 @@ from dsmooth.errors import UserError
 from dsmooth.models import list_models
 from dsmooth.models.checkpoint import save_checkpoint
 from dsmooth.models.config import ModelConfig
+from dsmooth.pipeline.engine import ieee_fp32
 from dsmooth.sigma import check_sigma
 from dsmooth.training import loop
 from dsmooth.training.classifier import build
@@ -30,6 +31,7 @@ from dsmooth.training.recipe import (
     loop_options,
     lr_schedule,
     recipe_json,
+    run_device,
 )
 
 OPTIMIZERS = ("adam", "sgd")
@@ -68,6 +70,7 @@ def check(r: DenoiserRecipe, given: bool = False) -> None:
     if r.arch not in list_models("denoiser"):
         known = ", ".join(list_models("denoiser"))
         raise UserError(f"unknown denoiser architecture {r.arch!r}; known: {known}.")
+    run_device(r)
     check_sigma(r.sigma)
     check_lr(r)
     if r.optimizer not in OPTIMIZERS:
@@ -89,10 +92,10 @@ def _init_arch(spec: str) -> str:
     return "dncnn"  # foreign weights: their loader names the architecture; checked later
 
 
-def _load_classifier(spec: str, options: dict | None = None) -> nn.Module:
+def _load_classifier(spec: str, device: torch.device, options: dict | None = None) -> nn.Module:
     from dsmooth.sources import load_model
 
-    return load_model(spec, role="classifier", device=torch.device("cpu"), **(options or {}))
+    return load_model(spec, role="classifier", device=device, **(options or {}))
 
 
 def _load_denoiser_init(spec: str) -> tuple[nn.Module, ModelConfig]:
@@ -121,21 +124,21 @@ def train_denoiser(
         return _train(r, resume, classifier, surrogates)
 
 
-def _classifiers(r, classifier, surrogates) -> tuple[nn.Module | None, list]:
+def _classifiers(r, classifier, surrogates, device) -> tuple[nn.Module | None, list]:
     """(the target classifier to validate on, or None; the classifiers the objective trains
     against): the surrogates when there are any (the target then only with `r.val_target`),
-    else the target classifier."""
+    else the target classifier. Those loaded from specs are loaded onto `device`."""
     if bool(r.surrogates) or bool(surrogates):
-        surrogates = list(surrogates or [_load_classifier(s) for s in r.surrogates])
+        surrogates = list(surrogates or [_load_classifier(s, device) for s in r.surrogates])
         target = None
         if r.val_target:
             target = classifier
             if target is None:
-                target = _load_classifier(r.classifier, r.classifier_options)
+                target = _load_classifier(r.classifier, device, r.classifier_options)
         return target, surrogates
     target = classifier
     if target is None and r.classifier:
-        target = _load_classifier(r.classifier, r.classifier_options)
+        target = _load_classifier(r.classifier, device, r.classifier_options)
     return target, ([target] if target is not None else [])
 
 
@@ -174,13 +177,14 @@ def _optimizer(r, denoiser: nn.Module) -> torch.optim.Optimizer:
 
 
 def _train(r, resume, classifier=None, surrogates=None) -> str:
-    device = torch.device("cpu")
+    device = run_device(r)
+    ieee_fp32(device)  # fp32 on a GPU means fp32, not TF32 (as the certify engine)
     precision = resolve_precision(r.precision, device)
     fmt = memory_format(r.channels_last)
     images, labels, val = load_sets(r)
 
     use_surrogates = bool(r.surrogates) or bool(surrogates)
-    target, train_classifiers = _classifiers(r, classifier, surrogates)
+    target, train_classifiers = _classifiers(r, classifier, surrogates, device)
 
     torch.manual_seed(r.seed)
     denoiser, kwargs = _initial_denoiser(r)
@@ -194,15 +198,18 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
         mode=r.surrogate_mode,
         autocast=lambda: autocast(precision, device),
     )
+    # modules (given or loaded) follow the run's device; a black box keeps its own (ONNX,
+    # a server: the CPU) and validation hands it its inputs there
     for f in ([target] if target is not None else []) + list(train_classifiers):
         if isinstance(f, nn.Module):
-            f.to(memory_format=fmt)
+            f.to(device, memory_format=fmt)
 
     def step_fn(batch, y, g, step):
-        if r.crop_pad > 0 or r.flip:
+        if r.crop_pad > 0 or r.flip:  # on the CPU, uint8: the same crops on every device
             batch = random_crop_flip(batch, g, r.crop_pad, r.flip)
-        x = to_float_nchw(batch)
-        noisy = (x + torch.randn(x.shape, generator=g) * r.sigma).contiguous(memory_format=fmt)
+        x = to_float_nchw(loop.to_device(batch, device))
+        y = loop.to_device(y, device)
+        noisy = (x + loop.randn(x.shape, g, device) * r.sigma).contiguous(memory_format=fmt)
         with autocast(precision, device):
             denoised = denoiser(noisy)
         return objective(denoised, x, y, step)
@@ -222,6 +229,7 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
             precision=precision,
             channels_last=r.channels_last,
             seed=r.seed,
+            device=device,
         )
 
     recipe = recipe_json(r)

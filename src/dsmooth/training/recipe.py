@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from dsmooth.errors import UserError
+from dsmooth.pipeline.engine import resolve_device
 from dsmooth.training.data import load_training_set
 from dsmooth.training.loop import LoopOptions
 from dsmooth.training.schedule import SCHEDULES, lr_at
@@ -20,9 +21,13 @@ from dsmooth.training.schedule import SCHEDULES, lr_at
 @dataclass(kw_only=True)
 class TrainingRun:
     """What every training run has, whatever it trains: the optimisation schedule, the
-    augmentation, precision, and the run's budget and checkpointing. `ClassifierRecipe`
-    and `DenoiserRecipe` add what they train and set their own learning rate, weight
-    decay and validation batch."""
+    augmentation, precision, the device, and the run's budget and checkpointing.
+    `ClassifierRecipe` and `DenoiserRecipe` add what they train and set their own learning
+    rate, weight decay and validation batch.
+
+    `device` ("cpu", "cuda", "cuda:N") is where the model, the classifiers and the noise
+    live; like `threads` it belongs to the host, not to the recipe, so a run may resume on
+    another device (`loop.MUTABLE`)."""
 
     val_data: str | None = None
     epochs: int = 90
@@ -38,6 +43,7 @@ class TrainingRun:
     flip: bool = True
     precision: str = "auto"
     channels_last: bool = True
+    device: str = "cpu"
     seed: int = 0
     max_train_images: int | None = None
     max_val_images: int | None = None
@@ -55,6 +61,12 @@ def check_lr(r: TrainingRun) -> None:
         raise UserError("epochs and batch must be at least 1.")
     if not (r.lr > 0 and math.isfinite(r.lr)):
         raise UserError(f"the learning rate must be positive, got {r.lr}.")
+
+
+def run_device(r: TrainingRun) -> torch.device:
+    """The torch device the run trains on, or a UserError (unknown, or CUDA on a machine
+    without it): the same check as `dsmooth certify --device`."""
+    return resolve_device(r.device)
 
 
 def check_schedule(r: TrainingRun) -> None:
@@ -109,4 +121,5 @@ def loop_options(r, desc: str) -> LoopOptions:
         max_minutes=r.max_minutes,
         progress=r.progress,
         desc=desc,
+        device=run_device(r),
     )
