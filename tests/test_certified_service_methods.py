@@ -197,3 +197,58 @@ def test_a_method_lets_requests_set_only_what_it_is_built_from():
     with pytest.raises(ValueError, match=r"tightens \['tol'\]"):
         register_method(Loose)
     assert "loose" not in METHODS
+
+
+def test_a_subclass_that_changes_certify_does_not_inherit_its_parents_state_machine():
+    """A method that certifies less than its parent but keeps the parent's `resumable`
+    would be served the parent's (larger) radii under its own name: refused instead."""
+
+    @dataclass(frozen=True)
+    class Conservative(CohenCP):
+        name: ClassVar[str] = "cp-conservative"
+
+        def certify(self, smooth, x, batch_size=64, *, index):
+            c = super().certify(smooth, x, batch_size, index=index)
+            return Certificate(c.prediction, c.radius / 2)
+
+    @dataclass(frozen=True)
+    class Renamed(CohenCP):  # changes nothing the answer depends on: served
+        name: ClassVar[str] = "cp-renamed"
+
+    register_method(Conservative)
+    try:
+        assert not Conservative.servable()
+        assert Renamed.servable()
+        assert HalfRadius.servable()
+        assert CohenCP.servable()
+        with pytest.raises(UserError, match="cannot serve the 'cp-conservative' method"):
+            settings("cp-conservative")
+    finally:
+        del METHODS["cp-conservative"]
+
+
+def test_a_method_may_add_guarantee_entries_but_not_replace_the_services():
+    @dataclass(frozen=True)
+    class Restating(CohenCP):
+        name: ClassVar[str] = "cp-restating"
+
+        def guarantee(self, sigma):
+            return {**super().guarantee(sigma), "alpha": 0.5}
+
+    register_method(Restating)
+    try:
+        with pytest.raises(UserError, match=r"guarantee\(\) names \['alpha'\]"):
+            settings("cp-restating")
+    finally:
+        del METHODS["cp-restating"]
+
+
+def test_only_a_method_that_spends_n_may_let_requests_raise_it():
+    @dataclass(frozen=True)
+    class SequentialN(Sequential):
+        name: ClassVar[str] = "sequential-n"
+        tightens: ClassVar[tuple[str, ...]] = ("alpha", "n")
+
+    with pytest.raises(ValueError, match=r"tightens \['n'\]"):
+        register_method(SequentialN)
+    assert "sequential-n" not in METHODS

@@ -228,6 +228,26 @@ def test_a_job_with_a_misspelt_model_option_is_refused_by_its_check(tmp_path):
         bad.check()
 
 
+@pytest.mark.parametrize("key", ["device", "role"])
+def test_a_job_refuses_model_options_that_are_its_own_to_set(tmp_path, key):
+    """The job passes the device and the role to load_model itself; given again as model
+    options they would collide there (a TypeError), so its check refuses them."""
+    value = "cpu" if key == "device" else "classifier"
+    bad = job.CertifyJob(
+        str(tmp_path / "c.pt"), str(tmp_path / "d.npz"), sigma=0.25, n=10, alpha=0.01,
+        out=str(tmp_path / "x.tsv"), model_options={key: value},
+    )  # fmt: skip
+    with pytest.raises(UserError, match=f"model options \\['{key}'\\] are the job's own"):
+        bad.check()
+
+
+def test_the_contract_helpers_still_take_a_plain_dict():
+    assert contract_from_options({"input_range": 255}).range == 255.0
+    assert contract_from_options(SourceOptions(input_range=255)).range == 255.0
+    with pytest.raises(UserError, match="did you mean 'input_range'"):
+        contract_from_options({"input_rnage": 255})
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -79,7 +79,7 @@ class Certifier(ABC):
     #: Whether the method's estimation budget is `--n` (reports then show n as such).
     spends_n: ClassVar[bool] = True
     #: Which parameters a certified-service request may set (each by its TIGHTENING
-    #: rule); any other a request names gets a 400. None by default: then a request sets
+    #: rule); any other a request names gets a 400. Empty by default: then a request sets
     #: only its seed, index and timeout.
     tightens: ClassVar[tuple[str, ...]] = ()
 
@@ -180,8 +180,16 @@ class Certifier(ABC):
 
     @classmethod
     def servable(cls) -> bool:
-        """Whether the certified service can run the method: it defines `resumable`."""
-        return cls.resumable is not Certifier.resumable
+        """Whether the certified service can run the method: `resumable` is defined in the
+        class that defines `certify`, or below it. A subclass that changes `certify` but
+        inherits its parent's state machine would be served its parent's certificates
+        under its own name, so it is not servable until it says how it runs look by look."""
+
+        def definer(attr: str) -> type:
+            return next(k for k in cls.__mro__ if attr in vars(k))
+
+        runs = definer("resumable")
+        return runs is not Certifier and issubclass(runs, definer("certify"))
 
     @property
     def most_samples(self) -> int:
@@ -191,8 +199,9 @@ class Certifier(ABC):
 
     def in_effect(self, name: str, sigma: float):  # noqa: ARG002 (subclasses read it)
         """The value of parameter `name` the method certifies with, a default filled in:
-        what a request's value is checked against (`tightens`)."""
-        return getattr(self, name)
+        what a request's value is checked against (`tightens`); None when the method
+        has no such value (then a request cannot tighten it)."""
+        return getattr(self, name, None)
 
     def guarantee(self, sigma: float) -> dict:
         """The method's entries of a service answer's guarantee besides alpha and n0
@@ -407,7 +416,8 @@ def register_method(cls: type[Certifier]) -> type[Certifier]:
 def check_tightens(cls: type[Certifier]) -> None:
     """A ValueError unless `cls.tightens` names parameters of TIGHTENING the method is
     built from (a request's value must reach the method, or it would be ignored)."""
-    unknown = sorted(set(cls.tightens) - {"alpha", "n0", "n", *cls.options})
+    built_from = {"alpha", "n0", *cls.options, *(("n",) if cls.spends_n else ())}
+    unknown = sorted(set(cls.tightens) - built_from)
     if unknown:
         raise ValueError(f"{cls.name}: tightens {unknown}, which it is not built from")
 

@@ -176,7 +176,14 @@ class CertifyJob:
             check_count("batch", int(self.batch))
         if self.skip < 1:
             raise UserError(f"skip must be at least 1, got {self.skip}.")
-        source_options.SourceOptions.from_mapping(dict(self.model_options))
+        given = dict(self.model_options)
+        source_options.SourceOptions.from_mapping(given)
+        reserved = sorted(set(given) & set(source_options.CALLER_FIELDS))
+        if reserved:
+            raise UserError(
+                f"model options {reserved} are the job's own to set (its device, the "
+                "classifier's role), not options of the classifier; drop them."
+            )
         check_out_folder(self.log_path)
         check_existing_log(self.log_path)
 

@@ -13,17 +13,14 @@ Noisy images leave [0, 1]; nothing is clipped unless the model takes integers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from dsmooth.errors import UserError
-
-if TYPE_CHECKING:
-    from dsmooth.sources.options import SourceOptions
+from dsmooth.sources.options import SourceOptions
 
 LAYOUTS = ("auto", "NCHW", "NHWC")
 CHANNEL_ORDERS = ("RGB", "BGR")
@@ -179,8 +176,9 @@ def parse_floats(text, name: str) -> tuple[float, ...] | None:
         raise UserError(f"{name} must be comma-separated numbers, got {text!r}.") from None
 
 
-def contract_from_options(options: SourceOptions) -> InputContract:
+def contract_from_options(options: SourceOptions | Mapping) -> InputContract:
     """The contract stated by `load_model` options (CLI flags or Python keywords)."""
+    options = SourceOptions.of(options)
     if isinstance(options.contract, InputContract):
         return options.contract
     return InputContract(
@@ -220,12 +218,13 @@ class ContractFunction:
         return self.fn(self.contract.convert(x))
 
 
-def apply_contract(model, options: SourceOptions):
+def apply_contract(model, options: SourceOptions | Mapping):
     """Put `model` behind the stated input contract unless its source already did.
 
     Sources that read the model's own input description (ONNX, Keras, SavedModel,
     remote servers) convert themselves and expose a `contract` attribute.
     """
+    options = SourceOptions.of(options)
     if hasattr(model, "contract"):
         return model
     contract = contract_from_options(options).with_layout("NCHW")

@@ -90,6 +90,14 @@ class SourceOptions:
             raise UserError(unknown_options_message(unknown))
         return cls(**options)
 
+    @classmethod
+    def of(cls, options: SourceOptions | Mapping[str, Any] | None) -> SourceOptions:
+        """`options` as SourceOptions: the contract helpers also take a plain dict, as
+        they did before the options were typed."""
+        if isinstance(options, SourceOptions):
+            return options
+        return cls.from_mapping(options or {})
+
 
 _NAMES = tuple(f.name for f in fields(SourceOptions))
 

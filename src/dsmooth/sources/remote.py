@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -218,8 +219,9 @@ class RemoteClassifier:
         self.http.close()
 
 
-def client_options(options: SourceOptions) -> ClientOptions:
+def client_options(options: SourceOptions | Mapping) -> ClientOptions:
     """The client settings given, ClientOptions' defaults for the rest."""
+    options = SourceOptions.of(options)
     headers = credential_headers(
         options.token_env,
         options.token_file,

@@ -15,9 +15,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from dsmooth.certify.methods import LARGER, METHODS, SMALLER, TIGHTENING, Certifier, method_class
+from dsmooth.certify.methods import (
+    ANY,
+    LARGER,
+    METHODS,
+    SMALLER,
+    TIGHTENING,
+    Certifier,
+    method_class,
+)
 from dsmooth.certify.noise import NOISE_VERSION
 from dsmooth.errors import UserError
+
+#: What every answer's guarantee states itself; a method's own entries may not replace
+#: them (`Certifier.guarantee`).
+GUARANTEED = frozenset({"method", "sigma", "alpha", "n0", "seed", "noise", "noise_version"})
 
 #: At most this many target radii per request (each is one more stopping condition).
 MAX_RADII = 32
@@ -47,7 +59,8 @@ def served_method(name: str) -> type[Certifier]:
     if not cls.servable():
         raise UserError(
             f"the certified service cannot serve the {name!r} method: it defines no "
-            "look-by-look state (Certifier.resumable), so only `dsmooth certify` runs it."
+            "look-by-look state (Certifier.resumable) beside its certify, so only "
+            "`dsmooth certify` runs it."
         )
     return cls
 
@@ -79,6 +92,12 @@ class CertifySettings:
         given = {"radius": self.radius, "n_max": self.n_max, "tol": self.tol}
         options = {key: value for key, value in given.items() if key in cls.options}
         method = cls.from_options(n0=self.n0, n=self.n, alpha=self.alpha, **options)
+        clash = sorted(set(method.guarantee(self.sigma)) & GUARANTEED)
+        if clash:
+            raise UserError(
+                f"the {self.method!r} method's guarantee() names {clash}, which the service "
+                "itself reports; a method may add entries, not replace those."
+            )
         object.__setattr__(self, "certifier", method)
 
     @property
@@ -91,7 +110,7 @@ class CertifySettings:
         """The largest of n0 and the counts a request may raise: the least sample cap."""
         m = self.certifier
         counts = [m.in_effect(k, self.sigma) for k in m.tightens if TIGHTENING[k] == LARGER]
-        return max([int(self.n0), *map(int, counts)])
+        return max([int(self.n0), *(int(c) for c in counts if c is not None)])
 
     def guarantee(self) -> dict:
         """The parameters a response reports, so a client can state or check its guarantee.
@@ -155,6 +174,10 @@ class Policy:
         if name not in method.tightens:
             raise ParameterError(name, self._not_taken(name))
         rule, parsed = TIGHTENING[name], _parsed(name, value)
+        if rule != ANY and method.in_effect(name, self.settings.sigma) is None:
+            raise ParameterError(
+                name, f"the server's {self.settings.method} method sets none to tighten."
+            )
         if rule == SMALLER:
             limit = method.in_effect(name, self.settings.sigma)
             if not (0.0 < parsed <= limit):
