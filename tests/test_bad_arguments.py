@@ -171,7 +171,7 @@ CASES = {
             "--out",
             "{out}",
             "--device",
-            "cuda",
+            "cuda:99",
         ],
     ],
     "test-denoiser": [

@@ -331,3 +331,25 @@ def test_a_black_box_classifier_validates_on_its_own_device(tmp_path):
     stab = _denoiser_recipe(tmp_path, "stab", objective="stab")
     with pytest.raises(UserError, match="white-box"):
         train_denoiser(stab, classifier=box)
+
+
+@needs_cifar
+def test_a_torch_device_from_python_is_saved_as_its_name(tmp_path):
+    """A torch.device in the recipe trains as its name does; before, the first state save
+    failed (a device is not JSON) and lost the work."""
+    r = _denoiser_recipe(tmp_path, "dev", device=torch.device("cpu"))
+    assert train_denoiser(r) == "done"
+    assert read_info(r.out)["recipe"]["device"] == "cpu"
+    _same_files(tmp_path / "dev", _trained(tmp_path, "str"), "model.safetensors")
+
+
+def _trained(tmp_path, name):
+    assert train_denoiser(_denoiser_recipe(tmp_path, name)) == "done"
+    return tmp_path / name
+
+
+def test_a_black_box_answering_a_list_of_labels_is_read_as_one_answer():
+    from dsmooth.training.evaluate import _labels
+
+    assert _labels([3, 0, 1, 2]).tolist() == [3, 0, 1, 2]
+    assert _labels((np.array([[0.1, 0.9], [0.8, 0.2]]), "extra")).tolist() == [1, 0]

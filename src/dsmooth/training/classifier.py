@@ -14,19 +14,17 @@ from dsmooth.certify.base_classifier import module_device
 from dsmooth.data.transforms import random_crop_flip, to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models import create, list_models
-from dsmooth.models.checkpoint import save_checkpoint
 from dsmooth.pipeline.engine import ieee_fp32
 from dsmooth.sigma import check_sigma
 from dsmooth.training import loop
 from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
 from dsmooth.training.recipe import (
+    Hooks,
     TrainingRun,
     check_lr,
     check_schedule,
+    fit,
     load_sets,
-    loop_options,
-    lr_schedule,
-    recipe_json,
     run_device,
 )
 
@@ -111,8 +109,6 @@ def _train(r, resume) -> str:
         return loss, {"loss": loss.detach() * len(y), "acc": correct, "n": len(y)}
 
     def validate() -> dict:
-        if val is None:
-            return {}
         return evaluate_classifier(
             model,
             val[0],
@@ -124,10 +120,8 @@ def _train(r, resume) -> str:
             seed=r.seed,
         )
 
-    recipe = recipe_json(r)
-
-    def export(prog: loop.Progress, epochs_done: float) -> None:
-        config = {
+    def describe() -> dict:
+        return {
             "architecture": r.arch,
             "kwargs": kwargs,
             "kind": "classifier",
@@ -136,29 +130,11 @@ def _train(r, resume) -> str:
             "normalization": _normalization(model),
             "sigma": r.noise_sigma,
             "objective": "cross_entropy" + (" + gaussian noise" if r.noise_sigma > 0 else ""),
-            "dataset": recipe["data"],
-            "epochs": epochs_done,
-            "precision": precision,
-            "metrics": prog.history[-1] if prog.history else {},
-            "recipe": recipe,
         }
-        save_checkpoint(model, r.out, config)
 
-    lr_fn = lr_schedule(r, len(images))
-    opts = loop_options(r, desc=r.arch)
-    return loop.run_loop(
-        model,
-        optimizer,
-        images=images,
-        labels=labels,
-        step_fn=step_fn,
-        validate_fn=validate,
-        export_fn=export,
-        lr_fn=lr_fn,
-        opts=opts,
-        recipe=recipe,
-        resume=resume,
-    )
+    hooks = Hooks(step_fn, validate if val is not None else None, describe)
+    return fit(r, model, optimizer, sets=(images, labels), hooks=hooks, precision=precision,
+               desc=r.arch, resume=resume)  # fmt: skip
 
 
 def _load_init(r: ClassifierRecipe, num_classes: int) -> tuple[torch.nn.Module, dict]:

@@ -14,7 +14,6 @@ from torch import nn
 from dsmooth.data.transforms import random_crop_flip, to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models import list_models
-from dsmooth.models.checkpoint import save_checkpoint
 from dsmooth.models.config import ModelConfig
 from dsmooth.pipeline.engine import ieee_fp32
 from dsmooth.sigma import check_sigma
@@ -24,13 +23,12 @@ from dsmooth.training.evaluate import evaluate_denoiser
 from dsmooth.training.objectives import OBJECTIVES, SURROGATE_MODES, DenoiserObjective
 from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
 from dsmooth.training.recipe import (
+    Hooks,
     TrainingRun,
     check_lr,
     check_schedule,
+    fit,
     load_sets,
-    loop_options,
-    lr_schedule,
-    recipe_json,
     run_device,
 )
 
@@ -217,8 +215,6 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
     val_classifiers = _val_classifiers(target, train_classifiers if use_surrogates else [])
 
     def validate() -> dict:
-        if val is None:
-            return {}
         return evaluate_denoiser(
             denoiser,
             val[0],
@@ -232,11 +228,9 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
             device=device,
         )
 
-    recipe = recipe_json(r)
-
-    def export(prog: loop.Progress, epochs_done: float) -> None:
+    def describe() -> dict:
         objective_name = r.objective + (f" + {r.mse_weight:g} mse" if r.mse_weight > 0 else "")
-        config = {
+        return {
             "architecture": r.arch,
             "kwargs": kwargs,
             "kind": "denoiser",
@@ -246,26 +240,9 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
             "classifier": None if use_surrogates else r.classifier,
             "surrogates": list(r.surrogates),
             "init": r.init,
-            "dataset": recipe["data"],
-            "epochs": epochs_done,
-            "precision": precision,
-            "metrics": prog.history[-1] if prog.history else {},
-            "recipe": recipe,
         }
-        save_checkpoint(denoiser, r.out, config)
 
-    lr_fn = lr_schedule(r, len(images))
-    opts = loop_options(r, desc=f"{r.arch} {r.objective}")
-    return loop.run_loop(
-        denoiser,
-        optimizer,
-        images=images,
-        labels=labels,
-        step_fn=step_fn,
-        validate_fn=validate,
-        export_fn=export,
-        lr_fn=lr_fn,
-        opts=opts,
-        recipe=recipe,
-        resume=resume,
-    )
+    hooks = Hooks(step_fn, validate if val is not None else None, describe)
+    desc = f"{r.arch} {r.objective}"
+    return fit(r, denoiser, optimizer, sets=(images, labels), hooks=hooks, precision=precision,
+               desc=desc, resume=resume)  # fmt: skip

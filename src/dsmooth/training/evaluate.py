@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dsmooth.certify.base_classifier import module_device
+from dsmooth.certify.base_classifier import module_device, output_tensor
 from dsmooth.data.transforms import to_float_nchw
 from dsmooth.pipeline.evaluation import image_noise
 from dsmooth.training.precision import autocast
@@ -85,13 +85,7 @@ def evaluate_denoiser(
 def _labels(out) -> torch.Tensor:
     """Labels on the CPU from a classifier's answer: scores (N, K) or labels (N,), as a
     tensor on any device, or numpy (a black box), or the first of several outputs."""
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        import numpy as np
-
-        out = torch.as_tensor(np.asarray(out))
-    out = out.detach()
+    out = output_tensor(out).detach()
     return (out.float().argmax(1) if out.ndim == 2 else out).cpu()
 
 
