@@ -188,11 +188,24 @@ class CertifyJob:
         check_existing_log(self.log_path)
 
     def planned_samples(self, images: int) -> int:
-        """About how many noise samples the run draws (at most): images x (n0 + n or n_max)."""
+        """About how many noise samples the run still draws (at most): the images of its
+        range not in its log yet x (n0 + n or n_max). A resumed run with little left
+        then neither compiles nor measures backends for work it will not do."""
         stop = images if self.max < 0 else min(self.max, images)
-        count = len(range(0, stop, max(1, self.skip)))
+        count = len(set(range(0, stop, max(1, self.skip))) - self.logged())
         n = max(self.n_estimate, getattr(self.method, "n_max", None) or 0)
         return count * ((self.n0 or 0) + n)
+
+    def logged(self) -> set[int]:
+        """The image indices already in the job's log (none without one)."""
+        from dsmooth.logs.result_log import read_rows
+
+        if self.out is None or not Path(self.out).is_file():
+            return set()
+        try:
+            return {int(i) for i in read_rows(self.out).columns["idx"]}
+        except (UserError, KeyError):  # not a log: the run refuses it with its reason
+            return set()
 
     def load_data(self) -> ImageSet:
         from dsmooth.pipeline.build import load_data
