@@ -26,6 +26,7 @@ from dsmooth.sources.contract import (
 )
 from dsmooth.sources.entrypoint import parse
 from dsmooth.sources.options import WEIGHTS_OPTIONS, SourceOptions
+from dsmooth.sources.remote import client_options
 from dsmooth.sources.remote_client import ClientOptions, QueryBudget, credential_headers
 
 
@@ -132,6 +133,12 @@ def test_missing_files_of_each_format_are_user_errors(tmp_path):
 def test_client_settings_and_budget(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="request size must be at least 1"):
         ClientOptions(request_size=0)
+    for name, message in (("request_size", "request size must be at least 1"),
+                          ("concurrency", "concurrency must be at least 1"),
+                          ("timeout", "timeout must be positive")):  # fmt: skip
+        with pytest.raises(UserError, match=message):  # 0 is refused, not the default
+            client_options({name: 0})
+    assert client_options({}) == ClientOptions()
     budget = QueryBudget(10)
     budget.spend(6)
     with pytest.raises(UserError, match="budget of 10 images is spent"):

@@ -228,12 +228,17 @@ def client_options(options: SourceOptions | Mapping) -> ClientOptions:
         options.auth_header or "Authorization",
     )
     defaults = ClientOptions()
+
+    def given(name: str):  # 0 is a value (refused by ClientOptions), not "not given"
+        value = getattr(options, name)
+        return getattr(defaults, name) if value is None else value
+
     return ClientOptions(
-        request_size=int(options.request_size or defaults.request_size),
-        concurrency=int(options.concurrency or defaults.concurrency),
-        timeout=float(options.timeout or defaults.timeout),
-        retries=int(defaults.retries if options.retries is None else options.retries),
-        backoff=float(defaults.backoff if options.backoff is None else options.backoff),
+        request_size=int(given("request_size")),
+        concurrency=int(given("concurrency")),
+        timeout=float(given("timeout")),
+        retries=int(given("retries")),
+        backoff=float(given("backoff")),
         max_queries=options.max_queries,
         headers=headers,
     )
