@@ -111,6 +111,17 @@ CASES = {
             "--noise-sigma",
             "64",
         ],
+        [
+            "train-classifier",
+            "--arch",
+            "cifar_resnet20",
+            "--data",
+            "{d}/d.npz",
+            "--out",
+            "{out}",
+            "--device",
+            "nosuchdevice",
+        ],
     ],
     "train-denoiser": [
         [
@@ -147,6 +158,20 @@ CASES = {
             "0.25",
             "--out",
             "/proc/nonexistent/run",
+        ],
+        # CI has no GPU (as certify --device cuda above)
+        [
+            "train-denoiser",
+            "--objective",
+            "mse",
+            "--data",
+            "{d}/d.npz",
+            "--sigma",
+            "0.25",
+            "--out",
+            "{out}",
+            "--device",
+            "cuda:99",
         ],
     ],
     "test-denoiser": [

@@ -73,6 +73,10 @@ def test_the_job_from_python_writes_the_rows_certify_writes(tmp_path):
     assert dsmooth.certify_dataset(job, progress=False) == 3
     assert rows(job_log) == rows(cli_log)
     assert dsmooth.certify_dataset(job, progress=False) == 0  # resumed: nothing left
+    # what is left decides whether compiling or measuring backends pays (engine.for_work)
+    assert job.planned_samples(500) == 0
+    assert dataclasses.replace(job, max=5).planned_samples(500) == 2 * (10 + 40)
+    assert dataclasses.replace(job, out=str(tmp_path / "new.tsv")).planned_samples(500) == 150
 
 
 def test_nothing_below_the_cli_imports_it():

@@ -301,7 +301,8 @@ def test_import_weights_command_writes_a_checkpoint(tmp_path, capsys):
     assert torch.equal(outputs(dsmooth.load(out)), outputs(m))
     with pytest.raises(UserError, match="exists"):
         _run(cmd, argv)
-    assert _run(cmd, [*argv, "--force", "--half"]) == 0
+    assert _run(cmd, [*argv, "--force", "--half", "--note", "from a test"]) == 0
+    assert read_config(out).note == "from a test"
 
 
 def test_role_mismatch_is_a_user_error(tmp_path):
@@ -460,3 +461,267 @@ def test_the_fallback_swap_puts_the_old_folder_back_when_it_fails(tmp_path, monk
         (tmp / "a").write_text("new")
     assert (out / "a").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+# ------------------------------------------------------------------ the typed config
+
+#: A small DnCNN's config with every kind of value a dsmooth config holds: typed fields,
+#: nulls, a nested recipe and metrics, tuples (written as lists) and keys dsmooth does not
+#: know (kept as they are).
+RICH_CONFIG = {
+    "architecture": "dncnn",
+    "kwargs": {"depth": 3, "n_channels": 4},
+    "sigma": 0.25,
+    "objective": "mse",
+    "classifier": None,
+    "surrogates": ["a", "b"],
+    "init": None,
+    "dataset": ["train.npz"],
+    "epochs": 1.5,
+    "precision": "fp32",
+    "metrics": {"val_mse": 0.01, "step": 3, "val_noisy_acc": float("nan")},
+    "recipe": {"lr": 1e-3, "milestones": (0.5, 0.75), "init": None, "nested": {"x": [1, 2]}},
+    "note": "made in a test",
+    "my_tool": {"run": 7, "tags": ["x"]},
+    "empty": None,
+}
+
+
+def old_config_text(model, config: dict, weights: Path | None) -> str:
+    """config.json (or the metadata) exactly as dsmooth 0.2's save_checkpoint wrote it."""
+    from dsmooth.models.checkpoint import describe, file_sha256
+
+    config = {**describe(model, config["architecture"]), **config}
+    config["dsmooth_version"] = dsmooth.__version__
+    if weights is None:
+        return json.dumps(config, indent=2, sort_keys=True)
+    config = {**config, "weights_sha256": file_sha256(weights)}
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("dncnn", RICH_CONFIG),
+        ("dncnn", DNCNN_CONFIG),
+        (
+            "cifar_resnet20",
+            {
+                "architecture": "cifar_resnet20",
+                "kwargs": {"num_classes": 7, "mean": (0.5, 0.5, 0.5), "std": [0.25] * 3},
+                "sigma": 0.0,
+                "source": {"file": "w.th", "best_prec1": 91.5},
+            },
+        ),
+    ],
+    ids=["rich", "plain", "classifier"],
+)
+def test_saving_writes_the_same_json_as_before(tmp_path, name, config):
+    from safetensors import safe_open
+
+    kwargs = config.get("kwargs", {})
+    model = create(name, **kwargs)
+    save_checkpoint(model, tmp_path / "ck", config)
+    written = (tmp_path / "ck" / "config.json").read_text()
+    assert written == old_config_text(model, config, tmp_path / "ck" / "model.safetensors")
+    save_checkpoint(model, tmp_path / "one.safetensors", config)
+    with safe_open(str(tmp_path / "one.safetensors"), framework="pt") as f:
+        assert f.metadata()["dsmooth_config"] == old_config_text(model, config, None)
+    # and what loads is what was written, key for key, nulls and unknown keys included
+    # (compared as JSON text: a NaN metric is not equal to itself)
+    loaded = load_checkpoint(tmp_path / "ck")[1]
+    assert json.dumps(dict(loaded), indent=2, sort_keys=True) + "\n" == written
+    again = tmp_path / "again"
+    save_checkpoint(model, again, load_checkpoint(tmp_path / "ck")[1])  # a config loaded
+    assert (again / "config.json").read_text() == written
+
+
+def write_like_dsmooth_0_2(model, path: Path, config: dict) -> None:
+    """A checkpoint as dsmooth 0.1/0.2 wrote it: no weights checksum, its own version."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    text = json.dumps(config, indent=2, sort_keys=True)
+    if path.suffix == ".safetensors":
+        save_file(state, str(path), metadata={"dsmooth_config": text})
+    else:
+        path.mkdir()
+        save_file(state, str(path / "model.safetensors"))
+        (path / "config.json").write_text(text)  # 0.1 wrote no final newline
+
+
+OLD_DENOISER_CONFIG = {
+    "architecture": "dncnn",
+    "dsmooth_version": "0.1.0",
+    "epochs": 1.0,
+    "init": None,
+    "input_range": [0.0, 1.0],
+    "kind": "denoiser",
+    "kwargs": {"depth": 3, "n_channels": 4},
+    "metrics": {"epoch": 1, "val_psnr": 22.4},
+    "objective": "mse",
+    "recipe": {"arch": "dncnn", "sigma": 0.25, "milestones": [0.5, 0.75]},
+    "sigma": 0.25,
+    "surrogates": [],
+}
+
+
+@pytest.mark.parametrize("target", ["folder", "one.safetensors"])
+def test_a_checkpoint_written_before_the_typed_config_loads(tmp_path, target):
+    from dsmooth.models.config import ModelConfig
+    from dsmooth.pipeline.compose import trained_sigma
+
+    torch.manual_seed(0)
+    model = create("dncnn", depth=3, n_channels=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    write_like_dsmooth_0_2(model, tmp_path / target, OLD_DENOISER_CONFIG)
+    loaded, config = load_checkpoint(tmp_path / target)
+    assert torch.equal(outputs(loaded), outputs(model.eval()))
+    assert isinstance(config, ModelConfig)
+    assert config == OLD_DENOISER_CONFIG
+    assert config.weights_sha256 is None
+    assert (config.kind, config.sigma, config.kwargs) == (
+        "denoiser",
+        0.25,
+        {"depth": 3, "n_channels": 4},
+    )
+    assert trained_sigma(dsmooth.load(tmp_path / target)) == 0.25
+
+
+def test_dsmooth_config_reads_like_the_dict_it_was(tmp_path):
+    """What user code did with the plain dict config of dsmooth 0.2 still works."""
+    save_checkpoint(trained_like("dncnn"), tmp_path / "d", {"architecture": "dncnn", "sigma": 0.5})
+    config = dsmooth.load(tmp_path / "d").dsmooth_config
+    as_written = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert config["architecture"] == "dncnn"
+    assert config.get("sigma") == 0.5
+    assert config.get("num_classes") is None
+    assert config.get("nope", "default") == "default"
+    assert "kind" in config
+    assert "num_classes" not in config
+    assert list(config) == sorted(as_written)
+    assert dict(config.items()) == as_written
+    assert json.loads(json.dumps(dict(config))) == as_written
+    assert config == as_written
+    assert {**config, "note": "x"} == {**as_written, "note": "x"}
+    with pytest.raises(KeyError):
+        config["num_classes"]
+    with pytest.raises(TypeError):
+        config["sigma"] = 1.0  # read-only: a config is what the checkpoint says
+    config["input_range"].append(2.0)  # a copy: the config itself is unchanged
+    assert config["input_range"] == [0.0, 1.0]
+    # typed attributes beside the mapping
+    assert config.sigma == 0.5
+    assert config.kind == "denoiser"
+    assert config.input_range == (0.0, 1.0)
+
+
+def test_a_dict_attached_by_hand_still_gives_the_training_sigma():
+    from dsmooth.pipeline.compose import trained_sigma
+
+    denoiser = create("dncnn", depth=3, n_channels=4)
+    denoiser.dsmooth_config = {"kind": "denoiser", "sigma": 0.5}
+    assert trained_sigma(denoiser) == 0.5
+    denoiser.dsmooth_config = {"kind": "denoiser", "sigma": "0.5"}
+    assert trained_sigma(denoiser) is None
+
+
+#: (field, bad value, words the error must say about what the field must be)
+MALFORMED = [
+    ("architecture", 3, "registry name"),
+    ("architecture", "", "registry name"),
+    ("kind", "denoisr", "'classifier' or 'denoiser'"),
+    ("sigma", "0.25", "number >= 0"),
+    ("sigma", -0.25, "number >= 0"),
+    ("sigma", True, "number >= 0"),
+    ("kwargs", [3, 4], "JSON object"),
+    ("num_classes", "10", "whole number"),
+    ("num_classes", 0, "whole number"),
+    ("input_range", [1.0, 0.0], "low < high"),
+    ("normalization", {"mean": [0.5], "std": [0.0]}, "std > 0"),
+    ("normalization", {"mean": [0.5, 0.5], "std": [0.2]}, "equal-length"),
+    ("weights_sha256", "abc", "sha256"),
+    ("dataset", 5, "string or a list of strings"),
+    ("surrogates", "pretrained:x", "list of strings"),
+    ("metrics", [0.5], "JSON object"),
+    ("epochs", "1", "number >= 0"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), MALFORMED, ids=lambda v: repr(v)[:20])
+def test_a_malformed_config_is_one_user_error_naming_the_field(tmp_path, key, value, expected):
+    import re
+
+    folder = tmp_path / "ck"
+    save_checkpoint(create("dncnn", depth=3, n_channels=4), folder, DNCNN_CONFIG)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, key: value}))
+    for load in (load_checkpoint, read_config, dsmooth.load):
+        with pytest.raises(UserError) as caught:
+            load(folder)
+        message = str(caught.value)
+        assert message.startswith(f"{folder}: config field '{key}' must be ")
+        assert expected in message
+        assert "\n" not in message  # one sentence
+        assert ". " not in message
+    # writing the same config is refused too, and nothing is written
+    saving = re.escape(f"{tmp_path / 'new'} (being saved): config field '{key}' must be ")
+    with pytest.raises(UserError, match=saving + ".*" + re.escape(expected)):
+        save_checkpoint(
+            create("dncnn", depth=3, n_channels=4),
+            tmp_path / "new",
+            {**DNCNN_CONFIG, key: value},
+        )
+    assert not (tmp_path / "new").exists()
+
+
+def test_configs_that_do_not_fit_are_refused(tmp_path):
+    folder = tmp_path / "ck"
+    save_checkpoint(create("dncnn", depth=3, n_channels=4), folder, DNCNN_CONFIG)
+    config = json.loads((folder / "config.json").read_text())
+    for bad, words in [
+        ([config], "not a JSON object"),
+        ({**config, "kind": "classifier"}, "says it is a classifier, but dncnn is a denoiser"),
+        ({k: v for k, v in config.items() if k != "architecture"}, "names no 'architecture'"),
+        ({**config, "kwargs": {"depth": "three"}}, "kwargs do not fit dncnn"),
+    ]:
+        (folder / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(UserError, match=words):
+            load_checkpoint(folder)
+    single = tmp_path / "one.safetensors"
+    save_checkpoint(create("dncnn", depth=3, n_channels=4), single, DNCNN_CONFIG)
+    from safetensors.torch import load_file, save_file
+
+    save_file(
+        load_file(str(single)), str(single), metadata={"dsmooth_config": '{"architecture": 1}'}
+    )
+    with pytest.raises(UserError, match=f"{single}: config field 'architecture'"):
+        dsmooth.load(single)  # a malformed config is not taken for foreign weights
+    with pytest.raises(UserError, match="'kind' says 'classifier', but dncnn is a denoiser"):
+        save_checkpoint(
+            create("dncnn"), tmp_path / "k", {"architecture": "dncnn", "kind": "classifier"}
+        )
+    with pytest.raises(UserError, match="'recipe' cannot be written as JSON"):
+        save_checkpoint(
+            create("dncnn"), tmp_path / "j", {"architecture": "dncnn", "recipe": {"p": Path()}}
+        )
+    assert not (tmp_path / "k").exists()
+    assert not (tmp_path / "j").exists()
+
+
+def test_every_typed_field_is_read_and_written():
+    """A field added to ModelConfig without a reader would be dropped from saved configs."""
+    from dataclasses import fields
+
+    from dsmooth.models.config import _PARSERS, ModelConfig
+
+    assert [f.name for f in fields(ModelConfig)] == [*_PARSERS, "extra", "nulls"]
+    config = ModelConfig.from_dict(RICH_CONFIG, where="test")
+    as_json = json.dumps(RICH_CONFIG, sort_keys=True)
+    assert json.dumps(config.to_dict(), sort_keys=True) == as_json
+    assert config.extra == {"my_tool": {"run": 7, "tags": ["x"]}, "empty": None}
+    assert config.nulls == {"classifier", "init"}
+    with pytest.raises(ValueError, match="fields"):
+        ModelConfig(architecture="dncnn", extra={"sigma": 0.1})

@@ -60,3 +60,25 @@ def test_demo_runs_end_to_end_on_the_shipped_models(tmp_path, capsys):
     again = ["demo", "--images", "1", "--n0", "10", "--n", "20", "--denoisers", "stab"]
     assert main([*again, "--out-dir", str(out)]) == 0
     assert json.loads((out / "certify_stab_dncnn.tsv.json").read_text())["n"] == 20
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_config_round_trips_through_the_typed_config(name):
+    """Every shipped config reads into a ModelConfig and writes back as the same JSON."""
+    from dsmooth.models.checkpoint import read_config
+    from dsmooth.models.config import ModelConfig
+    from dsmooth.models.pretrained import pretrained_path
+
+    as_written = json.loads((pretrained_path(name) / "config.json").read_text())
+    config = read_config(pretrained_path(name))
+    assert isinstance(config, ModelConfig)
+    assert config.to_dict() == as_written
+    assert json.dumps(config.to_dict(), indent=2, sort_keys=True) == json.dumps(
+        as_written, indent=2, sort_keys=True
+    )
+    assert ModelConfig.from_dict(config.to_dict()).to_dict() == as_written
+    assert config.kind in ("classifier", "denoiser")
+    assert config.architecture == as_written["architecture"]
+    if config.kind == "denoiser":
+        assert isinstance(config.sigma, float)
+    assert dsmooth.pretrained(name).dsmooth_config == as_written

@@ -31,15 +31,16 @@ def to_labels(output, num_classes: int, batch_size: int | None = None) -> torch.
     probabilities cast to int vote for class 0), so exactly one integer label or one score
     row per input (`batch_size`, when known) is required.
     """
-    output = _as_tensor(output)
+    output = output_tensor(output)
     _check_shape(output, batch_size)
     if output.ndim == 2:
         return _labels_of_scores(output, num_classes)
     return _checked_labels(output, num_classes)
 
 
-def _as_tensor(output) -> torch.Tensor:
-    """The classifier's output as a tensor (the first item of a tuple or list of arrays)."""
+def output_tensor(output) -> torch.Tensor:
+    """The classifier's output as a tensor (the first item of a tuple or list of arrays;
+    a list of numbers is one answer, not several outputs)."""
     if isinstance(output, (tuple, list)) and output and not np.isscalar(output[0]):
         output = output[0]
     if isinstance(output, np.ndarray):

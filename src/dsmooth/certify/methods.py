@@ -10,7 +10,10 @@ is drawn (diffusers' scheduler pattern): `certify(smooth, x, index=i)` returns a
 The product path talks only to this interface. Adding a method is one `Certifier`
 subclass and one registry entry (`METHODS`, or `register_method` from another module):
 `dsmooth certify --method NAME` then certifies with it, its columns after the reference
-ones. This module does no I/O and knows nothing of files or the CLI.
+ones. The certified service (`dsmooth serve --smoothed`) offers the same registry: a
+method that also builds its look-by-look state (`resumable`) and says which request
+parameters may tighten it (`tightens`) is served too. This module does no I/O and knows
+nothing of files, the CLI or HTTP.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from dsmooth.certify.resumable import Certification, CPCertification, SequentialCertification
 from dsmooth.certify.sequential import SequentialPlan, certify_sequential, cp_lower, radius_of
 from dsmooth.certify.stats import check_alpha, check_count, max_certified_radius
 from dsmooth.errors import UserError
@@ -31,6 +35,19 @@ if TYPE_CHECKING:
 
 #: Options of `dsmooth certify` a method may read besides n0, n and alpha (`Certifier.options`).
 OPTIONAL = ("radius", "n_max", "tol")
+
+# How a certified-service request may move a parameter its method lets it set
+# (`Certifier.tightens`), so that the guarantee stays at least the server's.
+SMALLER = "smaller"  # a number in (0, the server's value]
+LARGER = "larger"  # an integer from the server's value up to the server's sample cap
+ANY = "any"  # any valid value
+#: Each parameter's rule: alpha and the tolerance only shrink, sample counts only grow,
+#: target radii are free (they choose what is decided, at the same alpha). The rule
+#: follows from what the parameter means, so it is one table; a method says which
+#: parameters a request may set, not how.
+TIGHTENING = {
+    "alpha": SMALLER, "n0": LARGER, "n": LARGER, "n_max": LARGER, "tol": SMALLER, "radius": ANY,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,10 @@ class Certifier(ABC):
     options: ClassVar[tuple[str, ...]] = ()
     #: Whether the method's estimation budget is `--n` (reports then show n as such).
     spends_n: ClassVar[bool] = True
+    #: Which parameters a certified-service request may set (each by its TIGHTENING
+    #: rule); any other a request names gets a 400. Empty by default: then a request sets
+    #: only its seed, index and timeout.
+    tightens: ClassVar[tuple[str, ...]] = ()
 
     n0: int
 
@@ -148,6 +169,54 @@ class Certifier(ABC):
         class), or None when the method does not say."""
         return None
 
+    # What the certified service (dsmooth.deploy.service) asks: it shares each batch among
+    # many images, so it runs one image look by look instead of calling `certify`.
+
+    def resumable(self, num_classes: int, sigma: float) -> Certification:
+        """One image's certification as a state machine that asks for noise samples and is
+        fed their class counts (dsmooth.certify.resumable); with the same noise it must
+        answer as `certify` does. A method without one is not served."""
+        raise NotImplementedError(f"{type(self).__name__} has no resumable certification")
+
+    @classmethod
+    def servable(cls) -> bool:
+        """Whether the certified service can run the method: `resumable` is defined in the
+        class that defines `certify`, or below it. A subclass that changes `certify` but
+        inherits its parent's state machine would be served its parent's certificates
+        under its own name, so it is not servable until it says how it runs look by look."""
+
+        def definer(attr: str) -> type:
+            return next(k for k in cls.__mro__ if attr in vars(k))
+
+        runs = definer("resumable")
+        return runs is not Certifier and issubclass(runs, definer("certify"))
+
+    @property
+    def most_samples(self) -> int:
+        """The most noise samples one image can take, selection included (what the
+        service's per-request sample limit counts)."""
+        return int(self.n0) + self.samples
+
+    def in_effect(self, name: str, sigma: float):  # noqa: ARG002 (subclasses read it)
+        """The value of parameter `name` the method certifies with, a default filled in:
+        what a request's value is checked against (`tightens`); None when the method
+        has no such value (then a request cannot tighten it)."""
+        return getattr(self, name, None)
+
+    def guarantee(self, sigma: float) -> dict:
+        """The method's entries of a service answer's guarantee besides alpha and n0
+        (which every method reports), each with its value in effect and no nulls, so a
+        client can state or check its guarantee: by default n (if it `spends_n`) and the
+        options it reads, whether or not a request may tighten them."""
+        out: dict[str, Any] = {"n": self.samples} if self.spends_n else {}
+        for name in self.options:
+            value = self.in_effect(name, sigma)
+            if isinstance(value, tuple):
+                out[name] = [float(v) for v in value]
+            elif value is not None:
+                out[name] = value
+        return out
+
 
 @dataclass(frozen=True)
 class CohenCP(Certifier):
@@ -155,6 +224,7 @@ class CohenCP(Certifier):
 
     name: ClassVar[str] = "cp"
     summary: ClassVar[str] = "Cohen et al., fixed n"
+    tightens: ClassVar[tuple[str, ...]] = ("alpha", "n0", "n")
 
     n0: int
     n: int
@@ -168,6 +238,9 @@ class CohenCP(Certifier):
     def certify(self, smooth: Smooth, x, batch_size: int = 64, *, index: int) -> Certificate:
         prediction, radius = smooth.certify(x, self.n0, self.n, self.alpha, batch_size, index=index)
         return Certificate(prediction, radius)
+
+    def resumable(self, num_classes: int, sigma: float) -> Certification:
+        return CPCertification(num_classes, sigma, self.n0, self.n, self.alpha)
 
     def who(self) -> str:
         return self.budget()
@@ -199,6 +272,7 @@ class Sequential(Certifier):
     columns: ClassVar[tuple[str, ...]] = ("n_used",)
     options: ClassVar[tuple[str, ...]] = OPTIONAL
     spends_n: ClassVar[bool] = False  # n_max is its budget
+    tightens: ClassVar[tuple[str, ...]] = ("alpha", "n0", "n_max", "tol", "radius")
 
     n0: int
     alpha: float
@@ -234,6 +308,27 @@ class Sequential(Certifier):
 
     def selection_only(self, prediction: int) -> Certificate:
         return Certificate(prediction, 0.0, {"n_used": self.n0})
+
+    def resumable(self, num_classes: int, sigma: float) -> Certification:
+        return SequentialCertification(
+            num_classes, sigma, n0=self.n0, alpha=self.alpha, n_max=self.n_max,
+            radius=self.radii, tol=self.tol,
+        )  # fmt: skip
+
+    def in_effect(self, name: str, sigma: float):
+        """`tol` with its default (0.1 sigma) filled in; `radius` is `radii`."""
+        if name == "tol":
+            return SequentialPlan(
+                float(sigma), float(self.alpha), n_max=int(self.n_max), tol=self.tol
+            ).tolerance
+        return self.radii if name == "radius" else super().in_effect(name, sigma)
+
+    def guarantee(self, sigma: float) -> dict:
+        """n_max, and the target radii (decision mode) or the tolerance (maximal-radius
+        mode): the tolerance decides nothing in decision mode."""
+        if self.radii is not None:
+            return {"n_max": int(self.n_max), "radius": [float(r) for r in self.radii]}
+        return {"n_max": int(self.n_max), "tol": float(self.in_effect("tol", sigma))}
 
     def record(self) -> dict:
         radius = None if self.radii is None else list(self.radii)
@@ -309,11 +404,30 @@ def register_method(cls: type[Certifier]) -> type[Certifier]:
     unknown = set(cls.options) - set(OPTIONAL)
     if unknown:
         raise ValueError(f"{cls.name}: options {sorted(unknown)} are not certify options")
+    check_tightens(cls)
     if cls.columns and cls.selection_only is Certifier.selection_only:
         # else --stop-if-misclassified fails at the first misclassified image, hours in
         raise ValueError(f"{cls.name}: declares columns {list(cls.columns)} but does not "
                          "override selection_only to fill them")  # fmt: skip
     METHODS[cls.name] = cls
+    return cls
+
+
+def check_tightens(cls: type[Certifier]) -> None:
+    """A ValueError unless `cls.tightens` names parameters of TIGHTENING the method is
+    built from (a request's value must reach the method, or it would be ignored)."""
+    built_from = {"alpha", "n0", *cls.options, *(("n",) if cls.spends_n else ())}
+    unknown = sorted(set(cls.tightens) - built_from)
+    if unknown:
+        raise ValueError(f"{cls.name}: tightens {unknown}, which it is not built from")
+
+
+def method_class(name: str) -> type[Certifier]:
+    """The registered method class `name`, or a UserError naming the registered ones."""
+    cls = METHODS.get(name)
+    if cls is None:
+        known = ", ".join(map(repr, METHODS))
+        raise UserError(f"method must be one of {known}, got {name!r}.")
     return cls
 
 
@@ -331,10 +445,7 @@ def make_method(
 
     An option the method does not read must not be given: it would be ignored silently.
     """
-    cls = METHODS.get(name)
-    if cls is None:
-        known = ", ".join(map(repr, METHODS))
-        raise UserError(f"method must be one of {known}, got {name!r}.")
+    cls = method_class(name)
     given = {"radius": radius, "n_max": n_max, "tol": tol}
     for key, value in given.items():
         if value is not None and key not in cls.options:

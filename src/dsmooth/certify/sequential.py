@@ -12,7 +12,7 @@ The looks are one resumable state machine, `SequentialTest`, vectorised over ind
 certifications: `run_sequential` drives it with a draw function (the product on one
 image in `certify_sequential`, the validity tests and benchmark with binomial draws from
 a known pA), and the certified service feeds it as its batches complete
-(dsmooth.deploy.service.certification). All three compute every bound and stop with this code.
+(dsmooth.certify.resumable). All three compute every bound and stop with this code.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ A checkpoint is a folder with `model.safetensors` and `config.json`, or a single
 `.safetensors` file whose metadata holds the same JSON under `dsmooth_config`. The config
 names the registry architecture and its constructor kwargs, so `load_checkpoint` can
 rebuild the module, plus what a user needs to trust it (data, recipe, sigma, metrics).
+It is read and written through `ModelConfig` (dsmooth.models.config), which checks it: a
+malformed config is refused when loaded, and never written.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,7 +24,8 @@ from torch import nn
 
 from dsmooth._io import replacing, replacing_folder
 from dsmooth.errors import UserError
-from dsmooth.models import create
+from dsmooth.models import create, model_kind
+from dsmooth.models.config import ModelConfig
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -40,10 +45,12 @@ def file_sha256(path: str | os.PathLike) -> str:
 def save_checkpoint(
     model: nn.Module,
     path: str | os.PathLike,
-    config: dict,
+    config: Mapping,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write `model`'s weights and `config` (must name `architecture`) atomically.
+    """Write `model`'s weights and `config` (a dict or a ModelConfig; must name
+    `architecture`) atomically. The config is checked through `ModelConfig` first, so a
+    malformed one is a UserError and nothing is written.
 
     `dtype=torch.float16` halves the size of shipped weights; loading restores float32.
     """
@@ -51,16 +58,25 @@ def save_checkpoint(
 
     if "architecture" not in config:
         raise ValueError("config must name the registry 'architecture'")
-    config = {**describe(model, config["architecture"]), **config, "dsmooth_version": __version__}
+    path = Path(path)
+    given = ModelConfig.from_dict(config, where=f"{path} (being saved)")
+    checked = ModelConfig.from_dict(
+        {**describe(model, given.architecture), **given, "dsmooth_version": __version__},
+        where=f"{path} (being saved)",
+    )
+    if checked.kind != model_kind(checked.architecture):
+        raise UserError(
+            f"{path} (being saved): config field 'kind' says {checked.kind!r}, but "
+            f"{checked.architecture} is a {model_kind(checked.architecture)}."
+        )
     state = {
         k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
         .contiguous()
         .cpu()
         for k, v in model.state_dict().items()
     }
-    path = Path(path)
-    text = json.dumps(config, indent=2, sort_keys=True)
     if path.suffix == ".safetensors":
+        text = json.dumps(checked.to_dict(), indent=2, sort_keys=True)
         with replacing(path) as tmp:
             save_file(state, str(tmp), metadata={METADATA_KEY: text})
         return path
@@ -71,8 +87,9 @@ def save_checkpoint(
     # weights' checksum, which catches a pair mixed by hand (or by an older dsmooth).
     with replacing_folder(path, last=(CONFIG,)) as tmp:
         save_file(state, str(tmp / WEIGHTS))
-        config = {**config, WEIGHTS_SHA256: file_sha256(tmp / WEIGHTS)}
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        written = replace(checked, weights_sha256=file_sha256(tmp / WEIGHTS))
+        text = json.dumps(written.to_dict(), indent=2, sort_keys=True)
+        (tmp / CONFIG).write_text(text + "\n")
     return path
 
 
@@ -103,8 +120,8 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
     return p.is_file() and p.suffix == ".safetensors"
 
 
-def read_config(path: str | os.PathLike) -> dict:
-    """The JSON config of a checkpoint folder or single file."""
+def read_config_json(path: str | os.PathLike) -> dict:
+    """The JSON config of a checkpoint folder or single file, as written (unchecked)."""
     p = Path(path)
     try:
         if p.is_dir():
@@ -118,26 +135,34 @@ def read_config(path: str | os.PathLike) -> dict:
         raise UserError(f"cannot read the checkpoint config of {p} ({e}).") from None
 
 
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    """The checked config of a checkpoint folder or single file (a UserError naming the
+    checkpoint and the field when it is malformed)."""
+    return ModelConfig.from_dict(read_config_json(path), where=str(path))
+
+
 def load_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict]:
-    """Rebuild the module from its config and load the weights (as float32), in eval mode."""
+) -> tuple[nn.Module, ModelConfig]:
+    """Rebuild the module from its config and load the weights (as float32), in eval mode.
+    The config comes back as a `ModelConfig`, which reads like the dict it is written from."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"checkpoint not found: {p}.")
     config = read_config(p)
-    if not isinstance(config, dict) or "architecture" not in config:
-        raise UserError(f"{p}: its config names no 'architecture'.")
+    arch = config.architecture
     try:
-        model = create(config["architecture"], **config.get("kwargs", {}))
-    except TypeError as e:
+        model = create(arch, **(config.kwargs or {}))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{p}: its config kwargs do not fit {arch} ({e}).") from None
+    if config.kind is not None and config.kind != model_kind(arch):
         raise UserError(
-            f"{p}: its config kwargs do not fit {config['architecture']} ({e})."
-        ) from None
+            f"{p}: its config says it is a {config.kind}, but {arch} is a {model_kind(arch)}."
+        )
     if (
         p.is_dir()
-        and WEIGHTS_SHA256 in config
-        and file_sha256(p / WEIGHTS) != config[WEIGHTS_SHA256]
+        and config.weights_sha256 is not None
+        and file_sha256(p / WEIGHTS) != config.weights_sha256
     ):
         raise UserError(
             f"{p}: {WEIGHTS} is not the one {CONFIG} was written for (files mixed from two "
@@ -152,5 +177,5 @@ def load_checkpoint(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise UserError(f"{p}: weights do not match {config['architecture']} ({e}).") from None
+        raise UserError(f"{p}: weights do not match {arch} ({e}).") from None
     return model.to(device).eval(), config

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from dsmooth.errors import UserError, brief
+from dsmooth.models.config import ModelConfig
 from dsmooth.sigma import check_sigma
 
 #: How far (relatively) 2 * sigma may lie outside the schedule's noise range and still be
@@ -297,7 +298,9 @@ def random_ddpm_cifar10(sigma: float | None = None, seed: int = 0) -> DiffusionD
     return DiffusionDenoiser(unet, alphas, sigma).eval()
 
 
-def load_spec(spec: str, device: str | torch.device = "cpu") -> tuple[DiffusionDenoiser, dict]:
+def load_spec(
+    spec: str, device: str | torch.device = "cpu"
+) -> tuple[DiffusionDenoiser, ModelConfig]:
     """(denoiser, config) from `diffusers:PATH` or `diffusers:PATH?steps=K`."""
     source, steps = split_steps(spec[len(PREFIX) :] if spec.startswith(PREFIX) else spec)
     if not source:
@@ -310,4 +313,4 @@ def load_spec(spec: str, device: str | torch.device = "cpu") -> tuple[DiffusionD
         "steps": steps,
         "prediction_type": model.prediction_type,
     }
-    return model, config
+    return model, ModelConfig.from_dict(config, where=spec)

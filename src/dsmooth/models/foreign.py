@@ -25,6 +25,7 @@ from torch import nn
 
 from dsmooth.errors import UserError
 from dsmooth.models import create, list_models, model_kind
+from dsmooth.models.config import ModelConfig
 from dsmooth.models.normalize import Normalize, parse_stats
 
 #: Suffixes taken for PyTorch state dicts.
@@ -189,9 +190,9 @@ def import_weights(
     mean: Sequence[float] | str | None = None,
     std: Sequence[float] | str | None = None,
     num_classes: int | None = None,
-) -> tuple[nn.Module, dict]:
+) -> tuple[nn.Module, ModelConfig]:
     """Load a foreign state dict into architecture `arch`; returns (module in eval mode,
-    a checkpoint config ready for `save_checkpoint`)."""
+    its checked checkpoint config, ready for `save_checkpoint`)."""
     p = Path(path)
     state, extras = read_state_dict(p)
     arch = _architecture(p, arch, extras)
@@ -236,7 +237,7 @@ def import_weights(
         }
     if kind == "classifier":
         config["num_classes"] = _output_width(model)
-    return model.eval(), config
+    return model.eval(), ModelConfig.from_dict(config, where=str(p))
 
 
 def _architecture(p: Path, arch: str | None, extras: dict) -> str:

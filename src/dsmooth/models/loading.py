@@ -22,7 +22,8 @@ from torch import nn
 
 from dsmooth.errors import UserError
 from dsmooth.models import list_models
-from dsmooth.models.checkpoint import is_checkpoint, load_checkpoint, read_config
+from dsmooth.models.checkpoint import is_checkpoint, load_checkpoint, read_config_json
+from dsmooth.models.config import ModelConfig
 from dsmooth.models.foreign import STATE_DICT_SUFFIXES, import_weights, is_torchscript_archive
 from dsmooth.models.pretrained import pretrained_path
 
@@ -71,8 +72,9 @@ def load_with_config(
     std=None,
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
-) -> tuple[nn.Module, dict] | None:
-    """(module in eval mode, config), or None when `spec` is none of the forms above."""
+) -> tuple[nn.Module, ModelConfig] | None:
+    """(module in eval mode, its checked config), or None when `spec` is none of the forms
+    above."""
     if str(spec).startswith(DIFFUSERS_PREFIX) and not Path(spec).exists():
         from dsmooth.models.diffusion import load_spec
 
@@ -109,7 +111,7 @@ def load_with_config(
 
 def _has_no_config(path: Path) -> bool:
     try:
-        read_config(path)
+        read_config_json(path)  # a malformed config is an error later, not "no config"
     except UserError:
         return True
     return False
@@ -125,8 +127,9 @@ def load(
     device: str | torch.device = "cpu",
 ) -> nn.Module:
     """The model behind `spec` (see the module doc), in eval mode; its checkpoint config is
-    attached as `.dsmooth_config`. `mean`/`std` ("imagenet", "cifar10", or numbers) set a
-    foreign classifier's input normalisation."""
+    attached as `.dsmooth_config` (a `ModelConfig`, which also reads as a dict).
+    `mean`/`std` ("imagenet", "cifar10", or numbers) set a foreign classifier's input
+    normalisation."""
     found = load_with_config(spec, arch, mean=mean, std=std, num_classes=num_classes, device=device)
     if found is None:
         raise UserError(

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
 from dsmooth.errors import UserError
+from dsmooth.models.config import ModelConfig
 from dsmooth.sigma import check_sigma
 
 
@@ -36,12 +37,15 @@ def sigma_aware(denoiser: Callable) -> bool:
 def trained_sigma(denoiser: Callable) -> float | None:
     """The training sigma a dsmooth denoiser's config records (`.dsmooth_config`), or None."""
     config = getattr(denoiser, "dsmooth_config", None)
-    if not isinstance(config, dict) or config.get("kind") != "denoiser":
+    if isinstance(config, ModelConfig):  # what dsmooth's loaders attach: checked
+        kind, sigma = config.kind, config.sigma
+    elif isinstance(config, Mapping):  # a plain dict attached by hand
+        kind, sigma = config.get("kind"), config.get("sigma")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+            return None
+    else:
         return None
-    sigma = config.get("sigma")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        return None
-    return float(sigma)
+    return float(sigma) if kind == "denoiser" and sigma is not None else None
 
 
 def _warn(message: str) -> None:

@@ -122,13 +122,21 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device, or a UserError when it does not exist here."""
+    """A torch device (cpu, cuda or cuda:N), or a UserError when it is not one of those
+    or does not exist here. Certify, evaluate, serve and training all check with this."""
     try:
         dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UserError(f"unknown device {device!r}; use cpu or cuda.") from None
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N.") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"dsmooth runs on cpu or cuda (cuda:N), not on {device!r}.")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was requested but this machine has no CUDA GPU.")
+        raise UserError(f"the device {device!r} was requested but this machine has no CUDA GPU.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(
+            f"the device {device!r} was requested but this machine has "
+            f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0."
+        )
     return dev
 
 

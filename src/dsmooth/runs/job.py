@@ -25,6 +25,7 @@ from dsmooth.data.images import ImageSet
 from dsmooth.errors import UserError
 from dsmooth.pipeline import engine
 from dsmooth.sigma import check_sigma
+from dsmooth.sources import options as source_options
 
 
 def default_engine() -> engine.EngineOptions:
@@ -163,7 +164,8 @@ class CertifyJob:
 
     def check(self) -> None:
         """The cheap checks, before any model is loaded: sample counts, alpha, sigma, the
-        selection of images, and the log (its folder writable, an existing one readable)."""
+        selection of images, the model options' names, and the log (its folder writable,
+        an existing one readable)."""
         check_sigma(self.sigma)
         check_alpha(self.level)
         self._check_matches_method()
@@ -174,15 +176,36 @@ class CertifyJob:
             check_count("batch", int(self.batch))
         if self.skip < 1:
             raise UserError(f"skip must be at least 1, got {self.skip}.")
+        given = dict(self.model_options)
+        source_options.SourceOptions.from_mapping(given)
+        reserved = sorted(set(given) & set(source_options.CALLER_FIELDS))
+        if reserved:
+            raise UserError(
+                f"model options {reserved} are the job's own to set (its device, the "
+                "classifier's role), not options of the classifier; drop them."
+            )
         check_out_folder(self.log_path)
         check_existing_log(self.log_path)
 
     def planned_samples(self, images: int) -> int:
-        """About how many noise samples the run draws (at most): images x (n0 + n or n_max)."""
+        """About how many noise samples the run still draws (at most): the images of its
+        range not in its log yet x (n0 + n or n_max). A resumed run with little left
+        then neither compiles nor measures backends for work it will not do."""
         stop = images if self.max < 0 else min(self.max, images)
-        count = len(range(0, stop, max(1, self.skip)))
+        count = len(set(range(0, stop, max(1, self.skip))) - self.logged())
         n = max(self.n_estimate, getattr(self.method, "n_max", None) or 0)
         return count * ((self.n0 or 0) + n)
+
+    def logged(self) -> set[int]:
+        """The image indices already in the job's log (none without one)."""
+        from dsmooth.logs.result_log import read_rows
+
+        if self.out is None or not Path(self.out).is_file():
+            return set()
+        try:
+            return {int(i) for i in read_rows(self.out).columns["idx"]}
+        except (UserError, KeyError):  # not a log: the run refuses it with its reason
+            return set()
 
     def load_data(self) -> ImageSet:
         from dsmooth.pipeline.build import load_data
@@ -368,14 +391,9 @@ def check_out_folder(out) -> None:
 
 
 #: `load_model` options a certify job passes on (the classifier's foreign weights, input
-#: contract and remote client; docs/sources.md), by their `dsmooth certify` names.
-MODEL_OPTIONS = (
-    "arch", "mean", "std",
-    "input_range", "input_layout", "channel_order", "input_size", "input_mean", "input_std",
-    "input_dtype", "input_name", "output_name", "weights", "signature", "protocol",
-    "request_size", "concurrency", "timeout", "retries", "backoff", "max_queries",
-    "token_env", "token_file", "auth_header",
-)  # fmt: skip
+#: contract and remote client; docs/sources.md), by their `dsmooth certify` names: the
+#: `SourceOptions` fields but role, device and contract.
+MODEL_OPTIONS = source_options.MODEL_OPTIONS
 
 #: Engine options by their `dsmooth certify` names (EngineOptions fields).
 ENGINE_OPTIONS = ("precision", "compile", "channels_last", "threads", "backend")

@@ -10,21 +10,22 @@ from __future__ import annotations
 
 from dsmooth.errors import UserError
 from dsmooth.models.loading import load_with_config
+from dsmooth.sources.options import SourceOptions
 
 
-def resolve(spec: str, options: dict):
+def resolve(spec: str, options: SourceOptions):
     found = load_with_config(
         spec,
-        arch=options.get("arch"),
-        mean=options.get("mean"),
-        std=options.get("std"),
-        device=options.get("device", "cpu"),
+        arch=options.arch,
+        mean=options.mean,
+        std=options.std,
+        device=options.device,
     )
     if found is None:
         return None
     model, config = found
-    role, kind = options.get("role"), config.get("kind")
-    if role in ("classifier", "denoiser") and kind in ("classifier", "denoiser") and role != kind:
-        raise UserError(f"{spec} is a {kind} ({config.get('architecture')}), not a {role}.")
+    role, kind = options.role, config.kind
+    if role in ("classifier", "denoiser") and kind is not None and role != kind:
+        raise UserError(f"{spec} is a {kind} ({config.architecture}), not a {role}.")
     model.dsmooth_config = config
     return model

@@ -13,13 +13,14 @@ Noisy images leave [0, 1]; nothing is clipped unless the model takes integers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from dsmooth.errors import UserError
+from dsmooth.sources.options import SourceOptions
 
 LAYOUTS = ("auto", "NCHW", "NHWC")
 CHANNEL_ORDERS = ("RGB", "BGR")
@@ -175,19 +176,19 @@ def parse_floats(text, name: str) -> tuple[float, ...] | None:
         raise UserError(f"{name} must be comma-separated numbers, got {text!r}.") from None
 
 
-def contract_from_options(options: dict) -> InputContract:
+def contract_from_options(options: SourceOptions | Mapping) -> InputContract:
     """The contract stated by `load_model` options (CLI flags or Python keywords)."""
-    given = options.get("contract")
-    if isinstance(given, InputContract):
-        return given
+    options = SourceOptions.of(options)
+    if isinstance(options.contract, InputContract):
+        return options.contract
     return InputContract(
-        range=float(options.get("input_range") or 1.0),
-        layout=str(options.get("input_layout") or "auto"),
-        channel_order=str(options.get("channel_order") or "RGB").upper(),
-        size=parse_size(options.get("input_size")),
-        mean=parse_floats(options.get("input_mean"), "input mean"),
-        std=parse_floats(options.get("input_std"), "input std"),
-        dtype=str(options.get("input_dtype") or "float32"),
+        range=float(options.input_range or 1.0),
+        layout=str(options.input_layout or "auto"),
+        channel_order=str(options.channel_order or "RGB").upper(),
+        size=parse_size(options.input_size),
+        mean=parse_floats(options.input_mean, "input mean"),
+        std=parse_floats(options.input_std, "input std"),
+        dtype=str(options.input_dtype or "float32"),
     )
 
 
@@ -217,12 +218,13 @@ class ContractFunction:
         return self.fn(self.contract.convert(x))
 
 
-def apply_contract(model, options: dict):
+def apply_contract(model, options: SourceOptions | Mapping):
     """Put `model` behind the stated input contract unless its source already did.
 
     Sources that read the model's own input description (ONNX, Keras, SavedModel,
     remote servers) convert themselves and expose a `contract` attribute.
     """
+    options = SourceOptions.of(options)
     if hasattr(model, "contract"):
         return model
     contract = contract_from_options(options).with_layout("NCHW")

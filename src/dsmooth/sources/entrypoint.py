@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from dsmooth.errors import UserError
+from dsmooth.sources.options import SourceOptions
 
 _SPEC = re.compile(r"^(?P<module>[^:]+):(?P<attr>[A-Za-z_][A-Za-z0-9_.]*)$")
 
@@ -97,7 +98,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise UserError(f"the weights in {path} do not fit the model ({first}).") from None
 
 
-def resolve(spec: str, options: dict):
+def resolve(spec: str, options: SourceOptions):
     parsed = parse(spec)
     if parsed is None:
         return None
@@ -107,6 +108,6 @@ def resolve(spec: str, options: dict):
     model = target() if callable(target) and not isinstance(target, nn.Module) else target
     if not isinstance(model, nn.Module):
         raise UserError(f"{spec} must return a torch.nn.Module, got {type(model).__name__}.")
-    if options.get("weights"):
-        load_weights(model, options["weights"])
-    return model.to(options.get("device", "cpu")).eval()
+    if options.weights:
+        load_weights(model, options.weights)
+    return model.to(options.device).eval()

@@ -23,6 +23,7 @@ from torch import nn
 
 from dsmooth.errors import UserError
 from dsmooth.sources.contract import InputContract, contract_from_options, detect_layout
+from dsmooth.sources.options import SourceOptions
 
 SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -115,7 +116,7 @@ def load(
     return module.to(device).eval()
 
 
-def resolve(spec: str, options: dict):
+def resolve(spec: str, options: SourceOptions):
     path = Path(spec)
     if path.suffix.lower() not in SUFFIXES or "://" in spec:
         return None
@@ -123,7 +124,7 @@ def resolve(spec: str, options: dict):
         raise UserError(f"Keras file {path} does not exist.")
     if path.name.endswith(".weights.h5"):
         raise UserError(f"{path} holds weights only; save the whole model (model.save('m.keras')).")
-    if options.get("role", "classifier") == "classifier":
-        return load(path, contract_from_options(options), options.get("device", "cpu"))
+    if options.as_classifier:
+        return load(path, contract_from_options(options), options.device)
     # A denoiser (e.g. one exported by `dsmooth export --format keras`): [0, 1] in and out.
-    return load(path, InputContract(), options.get("device", "cpu"), image_output=True)
+    return load(path, InputContract(), options.device, image_output=True)

@@ -23,6 +23,7 @@ import torch
 
 from dsmooth.errors import UserError
 from dsmooth.sources.contract import InputContract, contract_from_options, detect_layout
+from dsmooth.sources.options import SourceOptions
 from dsmooth.sources.outputs import pick_output
 
 _NUMPY_TYPES = {
@@ -119,15 +120,15 @@ class OnnxClassifier:
         return np.concatenate([self._run(array[i : i + 1]) for i in range(len(array))])
 
 
-def resolve(spec: str, options: dict):
+def resolve(spec: str, options: SourceOptions):
     path = Path(spec)
     if path.suffix.lower() != ".onnx" or "://" in spec:
         return None
     if not path.is_file():
         raise UserError(f"ONNX file {path} does not exist.")
-    if options.get("role", "classifier") != "classifier":
+    if not options.as_classifier:
         raise UserError(
             f"{path}: an ONNX denoiser would be black-box; dsmooth needs a denoiser it can run "
             "as PyTorch (a dsmooth checkpoint or TorchScript)."
         )
-    return OnnxClassifier(path, contract_from_options(options), options.get("output_name"))
+    return OnnxClassifier(path, contract_from_options(options), options.output_name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 
 from dsmooth.errors import UserError
 from dsmooth.sources.contract import InputContract, contract_from_options, detect_layout
+from dsmooth.sources.options import SourceOptions
 from dsmooth.sources.outputs import pick_output
 from dsmooth.sources.remote_client import (
     ClientOptions,
@@ -217,20 +219,27 @@ class RemoteClassifier:
         self.http.close()
 
 
-def client_options(options: dict) -> ClientOptions:
+def client_options(options: SourceOptions | Mapping) -> ClientOptions:
+    """The client settings given, ClientOptions' defaults for the rest."""
+    options = SourceOptions.of(options)
     headers = credential_headers(
-        options.get("token_env"),
-        options.get("token_file"),
-        options.get("auth_header") or "Authorization",
+        options.token_env,
+        options.token_file,
+        options.auth_header or "Authorization",
     )
     defaults = ClientOptions()
+
+    def given(name: str):  # 0 is a value (refused by ClientOptions), not "not given"
+        value = getattr(options, name)
+        return getattr(defaults, name) if value is None else value
+
     return ClientOptions(
-        request_size=int(options.get("request_size") or defaults.request_size),
-        concurrency=int(options.get("concurrency") or defaults.concurrency),
-        timeout=float(options.get("timeout") or defaults.timeout),
-        retries=int(defaults.retries if options.get("retries") is None else options["retries"]),
-        backoff=float(defaults.backoff if options.get("backoff") is None else options["backoff"]),
-        max_queries=options.get("max_queries"),
+        request_size=int(given("request_size")),
+        concurrency=int(given("concurrency")),
+        timeout=float(given("timeout")),
+        retries=int(given("retries")),
+        backoff=float(given("backoff")),
+        max_queries=options.max_queries,
         headers=headers,
     )
 
@@ -240,17 +249,17 @@ def is_remote(spec: str) -> bool:
     return str(spec).startswith(("http://", "https://"))
 
 
-def resolve(spec: str, options: dict):
+def resolve(spec: str, options: SourceOptions):
     if not is_remote(spec):
         return None
-    if options.get("role", "classifier") != "classifier":
+    if not options.as_classifier:
         raise UserError("a remote model can only be the classifier; the denoiser runs locally.")
-    protocol, base = parse_url(spec, options.get("protocol"))
+    protocol, base = parse_url(spec, options.protocol)
     return RemoteClassifier(
         base,
         protocol,
         contract=contract_from_options(options),
         client=client_options(options),
-        input_name=options.get("input_name"),
-        output_name=options.get("output_name"),
+        input_name=options.input_name,
+        output_name=options.output_name,
     )

@@ -18,6 +18,7 @@ import torch
 
 from dsmooth.errors import UserError
 from dsmooth.sources.contract import InputContract, contract_from_options, detect_layout
+from dsmooth.sources.options import SourceOptions
 from dsmooth.sources.outputs import pick_output
 
 
@@ -88,15 +89,15 @@ class SavedModelClassifier:
         return np.array(pick_output(outputs, self.output_name, str(self.path)))  # writable
 
 
-def resolve(spec: str, options: dict):
+def resolve(spec: str, options: SourceOptions):
     path = Path(spec)
     if "://" in spec or not is_savedmodel(path):
         return None
-    if options.get("role", "classifier") != "classifier":
+    if not options.as_classifier:
         raise UserError(f"{path}: a SavedModel denoiser would be black-box; use a PyTorch one.")
     return SavedModelClassifier(
         path,
         contract_from_options(options),
-        options.get("signature"),
-        options.get("output_name"),
+        options.signature,
+        options.output_name,
     )

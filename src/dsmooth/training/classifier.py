@@ -10,21 +10,22 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dsmooth.certify.base_classifier import module_device
 from dsmooth.data.transforms import random_crop_flip, to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models import create, list_models
-from dsmooth.models.checkpoint import save_checkpoint
+from dsmooth.pipeline.engine import ieee_fp32
 from dsmooth.sigma import check_sigma
 from dsmooth.training import loop
 from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
 from dsmooth.training.recipe import (
+    Hooks,
     TrainingRun,
     check_lr,
     check_schedule,
+    fit,
     load_sets,
-    loop_options,
-    lr_schedule,
-    recipe_json,
+    run_device,
 )
 
 
@@ -49,6 +50,7 @@ def check(r: ClassifierRecipe) -> None:
     if r.arch not in list_models("classifier"):
         known = ", ".join(list_models("classifier"))
         raise UserError(f"unknown classifier architecture {r.arch!r}; known: {known}.")
+    run_device(r)
     check_lr(r)
     check_schedule(r)
     if r.noise_sigma != 0:  # 0: no noise augmentation
@@ -68,7 +70,8 @@ def train_classifier(r: ClassifierRecipe, resume: bool = False) -> str:
 
 
 def _train(r, resume) -> str:
-    device = torch.device("cpu")
+    device = run_device(r)
+    ieee_fp32(device)  # fp32 on a GPU means fp32, not TF32 (as the certify engine)
     precision = resolve_precision(r.precision, device)
     fmt = memory_format(r.channels_last)
     images, labels, val = load_sets(r)
@@ -91,15 +94,13 @@ def _train(r, resume) -> str:
         weight_decay=r.weight_decay,
     )
 
-    def prepare(batch: torch.Tensor, g: torch.Generator | None, augment: bool) -> torch.Tensor:
-        if augment and (r.crop_pad > 0 or r.flip):
-            batch = random_crop_flip(batch, g, r.crop_pad, r.flip)
-        return to_float_nchw(batch)
-
     def step_fn(batch, y, g, _step):
-        x = prepare(batch, g, augment=True)
+        if r.crop_pad > 0 or r.flip:  # on the CPU, uint8: the same crops on every device
+            batch = random_crop_flip(batch, g, r.crop_pad, r.flip)
+        x = to_float_nchw(loop.to_device(batch, device))
+        y = loop.to_device(y, device)
         if r.noise_sigma > 0:
-            x = x + torch.randn(x.shape, generator=g) * r.noise_sigma
+            x = x + loop.randn(x.shape, g, device) * r.noise_sigma
         x = x.contiguous(memory_format=fmt)
         with autocast(precision, device):
             logits = model(x)
@@ -108,8 +109,6 @@ def _train(r, resume) -> str:
         return loss, {"loss": loss.detach() * len(y), "acc": correct, "n": len(y)}
 
     def validate() -> dict:
-        if val is None:
-            return {}
         return evaluate_classifier(
             model,
             val[0],
@@ -121,10 +120,8 @@ def _train(r, resume) -> str:
             seed=r.seed,
         )
 
-    recipe = recipe_json(r)
-
-    def export(prog: loop.Progress, epochs_done: float) -> None:
-        config = {
+    def describe() -> dict:
+        return {
             "architecture": r.arch,
             "kwargs": kwargs,
             "kind": "classifier",
@@ -133,29 +130,11 @@ def _train(r, resume) -> str:
             "normalization": _normalization(model),
             "sigma": r.noise_sigma,
             "objective": "cross_entropy" + (" + gaussian noise" if r.noise_sigma > 0 else ""),
-            "dataset": recipe["data"],
-            "epochs": epochs_done,
-            "precision": precision,
-            "metrics": prog.history[-1] if prog.history else {},
-            "recipe": recipe,
         }
-        save_checkpoint(model, r.out, config)
 
-    lr_fn = lr_schedule(r, len(images))
-    opts = loop_options(r, desc=r.arch)
-    return loop.run_loop(
-        model,
-        optimizer,
-        images=images,
-        labels=labels,
-        step_fn=step_fn,
-        validate_fn=validate,
-        export_fn=export,
-        lr_fn=lr_fn,
-        opts=opts,
-        recipe=recipe,
-        resume=resume,
-    )
+    hooks = Hooks(step_fn, validate if val is not None else None, describe)
+    return fit(r, model, optimizer, sets=(images, labels), hooks=hooks, precision=precision,
+               desc=r.arch, resume=resume)  # fmt: skip
 
 
 def _load_init(r: ClassifierRecipe, num_classes: int) -> tuple[torch.nn.Module, dict]:
@@ -167,15 +146,15 @@ def _load_init(r: ClassifierRecipe, num_classes: int) -> tuple[torch.nn.Module, 
     if found is None:
         raise UserError(f"cannot load the classifier to continue from {r.init!r}.")
     model, config = found
-    if config.get("kind", "classifier") != "classifier":
-        raise UserError(f"--init {r.init} holds a {config.get('kind')}, not a classifier.")
-    if config.get("architecture") != r.arch:
+    if config.kind not in (None, "classifier"):
+        raise UserError(f"--init {r.init} holds a {config.kind}, not a classifier.")
+    if config.architecture != r.arch:
         raise UserError(
-            f"--init holds a {config.get('architecture')!r} classifier but --arch is {r.arch!r}."
+            f"--init holds a {config.architecture!r} classifier but --arch is {r.arch!r}."
         )
     if r.arch_kwargs:
         raise UserError("--arch-kwargs do not apply with --init (the checkpoint has them).")
-    kwargs = dict(config.get("kwargs", {}))
+    kwargs = dict(config.kwargs or {})
     if kwargs.get("num_classes", num_classes) != num_classes:
         raise UserError(
             f"--init has {kwargs['num_classes']} classes but the run has {num_classes}."
@@ -204,20 +183,21 @@ def evaluate_classifier(
     seed: int = 0,
 ) -> dict:
     """Clean accuracy and loss, and per-draw accuracy under N(0, sigma^2) noise (one draw
-    per image, fixed seed so epochs compare) when `noise_sigma` > 0."""
+    per image, fixed seed so epochs compare) when `noise_sigma` > 0, on the model's device.
+    The validation noise is drawn on the CPU and moved, so it is the same on every device."""
     model.eval()
-    device = torch.device("cpu")
+    device = module_device(model)
     sums = {"val_loss": 0.0, "val_acc": 0.0, "val_noisy_acc": 0.0}
     g = loop.generator(seed, 2**31 - 1)
     for i in range(0, len(images), batch):
         x = to_float_nchw(images[i : i + batch])
-        y = labels[i : i + batch]
+        y = labels[i : i + batch].to(device)
         with autocast(precision, device):
-            logits = model(x.contiguous(memory_format=fmt)).float()
+            logits = model(x.to(device).contiguous(memory_format=fmt)).float()
             sums["val_loss"] += float(F.cross_entropy(logits, y, reduction="sum"))
             sums["val_acc"] += float((logits.argmax(1) == y).sum())
             if noise_sigma > 0:
-                xn = x + torch.randn(x.shape, generator=g) * noise_sigma
+                xn = (x + torch.randn(x.shape, generator=g) * noise_sigma).to(device)
                 noisy = model(xn.contiguous(memory_format=fmt)).float()
                 sums["val_noisy_acc"] += float((noisy.argmax(1) == y).sum())
     n = max(len(images), 1)

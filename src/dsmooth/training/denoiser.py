@@ -14,7 +14,8 @@ from torch import nn
 from dsmooth.data.transforms import random_crop_flip, to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models import list_models
-from dsmooth.models.checkpoint import save_checkpoint
+from dsmooth.models.config import ModelConfig
+from dsmooth.pipeline.engine import ieee_fp32
 from dsmooth.sigma import check_sigma
 from dsmooth.training import loop
 from dsmooth.training.classifier import build
@@ -22,13 +23,13 @@ from dsmooth.training.evaluate import evaluate_denoiser
 from dsmooth.training.objectives import OBJECTIVES, SURROGATE_MODES, DenoiserObjective
 from dsmooth.training.precision import autocast, memory_format, resolve_precision, threads
 from dsmooth.training.recipe import (
+    Hooks,
     TrainingRun,
     check_lr,
     check_schedule,
+    fit,
     load_sets,
-    loop_options,
-    lr_schedule,
-    recipe_json,
+    run_device,
 )
 
 OPTIMIZERS = ("adam", "sgd")
@@ -67,6 +68,7 @@ def check(r: DenoiserRecipe, given: bool = False) -> None:
     if r.arch not in list_models("denoiser"):
         known = ", ".join(list_models("denoiser"))
         raise UserError(f"unknown denoiser architecture {r.arch!r}; known: {known}.")
+    run_device(r)
     check_sigma(r.sigma)
     check_lr(r)
     if r.optimizer not in OPTIMIZERS:
@@ -84,17 +86,17 @@ def _init_arch(spec: str) -> str:
     from dsmooth.models.checkpoint import is_checkpoint, read_config
 
     if is_checkpoint(spec):
-        return read_config(spec).get("architecture", "dncnn")
+        return read_config(spec).architecture
     return "dncnn"  # foreign weights: their loader names the architecture; checked later
 
 
-def _load_classifier(spec: str, options: dict | None = None) -> nn.Module:
+def _load_classifier(spec: str, device: torch.device, options: dict | None = None) -> nn.Module:
     from dsmooth.sources import load_model
 
-    return load_model(spec, role="classifier", device=torch.device("cpu"), **(options or {}))
+    return load_model(spec, role="classifier", device=device, **(options or {}))
 
 
-def _load_denoiser_init(spec: str) -> tuple[nn.Module, dict]:
+def _load_denoiser_init(spec: str) -> tuple[nn.Module, ModelConfig]:
     from dsmooth.models.loading import load_with_config
 
     found = load_with_config(spec)
@@ -120,21 +122,21 @@ def train_denoiser(
         return _train(r, resume, classifier, surrogates)
 
 
-def _classifiers(r, classifier, surrogates) -> tuple[nn.Module | None, list]:
+def _classifiers(r, classifier, surrogates, device) -> tuple[nn.Module | None, list]:
     """(the target classifier to validate on, or None; the classifiers the objective trains
     against): the surrogates when there are any (the target then only with `r.val_target`),
-    else the target classifier."""
+    else the target classifier. Those loaded from specs are loaded onto `device`."""
     if bool(r.surrogates) or bool(surrogates):
-        surrogates = list(surrogates or [_load_classifier(s) for s in r.surrogates])
+        surrogates = list(surrogates or [_load_classifier(s, device) for s in r.surrogates])
         target = None
         if r.val_target:
             target = classifier
             if target is None:
-                target = _load_classifier(r.classifier, r.classifier_options)
+                target = _load_classifier(r.classifier, device, r.classifier_options)
         return target, surrogates
     target = classifier
     if target is None and r.classifier:
-        target = _load_classifier(r.classifier, r.classifier_options)
+        target = _load_classifier(r.classifier, device, r.classifier_options)
     return target, ([target] if target is not None else [])
 
 
@@ -145,13 +147,13 @@ def _initial_denoiser(r) -> tuple[nn.Module, dict]:
         kwargs = dict(r.arch_kwargs)
         return build(r.arch, kwargs), kwargs
     denoiser, init_config = _load_denoiser_init(r.init)
-    if init_config.get("architecture") != r.arch:
+    if init_config.architecture != r.arch:
         raise UserError(
-            f"--init holds a {init_config.get('architecture')!r} denoiser but --arch is {r.arch!r}."
+            f"--init holds a {init_config.architecture!r} denoiser but --arch is {r.arch!r}."
         )
     if r.arch_kwargs:
         raise UserError("--arch-kwargs do not apply with --init (the checkpoint has them).")
-    return denoiser, dict(init_config.get("kwargs", {}))
+    return denoiser, dict(init_config.kwargs or {})
 
 
 def _val_classifiers(target: nn.Module | None, surrogates: Sequence) -> dict[str, nn.Module]:
@@ -173,13 +175,14 @@ def _optimizer(r, denoiser: nn.Module) -> torch.optim.Optimizer:
 
 
 def _train(r, resume, classifier=None, surrogates=None) -> str:
-    device = torch.device("cpu")
+    device = run_device(r)
+    ieee_fp32(device)  # fp32 on a GPU means fp32, not TF32 (as the certify engine)
     precision = resolve_precision(r.precision, device)
     fmt = memory_format(r.channels_last)
     images, labels, val = load_sets(r)
 
     use_surrogates = bool(r.surrogates) or bool(surrogates)
-    target, train_classifiers = _classifiers(r, classifier, surrogates)
+    target, train_classifiers = _classifiers(r, classifier, surrogates, device)
 
     torch.manual_seed(r.seed)
     denoiser, kwargs = _initial_denoiser(r)
@@ -193,15 +196,18 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
         mode=r.surrogate_mode,
         autocast=lambda: autocast(precision, device),
     )
+    # modules (given or loaded) follow the run's device; a black box keeps its own (ONNX,
+    # a server: the CPU) and validation hands it its inputs there
     for f in ([target] if target is not None else []) + list(train_classifiers):
         if isinstance(f, nn.Module):
-            f.to(memory_format=fmt)
+            f.to(device, memory_format=fmt)
 
     def step_fn(batch, y, g, step):
-        if r.crop_pad > 0 or r.flip:
+        if r.crop_pad > 0 or r.flip:  # on the CPU, uint8: the same crops on every device
             batch = random_crop_flip(batch, g, r.crop_pad, r.flip)
-        x = to_float_nchw(batch)
-        noisy = (x + torch.randn(x.shape, generator=g) * r.sigma).contiguous(memory_format=fmt)
+        x = to_float_nchw(loop.to_device(batch, device))
+        y = loop.to_device(y, device)
+        noisy = (x + loop.randn(x.shape, g, device) * r.sigma).contiguous(memory_format=fmt)
         with autocast(precision, device):
             denoised = denoiser(noisy)
         return objective(denoised, x, y, step)
@@ -209,8 +215,6 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
     val_classifiers = _val_classifiers(target, train_classifiers if use_surrogates else [])
 
     def validate() -> dict:
-        if val is None:
-            return {}
         return evaluate_denoiser(
             denoiser,
             val[0],
@@ -221,13 +225,12 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
             precision=precision,
             channels_last=r.channels_last,
             seed=r.seed,
+            device=device,
         )
 
-    recipe = recipe_json(r)
-
-    def export(prog: loop.Progress, epochs_done: float) -> None:
+    def describe() -> dict:
         objective_name = r.objective + (f" + {r.mse_weight:g} mse" if r.mse_weight > 0 else "")
-        config = {
+        return {
             "architecture": r.arch,
             "kwargs": kwargs,
             "kind": "denoiser",
@@ -237,26 +240,9 @@ def _train(r, resume, classifier=None, surrogates=None) -> str:
             "classifier": None if use_surrogates else r.classifier,
             "surrogates": list(r.surrogates),
             "init": r.init,
-            "dataset": recipe["data"],
-            "epochs": epochs_done,
-            "precision": precision,
-            "metrics": prog.history[-1] if prog.history else {},
-            "recipe": recipe,
         }
-        save_checkpoint(denoiser, r.out, config)
 
-    lr_fn = lr_schedule(r, len(images))
-    opts = loop_options(r, desc=f"{r.arch} {r.objective}")
-    return loop.run_loop(
-        denoiser,
-        optimizer,
-        images=images,
-        labels=labels,
-        step_fn=step_fn,
-        validate_fn=validate,
-        export_fn=export,
-        lr_fn=lr_fn,
-        opts=opts,
-        recipe=recipe,
-        resume=resume,
-    )
+    hooks = Hooks(step_fn, validate if val is not None else None, describe)
+    desc = f"{r.arch} {r.objective}"
+    return fit(r, denoiser, optimizer, sets=(images, labels), hooks=hooks, precision=precision,
+               desc=desc, resume=resume)  # fmt: skip

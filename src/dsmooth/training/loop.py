@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,7 @@ class LoopOptions:
     max_minutes: float | None = None  # stop (resumable) after this much wall time
     progress: bool = True
     desc: str = "train"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 @dataclass
@@ -66,6 +67,29 @@ def generator(*key: int) -> torch.Generator:
     """A torch generator seeded by a tuple of ints (independent streams per key)."""
     seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0])
     return torch.Generator().manual_seed(seed & ((1 << 63) - 1))
+
+
+def randn(shape: Sequence[int], g: torch.Generator, device: torch.device) -> torch.Tensor:
+    """N(0, 1) noise of `shape` on `device`, keyed by the batch's generator `g`.
+
+    On the CPU it is drawn from `g` itself, exactly as before devices existed. On another
+    device it is drawn there, from a generator of that device seeded with `g`'s seed: as
+    reproducible (resume stays exact), but another stream than the CPU's, so a CUDA run
+    does not see the same noise as a CPU run."""
+    if device.type == "cpu":
+        return torch.randn(tuple(shape), generator=g)
+    on_device = torch.Generator(device=device).manual_seed(g.initial_seed())
+    return torch.randn(tuple(shape), generator=on_device, device=device)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device` (itself when it is there already). A CPU batch bound for a GPU is
+    pinned first and copied without blocking, so the host can prepare the next step."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class _StopFlag:
@@ -116,7 +140,7 @@ def run_loop(
         raise UserError(f"the training set has {n} images, fewer than one batch of {opts.batch}.")
     prog = Progress()
     if resume and st.has_state(opts.out):
-        info = st.load_state(opts.out, model, optimizer)
+        info = st.load_state(opts.out, model, optimizer, device=opts.device)
         check_same_recipe(info.get("recipe", {}), recipe)
         prog = Progress(**info["progress"])
     elif st.has_state(opts.out):
@@ -190,6 +214,7 @@ class _Run:
             self.model,
             self.optimizer,
             {"progress": prog.to_json(), "recipe": self.recipe},
+            device=self.opts.device,
         )
         self.export_fn(prog, prog.epoch + prog.batch / self.steps_per_epoch)
 
@@ -301,8 +326,18 @@ def _describe(row: dict) -> str:
     return " | ".join(parts)
 
 
-#: Recipe keys that may change between a run and its resumption.
-MUTABLE = {"threads", "save_every_minutes", "max_steps", "max_minutes", "progress", "out"}
+#: Recipe keys that may change between a run and its resumption: the host's (threads,
+#: device: a run may continue on another machine, CPU <-> CUDA) and this call's budget.
+#: So a state saved before `device` existed (its recipe has no such key) still resumes.
+MUTABLE = {
+    "threads",
+    "device",
+    "save_every_minutes",
+    "max_steps",
+    "max_minutes",
+    "progress",
+    "out",
+}
 
 
 #: Recipe keys holding data paths: compared by file name, so that a clone in another

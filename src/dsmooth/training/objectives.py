@@ -26,6 +26,7 @@ helps certified accuracy is not measured yet.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -42,8 +43,9 @@ def freeze(model: nn.Module) -> nn.Module:
     """Eval mode and no parameter gradients: a fixed function D's gradient flows through."""
     if not isinstance(model, nn.Module):
         raise UserError(
-            "the stab and clf objectives need a white-box PyTorch classifier (gradients "
-            "flow through it); this one is a black box."
+            "the stab and clf objectives need white-box PyTorch classifiers and surrogates "
+            "(gradients flow through them); this one is a black box (e.g. ONNX, a "
+            "SavedModel or a server), which training can only validate on."
         )
     model.eval()
     for p in model.parameters():
@@ -77,7 +79,9 @@ class DenoiserObjective:
         self.soft_targets = soft_targets
         self.mse_weight = mse_weight
         self.mode = mode
-        self.autocast = autocast or (lambda: torch.autocast("cpu", enabled=False))
+        # the trainer passes its autocast (bf16 on its device's type); none: plain fp32 on
+        # whatever device the tensors are on
+        self.autocast = autocast or contextlib.nullcontext
 
     def pick(self, step: int) -> list[nn.Module]:
         """The classifiers used at `step` (round-robin: one; average: all)."""

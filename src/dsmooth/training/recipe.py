@@ -8,10 +8,13 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from dsmooth.errors import UserError
+from dsmooth.pipeline.engine import resolve_device
+from dsmooth.training import loop
 from dsmooth.training.data import load_training_set
 from dsmooth.training.loop import LoopOptions
 from dsmooth.training.schedule import SCHEDULES, lr_at
@@ -20,9 +23,13 @@ from dsmooth.training.schedule import SCHEDULES, lr_at
 @dataclass(kw_only=True)
 class TrainingRun:
     """What every training run has, whatever it trains: the optimisation schedule, the
-    augmentation, precision, and the run's budget and checkpointing. `ClassifierRecipe`
-    and `DenoiserRecipe` add what they train and set their own learning rate, weight
-    decay and validation batch."""
+    augmentation, precision, the device, and the run's budget and checkpointing.
+    `ClassifierRecipe` and `DenoiserRecipe` add what they train and set their own learning
+    rate, weight decay and validation batch.
+
+    `device` ("cpu", "cuda", "cuda:N") is where the model, the classifiers and the noise
+    live; like `threads` it belongs to the host, not to the recipe, so a run may resume on
+    another device (`loop.MUTABLE`)."""
 
     val_data: str | None = None
     epochs: int = 90
@@ -38,6 +45,7 @@ class TrainingRun:
     flip: bool = True
     precision: str = "auto"
     channels_last: bool = True
+    device: str = "cpu"
     seed: int = 0
     max_train_images: int | None = None
     max_val_images: int | None = None
@@ -55,6 +63,16 @@ def check_lr(r: TrainingRun) -> None:
         raise UserError("epochs and batch must be at least 1.")
     if not (r.lr > 0 and math.isfinite(r.lr)):
         raise UserError(f"the learning rate must be positive, got {r.lr}.")
+
+
+def run_device(r: TrainingRun) -> torch.device:
+    """The torch device the run trains on, or a UserError (unknown, or CUDA on a machine
+    without it): the same check as `dsmooth certify --device`. A `torch.device` given
+    from Python is kept as its name, so the recipe saved with the run stays JSON."""
+    device = resolve_device(r.device)
+    if not isinstance(r.device, str):
+        r.device = str(device)
+    return device
 
 
 def check_schedule(r: TrainingRun) -> None:
@@ -109,4 +127,60 @@ def loop_options(r, desc: str) -> LoopOptions:
         max_minutes=r.max_minutes,
         progress=r.progress,
         desc=desc,
+        device=run_device(r),
+    )
+
+
+class Hooks(NamedTuple):
+    """What a trainer brings to the shared loop: one optimisation step, a validation
+    (None without validation data), and the config fields of what it trained
+    (architecture, kind, objective...)."""
+
+    step: loop.StepFn
+    validate: Callable[[], dict] | None
+    describe: Callable[[], dict]
+
+
+def fit(
+    r: TrainingRun,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    sets: tuple[torch.Tensor, torch.Tensor],
+    hooks: Hooks,
+    precision: str,
+    desc: str,
+    resume: bool,
+) -> str:
+    """Run the loop for recipe `r`, exporting the model to `r.out` with its config after
+    each epoch (the trainer's fields, then the run's: data, epochs, precision, metrics,
+    recipe), and return the loop status."""
+    from dsmooth.models.checkpoint import save_checkpoint
+
+    images, labels = sets
+    recipe = recipe_json(r)
+
+    def export(prog: loop.Progress, epochs_done: float) -> None:
+        config = {
+            **hooks.describe(),
+            "dataset": recipe["data"],
+            "epochs": epochs_done,
+            "precision": precision,
+            "metrics": prog.history[-1] if prog.history else {},
+            "recipe": recipe,
+        }
+        save_checkpoint(model, r.out, config)
+
+    return loop.run_loop(
+        model,
+        optimizer,
+        images=images,
+        labels=labels,
+        step_fn=hooks.step,
+        validate_fn=hooks.validate or dict,  # no validation data: no metrics
+        export_fn=export,
+        lr_fn=lr_schedule(r, len(images)),
+        opts=loop_options(r, desc=desc),
+        recipe=recipe,
+        resume=resume,
     )

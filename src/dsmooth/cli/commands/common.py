@@ -24,6 +24,7 @@ from dsmooth.pipeline.build import infer_num_classes, warn_sigma
 from dsmooth.pipeline.compose import denoiser_at_sigma, sigma_aware
 from dsmooth.runs.job import Built, CertifyJob, method_from_options
 from dsmooth.sigma import check_sigma
+from dsmooth.sources.options import WEIGHTS_OPTIONS
 
 __all__ = ["infer_num_classes", "warn_sigma"]  # used by the commands from here
 
@@ -261,8 +262,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def weights_options(args) -> dict:
     """Options for a foreign-weights classifier (--arch/--mean/--std), only those given."""
-    names = ("arch", "mean", "std")
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in WEIGHTS_OPTIONS if getattr(args, k, None) is not None}
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:

@@ -42,6 +42,7 @@ def run(args) -> int:
 
     from dsmooth.errors import UserError
     from dsmooth.models.checkpoint import save_checkpoint
+    from dsmooth.models.config import ModelConfig
     from dsmooth.models.foreign import import_weights
 
     out = Path(args.out)
@@ -49,7 +50,7 @@ def run(args) -> int:
         raise UserError(f"{out} exists; choose another --out or pass --force.")
     model, config = import_weights(args.weights, args.arch, args.mean, args.std, args.num_classes)
     if args.note:
-        config["note"] = args.note
+        config = ModelConfig.from_dict({**config, "note": args.note}, where=str(out))
     save_checkpoint(model, out, config, dtype=torch.float16 if args.half else None)
     shown = {
         k: config[k]

@@ -143,11 +143,11 @@ def add_smoothed_options(p) -> None:
 
 
 def add_sequential_flags(p) -> None:
-    """--method, --radius, --n-max and --tol as `certify` has them (commands.common), with
-    the server's default method, sequential, and None on the parser to tell when given."""
-    common.add_sequential_options(
-        p, default=None, shown_default="sequential", methods=("cp", "sequential")
-    )
+    """--method (every registered method: one the service cannot run is refused with a
+    sentence that says so), --radius, --n-max and --tol as `certify` has them
+    (commands.common), with the server's default method, sequential, and None on the
+    parser to tell when given."""
+    common.add_sequential_options(p, default=None, shown_default="sequential")
 
 
 def parse_shape(text: str | None) -> tuple[int, int, int] | None:
@@ -203,7 +203,7 @@ def smoothed_settings(args):
         if getattr(args, key) is None:
             setattr(args, key, value)
     check_certification_flags(args)
-    method = common.certify_method(args)  # checks --radius/--n-max/--tol against --method
+    common.certify_method(args)  # checks --radius/--n-max/--tol against --method
     check_service_flags(args)
     settings = CertifySettings(
         method=args.method,
@@ -211,13 +211,13 @@ def smoothed_settings(args):
         alpha=float(args.alpha),
         n0=int(args.n0),
         n=int(args.n),
-        n_max=int(getattr(method, "n_max", args.n)),
+        n_max=int(args.n if args.n_max is None else args.n_max),  # as certify's default
         radius=tuple(args.radius) if args.radius else None,
         tol=args.tol,
         seed=int(args.seed),
         noise=args.noise,
     )
-    own = max(settings.n0, settings.n if settings.method == "cp" else settings.n_max)
+    own = settings.largest_count
     n_cap = own if args.n_cap is None else args.n_cap
     if n_cap < own:
         raise UserError(f"--n-cap ({n_cap}) is below the server's own sample count ({own}).")

@@ -8,30 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-#: argparse dest -> load_model option name (same unless noted).
-_OPTIONS = (
-    "input_range",
-    "input_layout",
-    "channel_order",
-    "input_size",
-    "input_mean",
-    "input_std",
-    "input_dtype",
-    "input_name",
-    "output_name",
-    "weights",
-    "signature",
-    "protocol",
-    "request_size",
-    "concurrency",
-    "timeout",
-    "retries",
-    "backoff",
-    "max_queries",
-    "token_env",
-    "token_file",
-    "auth_header",
-)
+from dsmooth.sources.options import MODEL_OPTIONS, WEIGHTS_OPTIONS
+
+#: The argparse dests of the flags `add` declares, which are the `load_model` option
+#: names (dsmooth.sources.options.SourceOptions): every model option but the foreign
+#: weights' --arch/--mean/--std, which the models group declares (common.weights_options).
+_OPTIONS = tuple(name for name in MODEL_OPTIONS if name not in WEIGHTS_OPTIONS)
 
 
 def add(p: argparse.ArgumentParser) -> None:

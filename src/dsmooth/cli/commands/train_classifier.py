@@ -7,6 +7,7 @@ import argparse
 import sys
 from dataclasses import fields
 
+from dsmooth.cli.commands.common import MODEL_OPTIONS
 from dsmooth.cli.options import add_options, option, table
 
 #: Flags of the SGD optimiser both training commands offer.
@@ -53,8 +54,19 @@ def add_run_options(p) -> None:
         "--precision",
         choices=["auto", "fp32", "bf16"],
         default="auto",
-        help="bf16 autocast or fp32; auto = bf16 only on CPUs with AMX/AVX512-BF16, where it "
-        "is fast (elsewhere bf16 is emulated and much slower)",
+        help="bf16 autocast or fp32; auto = bf16 only where the hardware computes it "
+        "natively: CPUs with AMX/AVX512-BF16 and CUDA GPUs that support bf16 (elsewhere bf16 "
+        "is emulated and much slower)",
+    )
+    add_options(
+        g,
+        MODEL_OPTIONS,
+        ("device",),
+        helps={
+            "device": "torch device to train on (default %(default)s): cpu, cuda or cuda:N; "
+            "the model, the classifiers and the training noise live there, and a run may "
+            "resume on another device (the CUDA path is not yet tested on a GPU)"
+        },
     )
     g.add_argument(
         "--no-channels-last",

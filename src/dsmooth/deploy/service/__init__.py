@@ -1,8 +1,9 @@
 """The smoothed classifier as a service: certificates per request, batched across clients.
 
-`certification` holds CERTIFY (Clopper-Pearson and sequential) as resumable state
-machines that ask for noise samples and receive class counts; `scheduler` fills one
-base-classifier batch with the samples of every image in flight; `policy` decides which
-per-request parameters may tighten the server's guarantee; `app` and `server` put it
-behind HTTP (docs/service.md).
+The service runs the offline method objects (dsmooth.certify.methods): `certification`
+asks the server's method for each image's resumable state machine
+(dsmooth.certify.resumable), which asks for noise samples and receives class counts;
+`scheduler` fills one base-classifier batch with the samples of every image in flight;
+`policy` lets a request tighten the parameters the method allows; `app` and `server` put
+it behind HTTP (docs/service.md).
 """
