@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_helpers import TEST, TRAIN, needs_cifar
+from training_helpers import TEST, TRAIN, classifier_recipe, needs_cifar
 
 from dsmooth.cli import main
 from dsmooth.data.transforms import random_crop_flip, to_float_nchw
 from dsmooth.errors import UserError
 from dsmooth.models.checkpoint import load_checkpoint
-from dsmooth.training.classifier import ClassifierRecipe, train_classifier
+from dsmooth.training.classifier import train_classifier
 from dsmooth.training.data import load_training_set
 from dsmooth.training.loop import check_same_recipe
 from dsmooth.training.schedule import lr_at
@@ -73,31 +73,10 @@ def test_schedules():
         lr_at(0, 10, base_lr=0.1, schedule="linear")
 
 
-def _recipe(tmp_path, name="run", **kw) -> ClassifierRecipe:
-    base = dict(
-        arch="test_tiny_cnn",
-        data=[TRAIN],
-        out=str(tmp_path / name),
-        val_data=TEST,
-        epochs=2,
-        batch=32,
-        lr=0.05,
-        max_train_images=128,
-        precision="fp32",
-        progress=False,
-        noise_sigma=0.1,
-        label_smoothing=0.1,
-        nesterov=True,
-        threads=1,  # oversubscribed shared CPUs run small nets far faster on one thread
-    )
-    base.update(kw)
-    return ClassifierRecipe(**base)
-
-
 @needs_cifar
 def test_classifier_training_reduces_the_loss(tmp_path):
     images, labels = load_training_set([TRAIN], 512)
-    r = _recipe(
+    r = classifier_recipe(
         tmp_path,
         epochs=12,
         max_train_images=512,
@@ -137,9 +116,9 @@ def test_classifier_training_reduces_the_loss(tmp_path):
 def test_resume_is_exact(tmp_path, channels_last):
     """Stops mid-epoch (step 3 of 4), again across an epoch end, then finishes: the
     weights, optimizer momentum and metrics equal an uninterrupted run bit for bit."""
-    full = _recipe(tmp_path, "full", channels_last=channels_last)
+    full = classifier_recipe(tmp_path, "full", channels_last=channels_last)
     assert train_classifier(full) == "done"
-    part = _recipe(tmp_path, "part", channels_last=channels_last, max_steps=3)
+    part = classifier_recipe(tmp_path, "part", channels_last=channels_last, max_steps=3)
     assert train_classifier(part) == "stopped"
     assert read_info(part.out)["progress"]["step"] == 3
     assert train_classifier(part, resume=True) == "stopped"
@@ -173,11 +152,11 @@ def test_resume_is_exact(tmp_path, channels_last):
 
 @needs_cifar
 def test_existing_run_needs_resume_and_same_recipe(tmp_path):
-    r = _recipe(tmp_path, epochs=1, max_train_images=32)
+    r = classifier_recipe(tmp_path, epochs=1, max_train_images=32)
     train_classifier(r)
     with pytest.raises(UserError, match="--resume"):
         train_classifier(r)
-    r2 = _recipe(tmp_path, epochs=1, max_train_images=32, lr=0.2)
+    r2 = classifier_recipe(tmp_path, epochs=1, max_train_images=32, lr=0.2)
     with pytest.raises(UserError, match="lr"):
         train_classifier(r2, resume=True)
     check_same_recipe({"lr": 0.1, "threads": 1}, {"lr": 0.1, "threads": 2})  # threads may change
@@ -192,9 +171,9 @@ def test_existing_run_needs_resume_and_same_recipe(tmp_path):
 def test_init_continues_the_given_classifier(tmp_path):
     """--init starts from the checkpoint's weights, not a fresh initialisation: with a
     zero learning rate (constant schedule), the result is the checkpoint itself."""
-    first = _recipe(tmp_path, "first", epochs=1, max_train_images=64, noise_sigma=0.0)
+    first = classifier_recipe(tmp_path, "first", epochs=1, max_train_images=64, noise_sigma=0.0)
     assert train_classifier(first) == "done"
-    warm = _recipe(
+    warm = classifier_recipe(
         tmp_path,
         "warm",
         epochs=1,
@@ -213,16 +192,18 @@ def test_init_continues_the_given_classifier(tmp_path):
         if v.is_floating_point() and "running" not in k:
             assert torch.allclose(v, w, atol=1e-6), k
     assert config["recipe"]["init"] == first.out
-    bad = _recipe(tmp_path, "bad", epochs=1, init=first.out, arch="cifar_resnet20")
+    bad = classifier_recipe(tmp_path, "bad", epochs=1, init=first.out, arch="cifar_resnet20")
     with pytest.raises(UserError, match=r"architecture|--arch"):
         train_classifier(bad)
     with pytest.raises(UserError, match="classes"):
-        train_classifier(_recipe(tmp_path, "bad2", epochs=1, init=first.out, num_classes=12))
+        train_classifier(
+            classifier_recipe(tmp_path, "bad2", epochs=1, init=first.out, num_classes=12)
+        )
 
 
 @needs_cifar
 def test_divergence_is_a_user_error_and_keeps_nothing_half_written(tmp_path):
-    r = _recipe(tmp_path, epochs=1, max_train_images=64, lr=1e30, noise_sigma=0.0)
+    r = classifier_recipe(tmp_path, epochs=1, max_train_images=64, lr=1e30, noise_sigma=0.0)
     with pytest.raises(UserError, match="diverged"):
         train_classifier(r)
     assert not (tmp_path / "run" / "train_state.safetensors").exists()

@@ -9,7 +9,15 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_helpers import TEST, TRAIN, Counting, Raising, needs_cifar
+from training_helpers import (
+    SMALL_DNCNN,
+    TEST,
+    TRAIN,
+    Counting,
+    Raising,
+    denoiser_recipe,
+    needs_cifar,
+)
 
 from dsmooth.cli import main
 from dsmooth.data.transforms import to_float_nchw
@@ -18,11 +26,10 @@ from dsmooth.models import create
 from dsmooth.models.checkpoint import load_checkpoint, save_checkpoint
 from dsmooth.training.classifier import ClassifierRecipe, train_classifier
 from dsmooth.training.data import load_training_set
-from dsmooth.training.denoiser import DenoiserRecipe, train_denoiser
+from dsmooth.training.denoiser import train_denoiser
 from dsmooth.training.objectives import DenoiserObjective
 
 pytestmark = needs_cifar
-SMALL_DNCNN = {"depth": 5, "n_channels": 16}
 
 
 @pytest.fixture(scope="module")
@@ -48,27 +55,6 @@ def classifier_dir(tmp_path_factory):
 
 def _classifier(path):
     return load_checkpoint(path)[0]
-
-
-def _recipe(tmp_path, objective, name="d", **kw) -> DenoiserRecipe:
-    base = dict(
-        data=[TRAIN],
-        out=str(tmp_path / name),
-        sigma=0.25,
-        objective=objective,
-        arch="dncnn",
-        arch_kwargs=dict(SMALL_DNCNN),
-        epochs=3,
-        batch=32,
-        lr=1e-3,
-        warmup_epochs=0.5,
-        max_train_images=256,
-        precision="fp32",
-        progress=False,
-        threads=1,
-    )
-    base.update(kw)
-    return DenoiserRecipe(**base)
 
 
 def train_denoiser_argv(objective: str, sigma: str, *model: str) -> list[str]:
@@ -128,7 +114,7 @@ def test_each_objective_lowers_its_loss(tmp_path, classifier_dir, objective, ext
 
     torch.manual_seed(0)
     before = score(create("dncnn", **SMALL_DNCNN))  # the run's own initialisation
-    r = _recipe(tmp_path, objective, epochs=10, batch=8, max_train_images=128, **extra)
+    r = denoiser_recipe(tmp_path, objective, epochs=10, batch=8, max_train_images=128, **extra)
     assert train_denoiser(r, classifier=f) == "done"
     after = score(load_checkpoint(r.out)[0])
     assert after < before - drop, (before, after)
@@ -187,7 +173,7 @@ def test_stab_gradients_reach_only_the_denoiser(tmp_path, classifier_dir):
     assert all(g is not None for g in grads)
     assert all(float(g.abs().sum()) > 0 for g in grads)
     # whole training runs: f's weights and BatchNorm statistics never change
-    r = _recipe(tmp_path, "stab", epochs=1, val_data=TEST, max_val_images=40)
+    r = denoiser_recipe(tmp_path, "stab", epochs=1, val_data=TEST, max_val_images=40)
     assert train_denoiser(r, classifier=f) == "done"
     for k, v in f.state_dict().items():
         assert torch.equal(v, frozen[k]), k
@@ -197,7 +183,7 @@ def test_stab_gradients_reach_only_the_denoiser(tmp_path, classifier_dir):
 @pytest.mark.parametrize("mode", ["round-robin", "average"])
 def test_surrogates_never_call_the_target(tmp_path, classifier_dir, mode):
     s0, s1 = Counting(_classifier(classifier_dir)), Counting(_classifier(classifier_dir))
-    r = _recipe(
+    r = denoiser_recipe(
         tmp_path,
         "stab",
         epochs=1,
@@ -241,10 +227,10 @@ def test_cli_surrogates_do_not_even_load_the_target(tmp_path, classifier_dir):
 
 def test_init_fine_tunes_an_existing_denoiser(tmp_path, classifier_dir):
     f = _classifier(classifier_dir)
-    mse = _recipe(tmp_path, "mse", name="mse", epochs=1)
+    mse = denoiser_recipe(tmp_path, "mse", name="mse", epochs=1)
     train_denoiser(mse)
     start = load_file(str(tmp_path / "mse" / "model.safetensors"))
-    tuned = _recipe(
+    tuned = denoiser_recipe(
         tmp_path,
         "stab",
         name="stab",
@@ -260,16 +246,20 @@ def test_init_fine_tunes_an_existing_denoiser(tmp_path, classifier_dir):
     assert convs
     assert all(torch.allclose(start[k], end[k], atol=1e-9) for k in convs)
     assert json.loads((tmp_path / "stab" / "config.json").read_text())["init"] == mse.out
-    wrong = _recipe(tmp_path, "stab", name="w", arch="dncnn_wide", init=mse.out, arch_kwargs={})
+    wrong = denoiser_recipe(
+        tmp_path, "stab", name="w", arch="dncnn_wide", init=mse.out, arch_kwargs={}
+    )
     with pytest.raises(UserError, match="dncnn"):
         train_denoiser(wrong, classifier=f)
 
 
 def test_denoiser_resume_is_exact(tmp_path, classifier_dir):
     f = _classifier(classifier_dir)
-    full = _recipe(tmp_path, "stab", name="full", epochs=2, max_train_images=96, mse_weight=0.5)
+    full = denoiser_recipe(
+        tmp_path, "stab", name="full", epochs=2, max_train_images=96, mse_weight=0.5
+    )
     train_denoiser(full, classifier=f)
-    part = _recipe(
+    part = denoiser_recipe(
         tmp_path, "stab", name="part", epochs=2, max_train_images=96, mse_weight=0.5, max_steps=2
     )
     assert train_denoiser(part, classifier=f) == "stopped"

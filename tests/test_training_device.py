@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, safe_open, save_file
-from training_helpers import TEST, TRAIN, needs_cifar
+from training_helpers import TEST, classifier_recipe, denoiser_recipe, needs_cifar
 
 from dsmooth.errors import UserError
 from dsmooth.models import create
@@ -152,41 +152,13 @@ def test_cpu_noise_is_the_draw_it_always_was():
 
 
 def _classifier_recipe(tmp_path, name, **kw) -> ClassifierRecipe:
-    base = dict(
-        arch="test_tiny_cnn",
-        data=[TRAIN],
-        out=str(tmp_path / name),
-        val_data=TEST,
-        max_val_images=40,
-        epochs=2,
-        batch=32,
-        lr=0.05,
-        max_train_images=64,
-        precision="fp32",
-        progress=False,
-        noise_sigma=0.1,
-        threads=1,
-    )
-    base.update(kw)
-    return ClassifierRecipe(**base)
+    return classifier_recipe(tmp_path, name, **{"max_val_images": 40, "max_train_images": 64, **kw})
 
 
 def _denoiser_recipe(tmp_path, name, **kw) -> DenoiserRecipe:
-    base = dict(
-        data=[TRAIN],
-        out=str(tmp_path / name),
-        sigma=0.25,
-        arch="dncnn",
-        arch_kwargs={"depth": 5, "n_channels": 16},
-        epochs=1,
-        batch=32,
-        max_train_images=64,
-        precision="fp32",
-        progress=False,
-        threads=1,
-    )
-    base.update(kw)
-    return DenoiserRecipe(**base)
+    objective = kw.pop("objective", "mse")
+    fields = {"epochs": 1, "max_train_images": 64, **kw}
+    return denoiser_recipe(tmp_path, objective, name, **fields)
 
 
 def _same_files(a, b, name=st.STATE_FILE) -> None:

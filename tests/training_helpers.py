@@ -24,6 +24,57 @@ AKAMASTER = SHARED / "models" / "third-party" / "cifar-resnet-akamaster"
 
 needs_cifar = pytest.mark.skipif(not LOSSLESS.is_file(), reason="shared CIFAR-10 not present")
 
+#: A five-layer, 16-channel DnCNN: the product's architecture at test size.
+SMALL_DNCNN = {"depth": 5, "n_channels": 16}
+
+
+def classifier_recipe(tmp_path, name="run", **kw):
+    """A noisy-classifier recipe for the tiny CNN on 128 real CIFAR-10 images (fp32, one
+    thread), `kw` replacing its fields."""
+    from dsmooth.training.classifier import ClassifierRecipe
+
+    base = dict(
+        arch="test_tiny_cnn",
+        data=[TRAIN],
+        out=str(tmp_path / name),
+        val_data=TEST,
+        epochs=2,
+        batch=32,
+        lr=0.05,
+        max_train_images=128,
+        precision="fp32",
+        progress=False,
+        noise_sigma=0.1,
+        label_smoothing=0.1,
+        nesterov=True,
+        threads=1,  # oversubscribed shared CPUs run small nets far faster on one thread
+    )
+    return ClassifierRecipe(**{**base, **kw})
+
+
+def denoiser_recipe(tmp_path, objective="mse", name="d", **kw):
+    """A recipe for the small DnCNN at sigma 0.25 on 256 real CIFAR-10 images (fp32, one
+    thread), `kw` replacing its fields."""
+    from dsmooth.training.denoiser import DenoiserRecipe
+
+    base = dict(
+        data=[TRAIN],
+        out=str(tmp_path / name),
+        sigma=0.25,
+        objective=objective,
+        arch="dncnn",
+        arch_kwargs=dict(SMALL_DNCNN),
+        epochs=3,
+        batch=32,
+        lr=1e-3,
+        warmup_epochs=0.5,
+        max_train_images=256,
+        precision="fp32",
+        progress=False,
+        threads=1,
+    )
+    return DenoiserRecipe(**{**base, **kw})
+
 
 class TinyNet(nn.Module):
     """Two strided convolutions (with BatchNorm) and a linear head."""
