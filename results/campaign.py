@@ -341,6 +341,9 @@ class Certify:
     images: int
     argv: list[str]
     prior_samples: float  # expected samples per image before the log says
+    #: A protocol check (the cp100 logs), off the critical path: `choose` runs it only
+    #: when nothing else is ready (a lent GPU makes it in minutes: gpu_session.py).
+    check: bool = False
 
     @property
     def out(self) -> Path:
@@ -468,7 +471,7 @@ def steps() -> list:
         ("dncnn_mse_cp100", den["mse"], "certify_denoised", 6700),
         ("dncnn_stab_cp100", den["stab"], "certify_denoised", 6700),
     ]:
-        out.append(Certify(name, rate, 100, base + cp100 + extra, prior))
+        out.append(Certify(name, rate, 100, base + cp100 + extra, prior, check=True))
     return out
 
 
@@ -706,10 +709,13 @@ def comparative_speed(step, rates_here: dict) -> float:
 
 def choose(todo: list, rates_here: dict):
     """The next step: the first ready one in plan order, unless another ready step runs
-    PREFER times more comparatively fast on this host (see comparative_speed)."""
+    PREFER times more comparatively fast on this host (see comparative_speed). Protocol
+    checks wait until nothing else is ready: the Stab row is the critical path, and six
+    stretches in a row ran on AVX2 hosts, where the MSE check alone is ~3 h."""
     ready = [s for s in todo if not _missing(s)]
     if not ready:
         return None
+    ready = [s for s in ready if not getattr(s, "check", False)] or ready
     first = ready[0]
     best = max(ready, key=lambda s: comparative_speed(s, rates_here))
     if comparative_speed(best, rates_here) > PREFER * comparative_speed(first, rates_here):

@@ -84,6 +84,16 @@ def test_a_host_runs_first_what_it_is_comparatively_fast_at(campaign, monkeypatc
     assert campaign.choose([train, certify], rates["avx2"]) is train  # only ready steps
     assert campaign.choose([certify], rates["avx2"]) is None
 
+    check = campaign.Certify("c_cp100", "certify_denoised", 1, [], 1.0, check=True)
+    monkeypatch.setattr(campaign, "_missing", lambda _step: [])
+    assert campaign.choose([train, check], rates["avx2"]) is train  # checks wait
+    assert campaign.choose([check], rates["avx2"]) is check  # until nothing else is ready
+    assert [s.name for s in campaign.steps() if getattr(s, "check", False)] == [
+        "no_denoiser_cp100",
+        "dncnn_mse_cp100",
+        "dncnn_stab_cp100",
+    ]
+
 
 def test_every_command_parses(campaign):
     parser = build_parser()
