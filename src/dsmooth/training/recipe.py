@@ -56,6 +56,11 @@ class TrainingRun:
     max_minutes: float | None = None
     progress: bool = True
 
+    def __post_init__(self):
+        # a torch.device given from Python is kept as its name: the saved recipe is JSON
+        if isinstance(self.device, torch.device):
+            self.device = str(self.device)
+
 
 def check_lr(r: TrainingRun) -> None:
     """Raise a UserError for bad epochs, batch size or learning rate."""
@@ -67,12 +72,8 @@ def check_lr(r: TrainingRun) -> None:
 
 def run_device(r: TrainingRun) -> torch.device:
     """The torch device the run trains on, or a UserError (unknown, or CUDA on a machine
-    without it): the same check as `dsmooth certify --device`. A `torch.device` given
-    from Python is kept as its name, so the recipe saved with the run stays JSON."""
-    device = resolve_device(r.device)
-    if not isinstance(r.device, str):
-        r.device = str(device)
-    return device
+    without it): the same check as `dsmooth certify --device`."""
+    return resolve_device(r.device)
 
 
 def check_schedule(r: TrainingRun) -> None:
