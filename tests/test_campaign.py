@@ -18,13 +18,16 @@ from training_helpers import TEST, TRAIN, needs_cifar
 from dsmooth.cli import build_parser, main
 from dsmooth.cli.commands.train_classifier import recipe_from_args
 from dsmooth.models.checkpoint import load_checkpoint
-from dsmooth.training.classifier import ClassifierRecipe
-from dsmooth.training.denoiser import DenoiserRecipe
+from dsmooth.training import classifier, denoiser
 from dsmooth.training.loop import check_same_recipe
 from dsmooth.training.recipe import recipe_json
 from dsmooth.training.state import has_state, read_info
 
 REPO = Path(__file__).resolve().parents[1]
+TRAINERS = {  # command -> (its recipe, the check its trainer runs first)
+    "train-classifier": (classifier.ClassifierRecipe, classifier.check),
+    "train-denoiser": (denoiser.DenoiserRecipe, denoiser.check),
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +61,10 @@ def test_committed_runs_resume_with_the_drivers_command(campaign):
         if not has_state(out):
             continue
         args = build_parser().parse_args([*argv, "--out", str(out)])
-        cls = ClassifierRecipe if args.command == "train-classifier" else DenoiserRecipe
-        current = recipe_json(recipe_from_args(cls, args))
+        cls, check = TRAINERS[args.command]
+        recipe = recipe_from_args(cls, args)
+        check(recipe)  # as the trainer does before it resumes: it fills in e.g. arch from --init
+        current = recipe_json(recipe)
         check_same_recipe(read_info(out)["recipe"], current)
         checked += 1
     if not checked:
