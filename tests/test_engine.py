@@ -351,3 +351,28 @@ def test_bench_command_reports_both_loops(tmp_path, capsys):
 def test_bench_bad_pipeline_is_a_user_error(capsys):
     assert main(["bench", "--pipelines", "dncnn+", "--no-compile"]) == 2
     assert "[DENOISER+]CLASSIFIER" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "openvino", "verdict"),
+    [
+        ({"amx_bf16"}, {"bf16": 1300.0, "int8": 5000.0}, "MET"),  # 1300/s, 13x the reference
+        ({"amx_bf16"}, {"bf16": 1100.0, "int8": 5000.0}, "NOT MET"),  # int8 is never default
+        (set(), {"fp32": 160.0}, "MET"),  # 1.6x the torch engine
+        (set(), {"fp32": 140.0, "int8": 900.0}, "NOT MET"),
+    ],
+)
+def test_bench_target_judges_the_default_engine_by_host_type(monkeypatch, flags, openvino, verdict):
+    from dsmooth.pipeline import bench
+
+    monkeypatch.setattr(bench, "cpu_flags", lambda: frozenset(flags))
+    result = bench.PipelineResult(
+        "dncnn+cifar_resnet110", 1.645, reference_rate=100.0, engine_rate=100.0, batch=64,
+        compile_seconds=1.0, precision="bf16", compiled=True, fp32_peak=200.0,
+        openvino=openvino,
+    )  # fmt: skip
+    line = bench._target_line(result, best_peak=800.0)
+    assert line.split(": ")[2].startswith(verdict)
+    assert (
+        f"default engine {max(100.0, *(v for k, v in openvino.items() if k != 'int8')):.1f}" in line
+    )
